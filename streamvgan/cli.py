@@ -1,0 +1,50 @@
+"""The ``streamvgan`` command line: ``serve``, ``demo``, ``broker``, ``replay``, ``bench``,
+``evaluate``. Each group of subcommands lives beside the code it drives and registers itself
+here through a ``register(subparsers)`` function, so this file stays a table of contents."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger("streamvgan")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamvgan",
+        description="Anomaly scores, forecasts and synthetic continuations for many time "
+        "series at once, from an online recurrent VAE-GAN.",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING). Default: INFO"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Imported here, not at module level, so `streamvgan --help` stays fast and a missing
+    # optional piece only breaks its own subcommand.
+    from streamvgan.service import commands as service_commands
+
+    service_commands.register(sub)
+    try:
+        from streamvgan.eval import commands as eval_commands
+    except ImportError:  # evaluation not installed in this build
+        eval_commands = None
+    if eval_commands is not None:
+        eval_commands.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Plain messages that cross the engine's boundary: what goes in (``Event``) and what comes
+out (``Score``, ``Forecast``). No tensors here: callers (the service, the River adapters,
+the evaluation) only ever see floats, lists and numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: The field name a univariate event's value is stored under.
+DEFAULT_FIELD = "value"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One observation of one stream.
+
+    ``values`` maps field names to finite floats; a univariate stream uses
+    ``{"value": x}``. ``ts`` is carried through untouched for the caller's bookkeeping;
+    the engine relies on the order events are given in, not on ``ts``.
+    """
+
+    stream: str
+    values: Mapping[str, float]
+    ts: Any = None
+
+
+@dataclass(frozen=True)
+class Score:
+    """The anomaly score of one event.
+
+    ``score`` is the calibrated tail probability in [0, 1] (higher is more anomalous);
+    ``raw`` the uncalibrated combination of the normalised ``components``
+    (``surprise``, ``reconstruction``, ``critic``). ``warm`` is False while the score
+    came from the cold-start fallback (no fitted model yet).
+    """
+
+    stream: str
+    score: float
+    raw: float
+    components: dict[str, float]
+    model_version: int
+    warm: bool
+    ts: Any = None
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """A probabilistic forecast of the next ``horizon`` steps of one stream.
+
+    ``mean`` has shape (horizon, n_fields); ``quantiles`` maps each level
+    (e.g. 0.1, 0.5, 0.9) to an array of the same shape, in the stream's original units.
+    """
+
+    stream: str
+    fields: list[str]
+    mean: np.ndarray
+    quantiles: dict[float, np.ndarray] = field(default_factory=dict)
+    model_version: int = 0
+    warm: bool = False
