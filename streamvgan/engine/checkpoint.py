@@ -1,0 +1,207 @@
+"""Checkpoints of a whole engine (a directory) and of single streams (bytes).
+
+Everything is written with ``torch.save`` as plain dicts of tensors, strings and numbers, and
+read back with ``torch.load(..., weights_only=True)``: loading a checkpoint never runs code.
+A ``MANIFEST.json`` beside the data holds its SHA-256, so a truncated or altered file is
+reported as corrupt instead of half-loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from streamvgan.engine.config import EngineConfig
+from streamvgan.errors import CheckpointError, ConfigurationError
+
+if TYPE_CHECKING:
+    from streamvgan.engine.engine import StreamEngine
+
+FORMAT = "streamvgan-checkpoint"
+STREAM_FORMAT = "streamvgan-stream"
+FORMAT_VERSION = 1
+DATA_FILE = "engine.pt"
+MANIFEST = "MANIFEST.json"
+
+
+def load_bytes(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign data
+        raise CheckpointError(f"{what} is corrupt or not a streamvgan file: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{what} is not a streamvgan file (top level is {type(payload).__name__})")
+    return payload
+
+
+def _arrays_to_tensors(engine: StreamEngine, slots: np.ndarray) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(arr[slots].copy()) for name, arr in engine.state.arrays.items()}
+
+
+def dumps(engine: StreamEngine) -> bytes:
+    """The whole engine (weights, optimiser, every stream's state) as bytes."""
+    st = engine.state
+    names, fields, keys, order = [], [], [], []
+    for stream, slots in st.streams.items():  # least recently seen first
+        names.append(stream)
+        fields.append(list(engine.fields_of[stream]))
+        keys.append(list(slots))
+        order.extend(slots.values())
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "engine_config": engine.config.to_dict(),
+        "seed": engine.seed,
+        "weights": engine.model.state_dict(),
+        "trainer": engine.trainer.state_dict(),
+        "model_version": engine.model_version,
+        "events_seen": engine.events_seen,
+        "last_fit_events": engine._last_fit_events,
+        "evictions": st.evictions,
+        "sample_generator": engine._sample_gen.get_state(),
+        "streams": names,
+        "fields": fields,
+        "keys": keys,
+        "arrays": _arrays_to_tensors(engine, np.asarray(order, dtype=np.int64)),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def save(engine: StreamEngine, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    data = dumps(engine)
+    tmp = directory / (DATA_FILE + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, directory / DATA_FILE)
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "sha256": {DATA_FILE: hashlib.sha256(data).hexdigest()},
+        "model_version": engine.model_version,
+        "streams": engine.n_streams,
+    }
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, directory / MANIFEST)
+    return directory
+
+
+def load(cls: type[StreamEngine], directory: Path, device) -> StreamEngine:
+    data_path, manifest_path = directory / DATA_FILE, directory / MANIFEST
+    if not data_path.is_file() or not manifest_path.is_file():
+        raise CheckpointError(
+            f"no checkpoint in {directory}: expected {DATA_FILE} and {MANIFEST} (written by "
+            "StreamEngine.save); start without --checkpoint-dir or point it at a saved one"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        expected = manifest["sha256"][DATA_FILE]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{manifest_path} is corrupt: {exc}") from exc
+    data = data_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(
+            f"{data_path} does not match the checksum in {MANIFEST}: the file is truncated or "
+            "was changed after it was written; restore it or delete the directory to start fresh"
+        )
+    return loads(cls, data, device, str(data_path))
+
+
+def loads(cls: type[StreamEngine], data: bytes, device, what: str = "engine bytes") -> StreamEngine:
+    data_path = what
+    payload = load_bytes(data, what)
+    if payload.get("format") != FORMAT or payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{data_path} has format {payload.get('format')!r} version "
+            f"{payload.get('format_version')!r}; this streamvgan reads {FORMAT!r} {FORMAT_VERSION}"
+        )
+    try:
+        config = EngineConfig.from_dict(payload["engine_config"])
+    except (ConfigurationError, TypeError) as exc:
+        raise CheckpointError(f"{data_path} holds an engine configuration this version cannot use: {exc}") from exc
+    engine = cls(config, seed=int(payload["seed"]), device=device)
+    try:
+        engine.trainer.load_state_dict(payload["trainer"])
+        engine.install_weights(payload["weights"], version=int(payload["model_version"]))
+        engine.events_seen = int(payload["events_seen"])
+        engine._last_fit_events = int(payload["last_fit_events"])
+        engine._sample_gen.set_state(payload["sample_generator"])
+        _restore_streams(engine, payload["streams"], payload["fields"], payload["keys"], payload["arrays"])
+        engine.state.evictions = int(payload["evictions"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{data_path} is incomplete or inconsistent: {exc!r}") from exc
+    return engine
+
+
+def _restore_streams(engine: StreamEngine, names, fields, keys, arrays: dict[str, torch.Tensor]) -> np.ndarray:
+    st = engine.state
+    expected = set(st.arrays)
+    if set(arrays) != expected:
+        raise CheckpointError(f"stream state has arrays {sorted(arrays)}, expected {sorted(expected)}")
+    row = 0
+    restored = []
+    for stream, stream_fields, stream_keys in zip(names, fields, keys):
+        if stream in st:
+            st.remove_stream(stream)
+        slots = st.add_stream(stream, stream_keys)
+        engine.fields_of[stream] = tuple(stream_fields)
+        for slot in slots.values():
+            for name, tensor in arrays.items():
+                value = tensor[row].numpy()
+                if value.shape != st.arrays[name].shape[1:]:
+                    raise CheckpointError(
+                        f"stream {stream!r}: array {name!r} has shape {value.shape}, this model "
+                        f"needs {st.arrays[name].shape[1:]}"
+                    )
+                st.arrays[name][slot] = value
+            restored.append(slot)
+            row += 1
+    return np.asarray(restored, dtype=np.int64)
+
+
+def stream_to_bytes(engine: StreamEngine, stream: str, slots: dict[str, int]) -> bytes:
+    payload = {
+        "format": STREAM_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "stream": stream,
+        "fields": list(engine.fields_of[stream]),
+        "keys": list(slots),
+        "model_version": engine.model_version,
+        "arrays": _arrays_to_tensors(engine, np.asarray(list(slots.values()), dtype=np.int64)),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def stream_from_bytes(engine: StreamEngine, stream: str, data: bytes) -> None:
+    payload = load_bytes(data, f"state of stream {stream!r}")
+    if payload.get("format") != STREAM_FORMAT or payload.get("stream") != stream:
+        raise CheckpointError(
+            f"state record for stream {stream!r} is not a streamvgan stream state "
+            f"(format={payload.get('format')!r}, stream={payload.get('stream')!r})"
+        )
+    try:
+        arrays = payload["arrays"]
+        n_keys = len(payload["keys"])
+        if any(t.shape[0] != n_keys for t in arrays.values()):
+            raise CheckpointError(f"state of stream {stream!r} has arrays of the wrong length")
+        slots = _restore_streams(engine, [stream], [payload["fields"]], [payload["keys"]], arrays)
+    except CheckpointError:
+        if stream in engine.state:
+            engine.state.remove_stream(stream)
+            engine.fields_of.pop(stream, None)
+        raise
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"state of stream {stream!r} is incomplete: {exc!r}") from exc
+    if int(payload.get("model_version", -1)) != engine.model_version and engine.model_version > 0:
+        engine._rewarm(slots=slots)

@@ -1,0 +1,124 @@
+"""EngineConfig: everything the many-stream engine needs besides the network's architecture."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from streamvgan.errors import ConfigurationError
+from streamvgan.nn.model import ModelConfig
+
+FIELD_MODES = ("channels", "joint")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of :class:`streamvgan.engine.StreamEngine` (defaults work out of the box).
+
+    ``field_mode="channels"`` models each field of a stream as its own univariate channel
+    sharing the weights (any number of fields per stream, the score of an event is its most
+    anomalous channel); ``"joint"`` feeds all ``model.n_features`` fields of a stream to the
+    network together, so it also models how they move with each other.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    field_mode: str = "channels"
+    max_streams: int = 100_000  # least-recently-seen streams beyond this are evicted
+    replay_size: int = 256  # points of recent history kept per channel
+    window: int = 64  # length of the training windows
+    burn_in: int = 16  # steps of each window that only warm the GRU state
+    warmup_events: int = 400  # events seen before the first fit (cold-start fallback until then)
+    fit_every: int = 1000  # events between fine-tunes
+    first_fit_steps: int = 300  # optimiser steps of the first fit
+    fit_steps: int = 40  # optimiser steps of each later fine-tune
+    batch_size: int = 32  # windows per optimiser step
+    learning_rate: float = 3e-3
+    critic_learning_rate: float = 1e-3
+    normaliser_halflife: float = 1000.0  # events; how fast level and scale follow the data
+    score_halflife: float = 500.0  # events; how fast the component statistics adapt
+    history_size: int = 512  # smoothed raw scores kept for calibration
+    smoothing: int = 4  # raw scores averaged before calibration
+    min_history: int = 20  # below this many scores the calibrated score is 0.5 ("unknown")
+    surprise_weight: float = 1.0
+    reconstruction_weight: float = 0.5
+    critic_weight: float = 0.5
+    anomaly_threshold: float = 0.999  # scores at or above are learned at `anomalous_weight`
+    anomalous_weight: float = 0.1
+    clip: float = 20.0  # normalised values are clipped to +-clip
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+
+    @property
+    def horizon(self) -> int:
+        return self.model.horizon
+
+    def __post_init__(self) -> None:
+        if self.field_mode not in FIELD_MODES:
+            raise ConfigurationError(
+                f"field_mode must be one of {FIELD_MODES}, got {self.field_mode!r}"
+            )
+        if self.field_mode == "channels" and self.model.n_features != 1:
+            raise ConfigurationError(
+                "field_mode='channels' needs model.n_features=1 (each field is its own channel);"
+                f" got n_features={self.model.n_features}. Use field_mode='joint' instead."
+            )
+        positive_ints = (
+            "max_streams replay_size window warmup_events fit_every first_fit_steps fit_steps "
+            "batch_size history_size smoothing"
+        ).split()
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigurationError(f"EngineConfig.{name} must be a positive int, got {value!r}")
+        need = self.burn_in + max(self.model.horizon, self.model.critic_window) + 1
+        if self.window < need:
+            raise ConfigurationError(
+                f"EngineConfig.window={self.window} is too short: it needs at least burn_in + "
+                f"max(horizon, critic_window) + 1 = {need}"
+            )
+        if self.replay_size < self.window:
+            raise ConfigurationError(
+                f"EngineConfig.replay_size={self.replay_size} must be >= window={self.window}"
+            )
+        if not all(0.0 < q < 1.0 for q in self.quantiles):
+            raise ConfigurationError(f"quantiles must lie in (0, 1), got {self.quantiles!r}")
+        if not 0.0 < self.anomaly_threshold <= 1.0:
+            raise ConfigurationError(
+                f"anomaly_threshold must be in (0, 1], got {self.anomaly_threshold!r}"
+            )
+
+    def with_model(self, **changes) -> EngineConfig:
+        return replace(self, model=replace(self.model, **changes))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["quantiles"] = list(self.quantiles)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EngineConfig:
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigurationError(f"unknown EngineConfig fields {unknown}")
+        model = ModelConfig.from_dict(data.pop("model", {}))
+        if "quantiles" in data:
+            data["quantiles"] = tuple(data["quantiles"])
+        return cls(model=model, **data)
+
+    @classmethod
+    def from_params(cls, **params) -> EngineConfig:
+        """Build from a flat mapping where model fields (``hidden_size``, ``adversarial``...)
+        and engine fields sit side by side, as the River adapters receive them."""
+        model_names = {f.name for f in fields(ModelConfig)}
+        engine_names = {f.name for f in fields(cls)} - {"model"}
+        unknown = sorted(set(params) - model_names - engine_names)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown parameters {unknown}; model parameters: {sorted(model_names)}; "
+                f"engine parameters: {sorted(engine_names)}"
+            )
+        model = ModelConfig(**{k: v for k, v in params.items() if k in model_names})
+        rest = {k: v for k, v in params.items() if k in engine_names}
+        if "quantiles" in rest:
+            rest["quantiles"] = tuple(rest["quantiles"])
+        return cls(model=model, **rest)

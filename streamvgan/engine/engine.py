@@ -1,0 +1,588 @@
+"""StreamEngine: one recurrent VAE-GAN serving many streams online.
+
+Every stream keeps its own small state (GRU state, online normaliser, replay buffer, score
+statistics); all streams share one set of weights. :meth:`StreamEngine.process` advances every
+stream that received events in one batched network call per *round* (the k-th event of each
+stream in the batch), so the cost per event does not grow with Python-level calls per stream.
+
+Anomaly score of an event (see README "How the score is computed"):
+
+1. components, in normalised units: ``surprise`` = -log N(x_t; forecast made at t-1),
+   ``reconstruction`` = -log p(x_t | E[z_t | x_t, h_{t-1}], h_{t-1}), ``critic`` = -D(last
+   window); before the first fit (cold start) ``surprise`` = x_t^2 / 2 (distance from the running
+   mean) and ``reconstruction`` = (x_t - x_{t-1})^2 / 2 (the jump), with no critic term;
+2. each component is standardised by its own running mean and variance per stream and clipped
+   to [-5, 20]; ``raw`` is their weighted mean;
+3. calibration as in Numenta's anomaly likelihood (Ahmad et al. 2017): ``m`` = mean of the last
+   ``smoothing`` raw scores, ``mu, sd`` = mean and standard deviation of the stream's recent
+   ``m`` values; ``score = max(0, 2 * Phi((m - mu) / sd) - 1)``, the probability that a normal
+   point is less extreme. Points scoring at least ``anomaly_threshold`` enter the replay buffer
+   and the statistics at ``anomalous_weight``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.special import ndtr, ndtri
+
+from streamvgan.engine import checkpoint
+from streamvgan.engine.config import EngineConfig
+from streamvgan.engine.state import StateTable
+from streamvgan.engine.training import FitReport, Trainer, TrainingWindows
+from streamvgan.engine.types import Event, Forecast, Score
+from streamvgan.errors import CheckpointError, InvalidInputError
+from streamvgan.nn.model import LOG_2PI, RecurrentVAEGAN
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("surprise", "reconstruction", "critic")
+_LN2 = math.log(2.0)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class StreamEngine:
+    """Anomaly scores, forecasts and sampled continuations for many streams, learned online.
+
+    Parameters
+    ----------
+    config
+        An :class:`EngineConfig`; the defaults work out of the box.
+    seed
+        Seeds the network's initial weights, window sampling and all sampling noise.
+    device
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+
+    Examples
+    --------
+    >>> import math
+    >>> from streamvgan.engine import StreamEngine, EngineConfig, Event
+    >>> engine = StreamEngine(EngineConfig(warmup_events=200, first_fit_steps=20), seed=1)
+    >>> for t in range(300):
+    ...     scores = engine.process([
+    ...         Event("a", {"value": math.sin(t / 5)}),
+    ...         Event("b", {"value": 100 + 10 * math.cos(t / 7)}),
+    ...     ])
+    ...     _ = engine.fine_tune()
+    >>> engine.model_version
+    1
+    >>> 0.0 <= scores[0].score <= 1.0
+    True
+    >>> forecast = engine.forecast(["b"])[0]
+    >>> forecast.mean.shape
+    (12, 1)
+    >>> engine.generate("a", horizon=5, n_samples=3).shape
+    (3, 5, 1)
+    """
+
+    def __init__(
+        self, config: EngineConfig | None = None, *, seed: int = 0, device: str | torch.device = "cpu"
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.seed = seed
+        self.device = resolve_device(device)
+        cfg, mcfg = self.config, self.config.model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = RecurrentVAEGAN(mcfg)
+        self.model = model.to(self.device).eval()
+        self.trainer = Trainer(
+            self.model, cfg.learning_rate, cfg.critic_learning_rate, cfg.batch_size, cfg.burn_in,
+            seed, self.device,
+        )
+        self.state = StateTable(
+            n_features=mcfg.n_features,
+            hidden_size=mcfg.hidden_size,
+            horizon=mcfg.horizon,
+            replay_size=cfg.replay_size,
+            history_size=cfg.history_size,
+            smoothing=cfg.smoothing,
+            max_streams=cfg.max_streams,
+        )
+        self.fields_of: dict[str, tuple[str, ...]] = {}
+        self.model_version = 0
+        self.events_seen = 0
+        self._last_fit_events = 0
+        self._sample_gen = torch.Generator(device=self.device)
+        self._sample_gen.manual_seed(seed + 2)
+        self._lock = threading.RLock()
+        self._train_lock = threading.Lock()
+        self._z = {q: float(ndtri(q)) for q in cfg.quantiles}
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def n_streams(self) -> int:
+        return len(self.state)
+
+    @property
+    def evictions(self) -> int:
+        return self.state.evictions
+
+    def streams(self) -> list[str]:
+        return list(self.state.streams)
+
+    def fields(self, stream: str) -> list[str]:
+        if stream not in self.fields_of:
+            raise InvalidInputError(f"unknown stream {stream!r}: no events seen for it yet")
+        return list(self.fields_of[stream])
+
+    def state_bytes_per_stream(self) -> int:
+        """Bytes of state one univariate stream holds (arrays, not Python bookkeeping)."""
+        return self.state.bytes_per_channel()
+
+    # -- validation --------------------------------------------------------------------------
+    def _validate(self, event: Event, seen: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+        if not isinstance(event, Event):
+            raise InvalidInputError(f"expected an Event, got {type(event).__name__}: {event!r}")
+        stream = event.stream
+        if not isinstance(stream, str) or not stream:
+            raise InvalidInputError(f"stream must be a non-empty string, got {stream!r}")
+        if not isinstance(event.values, Mapping) or not event.values:
+            raise InvalidInputError(
+                f"stream {stream!r}: values must be a non-empty mapping of field -> number, "
+                f"got {event.values!r}"
+            )
+        for name, value in event.values.items():
+            if not isinstance(name, str):
+                raise InvalidInputError(f"stream {stream!r}: field names must be strings, got {name!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise InvalidInputError(
+                    f"stream {stream!r}: field {name!r} must be a number, got {value!r}"
+                )
+            if not math.isfinite(float(value)):
+                raise InvalidInputError(
+                    f"stream {stream!r}: field {name!r} must be finite, got {value!r}"
+                )
+        names = tuple(sorted(event.values))
+        known = seen.get(stream) or self.fields_of.get(stream)
+        if known is not None and names != known:
+            missing, extra = sorted(set(known) - set(names)), sorted(set(names) - set(known))
+            raise InvalidInputError(
+                f"stream {stream!r} has fields {list(known)}; this event has missing fields "
+                f"{missing} and extra fields {extra}: send the same fields every time"
+            )
+        n_features = self.config.model.n_features
+        if self.config.field_mode == "joint" and len(names) != n_features:
+            raise InvalidInputError(
+                f"stream {stream!r}: joint mode expects {n_features} fields, got {list(names)}"
+            )
+        return names
+
+    def _slot_keys(self, names: tuple[str, ...]) -> list[str]:
+        return list(names) if self.config.field_mode == "channels" else ["*"]
+
+    # -- the online step ---------------------------------------------------------------------
+    def process(self, events: Sequence[Event]) -> list[Score]:
+        """Score, then learn from, ``events`` (any mix of streams, in order per stream).
+
+        Raises :class:`InvalidInputError` naming the first bad event before any state changes.
+        """
+        with self._lock:
+            seen: dict[str, tuple[str, ...]] = {}
+            names_list = []
+            for event in events:
+                names = self._validate(event, seen)
+                seen.setdefault(event.stream, names)
+                names_list.append(names)
+            batch_streams = set(seen)
+            for stream, names in seen.items():
+                if stream not in self.state:
+                    self.state.add_stream(stream, self._slot_keys(names), protect=batch_streams)
+                    self.fields_of[stream] = names
+                else:
+                    self.state.touch(stream)
+            self._forget_evicted()
+            # rounds: the k-th event of every stream goes into round k
+            ordinal: dict[str, int] = {}
+            rounds: list[list[int]] = []
+            for i, event in enumerate(events):
+                k = ordinal.get(event.stream, 0)
+                ordinal[event.stream] = k + 1
+                if k == len(rounds):
+                    rounds.append([])
+                rounds[k].append(i)
+            results: list[Score | None] = [None] * len(events)
+            for members in rounds:
+                for i, score in zip(members, self._run(events, members, learn=True)):
+                    results[i] = score
+            self.events_seen += len(events)
+            return results  # type: ignore[return-value]
+
+    def score(self, events: Sequence[Event]) -> list[Score]:
+        """Score each event as the next event of its stream, changing no state.
+
+        A stream never seen before scores 0.0 (nothing to compare against)."""
+        with self._lock:
+            for event in events:
+                self._validate(event, {})
+            known = [i for i, e in enumerate(events) if e.stream in self.state]
+            results = [
+                Score(e.stream, 0.0, 0.0, dict.fromkeys(COMPONENTS, 0.0), self.model_version, False, e.ts)
+                for e in events
+            ]
+            # score() never advances state, so events of the same stream are independent
+            for i, score in zip(known, self._run(events, known, learn=False)):
+                results[i] = score
+            return results
+
+    def _forget_evicted(self) -> None:
+        if len(self.fields_of) != len(self.state):
+            for stream in [s for s in self.fields_of if s not in self.state]:
+                del self.fields_of[stream]
+
+    def _std(self, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+        # floor relative to the level so constant streams of any scale normalise sanely
+        return np.sqrt(np.maximum(var, (1e-4 * np.abs(mean) + 1e-12) ** 2))
+
+    def _run(self, events: Sequence[Event], members: list[int], learn: bool) -> list[Score]:
+        cfg = self.config
+        st = self.state
+        # flatten events to channel rows
+        slot_rows, value_rows, owner = [], [], []
+        for j, i in enumerate(members):
+            event = events[i]
+            slots = st.streams[event.stream]
+            if cfg.field_mode == "channels":
+                for key, slot in slots.items():
+                    slot_rows.append(slot)
+                    value_rows.append([float(event.values[key])])
+                    owner.append(j)
+            else:
+                slot_rows.append(slots["*"])
+                value_rows.append([float(event.values[k]) for k in self.fields_of[event.stream]])
+                owner.append(j)
+        if not slot_rows:
+            return []
+        slots = np.asarray(slot_rows, dtype=np.int64)
+        values = np.asarray(value_rows, dtype=np.float64)  # (B, F)
+        n = st.n[slots]
+        mean, var = st.norm_mean[slots], st.norm_var[slots]
+        std = self._std(mean, var)
+        xn = np.clip((values - mean) / std, -cfg.clip, cfg.clip)
+        xn[n < 2] = 0.0
+        warm = self.model_version > 0
+
+        comps = np.zeros((len(slots), 3), dtype=np.float64)
+        weights = np.array([cfg.surprise_weight, cfg.reconstruction_weight, 0.0])
+        out = None
+        if warm:
+            fm, fs = st.f_mean[slots, 0], st.f_scale[slots, 0]  # (B, F) forecast of x_t
+            comps[:, 0] = (0.5 * (((xn - fm) / fs) ** 2 + LOG_2PI) + np.log(fs)).sum(-1)
+            x_t = torch.from_numpy(xn.astype(np.float32)).to(self.device)
+            h_t = torch.from_numpy(st.h[slots]).to(self.device)
+            out = self.model.step(x_t, h_t)
+            comps[:, 1] = out.recon_nll.cpu().numpy()
+            if self.model.critic is not None:
+                wc = cfg.model.critic_window
+                window = np.concatenate([st.recent_values(slots, wc - 1), xn[:, None, :]], axis=1)
+                with torch.no_grad():
+                    d = self.model.critic_score(torch.from_numpy(window.astype(np.float32)).to(self.device))
+                comps[:, 2] = -d.cpu().numpy()
+                weights[2] = cfg.critic_weight
+        else:
+            prev = st.recent_values(slots, 1)[:, 0]
+            comps[:, 0] = 0.5 * (xn**2).sum(-1)
+            comps[:, 1] = 0.5 * ((xn - prev) ** 2).sum(-1) * (n >= 3)
+
+        # standardise components by their running statistics
+        c_mean, c_var = st.comp_mean[slots].astype(np.float64), st.comp_var[slots].astype(np.float64)
+        cz = np.clip((comps - c_mean) / np.sqrt(np.maximum(c_var, 1e-4)), -5.0, 20.0)
+        cz[n < 10] = 0.0
+        raw = (cz * weights).sum(1) / weights.sum()
+
+        # calibration (anomaly likelihood)
+        s_size, l_size = st.sizes["S"], st.sizes["L"]
+        recent = st.ring("recent", slots, np.minimum(n, s_size))
+        rows = np.arange(len(slots))
+        recent[rows, n % s_size] = raw
+        smoothed = np.nanmean(recent, axis=1)
+        hist = st.ring("hist", slots, np.minimum(n, l_size))
+        have = np.minimum(n, l_size)
+        with np.errstate(invalid="ignore"), _quiet_nan():
+            mu = np.nanmean(hist, axis=1)
+            sd = np.nanstd(hist, axis=1)
+        z = (smoothed - np.nan_to_num(mu)) / np.maximum(np.nan_to_num(sd), 0.05)
+        score = np.clip(2.0 * ndtr(z) - 1.0, 0.0, 1.0)
+        score[have < cfg.min_history] = 0.0
+
+        if learn:
+            self._learn(slots, values, xn, comps, raw, smoothed, score, out, n, mean, var, std)
+
+        # one Score per event: its most anomalous channel
+        results = []
+        owner_arr = np.asarray(owner)
+        for j, i in enumerate(members):
+            event = events[i]
+            rows_j = np.flatnonzero(owner_arr == j) if len(owner_arr) != len(members) else np.array([j])
+            best = rows_j[np.argmax(score[rows_j])]
+            results.append(
+                Score(
+                    stream=event.stream,
+                    score=float(score[best]),
+                    raw=float(raw[best]),
+                    components={c: float(comps[best, k]) for k, c in enumerate(COMPONENTS)},
+                    model_version=self.model_version,
+                    warm=warm,
+                    ts=event.ts,
+                )
+            )
+        return results
+
+    def _learn(self, slots, values, xn, comps, raw, smoothed, score, out, n, mean, var, std) -> None:
+        cfg, st = self.config, self.state
+        anomalous = score >= cfg.anomaly_threshold
+        weight = np.where(anomalous, cfg.anomalous_weight, 1.0)
+        st.push(slots, xn.astype(np.float32), weight)
+        st.recent[slots, n % st.sizes["S"]] = raw
+        st.hist[slots, n % st.sizes["L"]] = smoothed
+        # component statistics: exponentially weighted, winsorised, slower for anomalies
+        alpha_c = np.maximum(1.0 / (n + 1.0), _LN2 / cfg.score_halflife) * weight
+        c_mean, c_var = st.comp_mean[slots].astype(np.float64), st.comp_var[slots].astype(np.float64)
+        c_sd = np.sqrt(np.maximum(c_var, 1e-4))
+        dc = comps - c_mean
+        dc = np.where((n >= 10)[:, None], np.clip(dc, -10 * c_sd, 10 * c_sd), dc)
+        st.comp_mean[slots] = c_mean + alpha_c[:, None] * dc
+        st.comp_var[slots] = (1 - alpha_c[:, None]) * (c_var + alpha_c[:, None] * dc**2)
+        # normaliser: level follows fully, scale from a winsorised deviation
+        alpha = np.maximum(1.0 / (n + 1.0), _LN2 / cfg.normaliser_halflife)[:, None]
+        d = values - mean
+        d_w = np.where((n >= 2)[:, None], np.clip(d, -4 * std, 4 * std), d)
+        st.norm_mean[slots] = mean + alpha * d
+        st.norm_var[slots] = (1 - alpha) * (var + alpha * d_w**2)
+        st.last[slots] = values
+        st.n[slots] = n + 1
+        if out is not None:
+            st.h[slots] = out.h.cpu().numpy()
+            st.f_mean[slots] = out.forecast_mean.cpu().numpy()
+            st.f_scale[slots] = out.forecast_scale.cpu().numpy()
+
+    # -- forecasts and continuations ---------------------------------------------------------
+    def _stream_slots(self, stream: str) -> tuple[list[str], np.ndarray]:
+        slots = self.state.slots_of(stream)
+        if slots is None:
+            raise InvalidInputError(f"unknown stream {stream!r}: no events seen for it yet")
+        names = list(self.fields_of[stream])
+        return names, np.asarray(list(slots.values()), dtype=np.int64)
+
+    def forecast(self, streams: Sequence[str]) -> list[Forecast]:
+        """Mean and quantiles of the next ``config.horizon`` values of each stream.
+
+        Before the first fit: the last value, with quantiles from the running standard
+        deviation (a persistence forecast)."""
+        with self._lock:
+            return [self._forecast_one(s) for s in streams]
+
+    def _forecast_one(self, stream: str) -> Forecast:
+        st, horizon = self.state, self.config.horizon
+        names, slots = self._stream_slots(stream)
+        std = self._std(st.norm_mean[slots], st.norm_var[slots])  # (U, F)
+        if self.model_version > 0 and st.n[slots].min() >= 1:
+            mean = st.norm_mean[slots][:, None, :] + std[:, None, :] * st.f_mean[slots]  # (U, H, F)
+            spread = std[:, None, :] * st.f_scale[slots]
+        else:
+            mean = np.repeat(st.last[slots][:, None, :], horizon, axis=1)
+            spread = np.repeat(std[:, None, :], horizon, axis=1)
+        # (U, H, F) -> (H, fields): channels are one field each, joint is one row of F
+        to_fields = (lambda a: a[:, :, 0].T) if self.config.field_mode == "channels" else (lambda a: a[0])
+        quantiles = {q: to_fields(mean + z * spread) for q, z in self._z.items()}
+        return Forecast(stream, names, to_fields(mean), quantiles, self.model_version, self.model_version > 0)
+
+    def generate(self, stream: str, horizon: int, n_samples: int) -> np.ndarray:
+        """``n_samples`` sampled continuations (n_samples, horizon, n_fields) in original units,
+        drawn by running the prior, decoder and GRU forward from the stream's current state.
+
+        Before the first fit: independent draws around the last value with the running
+        standard deviation."""
+        if not isinstance(horizon, int) or horizon < 1:
+            raise InvalidInputError(f"horizon must be a positive int, got {horizon!r}")
+        if not isinstance(n_samples, int) or n_samples < 1:
+            raise InvalidInputError(f"n_samples must be a positive int, got {n_samples!r}")
+        with self._lock:
+            st = self.state
+            names, slots = self._stream_slots(stream)
+            mean, std = st.norm_mean[slots], self._std(st.norm_mean[slots], st.norm_var[slots])
+            u, f = len(slots), self.config.model.n_features
+            if self.model_version > 0:
+                h = torch.from_numpy(np.repeat(st.h[slots], n_samples, axis=0)).to(self.device)
+                with torch.no_grad():
+                    xn = self.model.generate(h, horizon, self._sample_gen).cpu().numpy()
+                xn = xn.reshape(u, n_samples, horizon, f)
+                samples = mean[:, None, None, :] + std[:, None, None, :] * xn
+            else:
+                noise = torch.randn((u, n_samples, horizon, f), generator=self._sample_gen, device=self.device)
+                samples = st.last[slots][:, None, None, :] + std[:, None, None, :] * noise.cpu().numpy()
+            if self.config.field_mode == "channels":
+                return np.moveaxis(samples[..., 0], 0, -1)  # (n, H, fields)
+            return samples[0]
+
+    # -- fine-tuning -------------------------------------------------------------------------
+    def fine_tune_due(self) -> bool:
+        cfg = self.config
+        if self.model_version == 0:
+            return self.events_seen >= cfg.warmup_events
+        return self.events_seen - self._last_fit_events >= cfg.fit_every
+
+    def sample_windows(self, n_windows: int) -> TrainingWindows | None:
+        """Up to ``n_windows`` windows from the replay buffers, uniformly over eligible
+        channels and positions; None when no channel has a full window yet."""
+        cfg, st = self.config, self.state
+        with self._lock:
+            used = st.used_slots()
+            n = st.n[used]
+            eligible = used[n >= cfg.window]
+            if len(eligible) == 0:
+                return None
+            rng = self.trainer.rng
+            pick = eligible[rng.integers(0, len(eligible), n_windows)]
+            n_pick = st.n[pick]
+            span = np.minimum(n_pick, cfg.replay_size) - cfg.window
+            ends = n_pick - (rng.random(n_windows) * (span + 1)).astype(np.int64)
+            x, w = st.windows(pick, ends, cfg.window)
+            return TrainingWindows(x.copy(), w.astype(np.float32))
+
+    def fine_tune(self, steps: int | None = None, force: bool = False) -> FitReport | None:
+        """Fine-tune when due (or when ``force``), then swap the new weights in.
+
+        Safe to call from a background thread while :meth:`process` runs in another: training
+        uses a private copy of the network; only the swap takes the engine's lock."""
+        if not (force or self.fine_tune_due()):
+            return None
+        with self._train_lock:
+            cfg = self.config
+            first = self.model_version == 0
+            steps = steps or (cfg.first_fit_steps if first else cfg.fit_steps)
+            events_at_start = self.events_seen
+            windows = self.sample_windows(min(cfg.batch_size * steps, 8192))
+            if windows is None:
+                log.debug("fine-tune skipped: no stream has %d points yet", cfg.window)
+                return None
+            start = time.perf_counter()
+            losses = self.trainer.train(windows, steps)
+            duration = time.perf_counter() - start
+            version = self.install_weights(self.trainer.weights())
+            self._last_fit_events = events_at_start
+            report = FitReport(version, steps, duration, losses, len(windows))
+            log.info(
+                "fine-tune -> model_version=%d steps=%d windows=%d %.2fs losses=%s",
+                version, steps, len(windows), duration,
+                {k: round(v, 3) for k, v in losses.items()},
+            )
+            return report
+
+    def install_weights(self, weights: Mapping[str, torch.Tensor], version: int | None = None) -> int:
+        """Swap ``weights`` in atomically, re-warm every stream's state from its replay buffer
+        so it matches them, and return the new model version."""
+        new_model = RecurrentVAEGAN(self.config.model).to(self.device)
+        try:
+            new_model.load_state_dict(dict(weights))
+        except (RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"weights do not fit this model configuration: {exc}") from exc
+        new_model.eval()
+        with self._lock:
+            self.model = new_model
+            self.model_version = self.model_version + 1 if version is None else int(version)
+            self._rewarm()
+            return self.model_version
+
+    def _rewarm(self, slots: np.ndarray | None = None, chunk: int = 4096) -> None:
+        st, window = self.state, self.config.window
+        used = st.used_slots() if slots is None else slots
+        for start in range(0, len(used), chunk):
+            part = used[start : start + chunk]
+            x = torch.from_numpy(st.recent_values(part, min(window, st.sizes["R"]))).to(self.device)
+            with torch.no_grad():
+                _, h = self.model.rnn(x)
+                h = h.squeeze(0)
+                f_mean, f_scale = self.model.forecast(h)
+            st.h[part] = h.cpu().numpy()
+            st.f_mean[part] = f_mean.cpu().numpy()
+            st.f_scale[part] = f_scale.cpu().numpy()
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write weights, configuration, normalisers and every stream's state to ``directory``."""
+        with self._lock:
+            return checkpoint.save(self, Path(directory))
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> StreamEngine:
+        """Rebuild an engine from :meth:`save`'s directory (``torch.load(weights_only=True)``)."""
+        return checkpoint.load(cls, Path(directory), device)
+
+    def to_bytes(self) -> bytes:
+        """The whole engine as bytes (what :meth:`save` writes), e.g. for pickling."""
+        with self._lock:
+            return checkpoint.dumps(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, device: str | torch.device = "cpu") -> StreamEngine:
+        return checkpoint.loads(cls, data, device)
+
+    def __getstate__(self) -> dict:
+        return {"bytes": self.to_bytes(), "device": str(self.device)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(StreamEngine.from_bytes(state["bytes"], state["device"]).__dict__)
+
+    def export_weights(self) -> bytes:
+        """The serving weights and model config as bytes (for a model topic)."""
+        with self._lock:
+            payload = {
+                "model_config": self.config.model.to_dict(),
+                "weights": self.model.state_dict(),
+                "model_version": self.model_version,
+            }
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        return buf.getvalue()
+
+    def import_weights(self, data: bytes, version: int) -> None:
+        """Install weights from :meth:`export_weights` bytes as ``version``."""
+        payload = checkpoint.load_bytes(data, "model weights")
+        if payload.get("model_config") != self.config.model.to_dict():
+            raise CheckpointError(
+                "model weights were trained with another model configuration: "
+                f"{payload.get('model_config')} != {self.config.model.to_dict()}"
+            )
+        self.trainer.model.load_state_dict(payload["weights"])
+        self.install_weights(payload["weights"], version=version)
+
+    def export_stream(self, stream: str) -> bytes | None:
+        """One stream's state as bytes (for a changelog); None if the stream is unknown."""
+        with self._lock:
+            slots = self.state.slots_of(stream)
+            if slots is None:
+                return None
+            return checkpoint.stream_to_bytes(self, stream, slots)
+
+    def import_stream(self, stream: str, data: bytes) -> None:
+        """Restore one stream's state from :meth:`export_stream` bytes (replacing any)."""
+        with self._lock:
+            checkpoint.stream_from_bytes(self, stream, data)
+
+
+class _quiet_nan:
+    """Silence numpy's 'mean of empty slice' for channels with no history yet."""
+
+    def __enter__(self):
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)

@@ -1,0 +1,184 @@
+"""Per-channel state of many streams, kept in preallocated numpy arrays indexed by slot.
+
+A *channel* is one row the network advances: a single field of a stream in ``channels``
+mode, or a whole stream in ``joint`` mode. Keeping every channel's state in a row of a few
+arrays (not in one Python object per stream) is what lets one batched model call serve all
+streams of a poll, and makes the bytes per stream easy to count.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+import numpy as np
+
+# arrays of the table: name -> (shape after the slot axis, dtype); symbols resolved in __init__
+_LAYOUT = {
+    "h": (("hidden",), np.float32),  # GRU state h_t
+    "norm_mean": (("F",), np.float64),  # online normaliser, original units
+    "norm_var": (("F",), np.float64),
+    "n": ((), np.int64),  # events learned
+    "last": (("F",), np.float64),  # last value, original units
+    "f_mean": (("H", "F"), np.float32),  # forecast made after the last event, normalised
+    "f_scale": (("H", "F"), np.float32),
+    "comp_mean": (("C",), np.float32),  # running statistics of the score components
+    "comp_var": (("C",), np.float32),
+    "recent": (("S",), np.float32),  # last raw scores (ring), smoothed before calibration
+    "hist": (("L",), np.float32),  # smoothed raw scores (ring), the calibration history
+    "buf": (("R", "F"), np.float32),  # replay buffer of normalised values (ring)
+    "buf_w": (("R",), np.float16),  # learning weight of each buffered point
+}
+
+N_COMPONENTS = 3  # surprise, reconstruction, critic
+
+
+class StateTable:
+    """Slots of channel state with least-recently-seen eviction of whole streams.
+
+    Parameters
+    ----------
+    n_features
+        Values per channel (1 in channels mode).
+    hidden_size, horizon, replay_size, history_size, smoothing
+        Sizes of the per-channel arrays.
+    max_streams
+        Streams kept; the least recently seen stream is evicted (all its channels) to make room.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        hidden_size: int,
+        horizon: int,
+        replay_size: int,
+        history_size: int,
+        smoothing: int,
+        max_streams: int,
+        initial_capacity: int = 64,
+    ) -> None:
+        self.sizes = {
+            "F": n_features,
+            "hidden": hidden_size,
+            "H": horizon,
+            "C": N_COMPONENTS,
+            "S": smoothing,
+            "L": history_size,
+            "R": replay_size,
+        }
+        self.max_streams = max_streams
+        self.capacity = 0
+        self.arrays: dict[str, np.ndarray] = {}
+        self._grow(initial_capacity)
+        # stream -> {field key -> slot}; ordered from least to most recently seen
+        self.streams: OrderedDict[str, dict[str, int]] = OrderedDict()
+        self.slot_owner: dict[int, tuple[str, str]] = {}
+        self._free: list[int] = []
+        self._next = 0
+        self.evictions = 0
+
+    # -- layout ------------------------------------------------------------------------------
+    def _shape(self, name: str, rows: int) -> tuple[int, ...]:
+        dims, _ = _LAYOUT[name]
+        return (rows, *(self.sizes[d] for d in dims))
+
+    def _grow(self, capacity: int) -> None:
+        for name, (_, dtype) in _LAYOUT.items():
+            new = np.zeros(self._shape(name, capacity), dtype=dtype)
+            if name in self.arrays:
+                new[: self.capacity] = self.arrays[name]
+            self.arrays[name] = new
+        self.capacity = capacity
+
+    def bytes_per_channel(self) -> int:
+        return sum(int(np.prod(self._shape(n, 1))) * np.dtype(d).itemsize for n, (_, d) in _LAYOUT.items())
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        arrays = self.__dict__.get("arrays")
+        if arrays is not None and name in arrays:
+            return arrays[name]
+        raise AttributeError(name)
+
+    # -- slots -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def __contains__(self, stream: str) -> bool:
+        return stream in self.streams
+
+    def slots_of(self, stream: str) -> dict[str, int] | None:
+        return self.streams.get(stream)
+
+    def touch(self, stream: str) -> None:
+        self.streams.move_to_end(stream)
+
+    def add_stream(self, stream: str, keys: Iterable[str], protect: set[str] = frozenset()) -> dict[str, int]:
+        """Give ``stream`` one fresh slot per key, evicting the least recently seen streams
+        (except those in ``protect``, which the current batch is using) when full."""
+        while len(self.streams) >= self.max_streams:
+            victim = next((s for s in self.streams if s not in protect), None)
+            if victim is None:
+                break
+            self.remove_stream(victim)
+            self.evictions += 1
+        slots = {}
+        for key in keys:
+            slot = self._free.pop() if self._free else self._take_new()
+            self._reset(slot)
+            slots[key] = slot
+            self.slot_owner[slot] = (stream, key)
+        self.streams[stream] = slots
+        return slots
+
+    def _take_new(self) -> int:
+        if self._next >= self.capacity:
+            self._grow(max(2 * self.capacity, 64))
+        slot = self._next
+        self._next += 1
+        return slot
+
+    def _reset(self, slot: int) -> None:
+        for arr in self.arrays.values():
+            arr[slot] = 0
+        self.arrays["norm_var"][slot] = 0.0
+
+    def remove_stream(self, stream: str) -> None:
+        for slot in self.streams.pop(stream).values():
+            self.slot_owner.pop(slot, None)
+            self._free.append(slot)
+
+    def used_slots(self) -> np.ndarray:
+        return np.fromiter(self.slot_owner.keys(), dtype=np.int64, count=len(self.slot_owner))
+
+    # -- replay buffer -----------------------------------------------------------------------
+    def push(self, slots: np.ndarray, values: np.ndarray, weights: np.ndarray) -> None:
+        """Append normalised ``values`` (B, F) with learning ``weights`` (B,) to the rings;
+        ``n`` must not have been incremented for this event yet."""
+        pos = self.arrays["n"][slots] % self.sizes["R"]
+        self.arrays["buf"][slots, pos] = values
+        self.arrays["buf_w"][slots, pos] = weights
+
+    def recent_values(self, slots: np.ndarray, length: int) -> np.ndarray:
+        """The last ``length`` buffered values (B, length, F), oldest first, zero-padded on
+        the left where a channel has fewer points."""
+        r = self.sizes["R"]
+        n = self.arrays["n"][slots]
+        offsets = np.arange(-length, 0)
+        idx = (n[:, None] + offsets[None, :]) % r  # (B, length)
+        out = self.arrays["buf"][slots[:, None], idx]
+        out[(n[:, None] + offsets[None, :]) < 0] = 0.0
+        return out
+
+    def windows(self, slots: np.ndarray, ends: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Windows of ``length`` points ending before event count ``ends`` (B,), with weights."""
+        r = self.sizes["R"]
+        idx = (ends[:, None] + np.arange(-length, 0)[None, :]) % r
+        return self.arrays["buf"][slots[:, None], idx], self.arrays["buf_w"][slots[:, None], idx]
+
+    # -- ring of recent raw scores and of the calibration history --------------------------
+    def ring(self, name: str, slots: np.ndarray, count: np.ndarray) -> np.ndarray:
+        """Values of ring ``name`` (B, size) with entries not yet written set to NaN."""
+        arr = self.arrays[name][slots].astype(np.float64)
+        size = arr.shape[1]
+        arr[np.arange(size)[None, :] >= count[:, None]] = np.nan
+        return arr
