@@ -34,6 +34,7 @@ class EngineConfig:
     learning_rate: float = 3e-3
     critic_learning_rate: float = 1e-3
     normaliser_halflife: float = 1000.0  # events; how fast level and scale follow the data
+    relevel_after: int = 16  # this many values in a row beyond 4 sd on one side: new level
     score_halflife: float = 500.0  # events; how fast the component statistics adapt
     history_size: int = 512  # smoothed raw scores kept for calibration
     smoothing: int = 4  # raw scores averaged before calibration
@@ -62,7 +63,7 @@ class EngineConfig:
             )
         positive_ints = (
             "max_streams replay_size window warmup_events fit_every first_fit_steps fit_steps "
-            "batch_size history_size smoothing"
+            "batch_size history_size smoothing relevel_after"
         ).split()
         for name in positive_ints:
             value = getattr(self, name)

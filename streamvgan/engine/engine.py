@@ -280,6 +280,7 @@ class StreamEngine:
         out = None
         if warm:
             fm, fs = st.f_mean[slots, 0], st.f_scale[slots, 0]  # (B, F) forecast of x_t
+            fs = np.maximum(fs, cfg.model.min_scale)  # a channel new since the last fit has none
             comps[:, 0] = (0.5 * (((xn - fm) / fs) ** 2 + LOG_2PI) + np.log(fs)).sum(-1)
             x_t = torch.from_numpy(xn.astype(np.float32)).to(self.device)
             h_t = torch.from_numpy(st.h[slots]).to(self.device)
@@ -300,7 +301,7 @@ class StreamEngine:
         # standardise components by their running statistics
         c_mean, c_var = st.comp_mean[slots].astype(np.float64), st.comp_var[slots].astype(np.float64)
         cz = np.clip((comps - c_mean) / np.sqrt(np.maximum(c_var, 1e-4)), -5.0, 20.0)
-        cz[n < 10] = 0.0
+        cz[st.comp_n[slots] < 10] = 0.0
         raw = (cz * weights).sum(1) / weights.sum()
 
         # calibration (anomaly likelihood)
@@ -349,19 +350,28 @@ class StreamEngine:
         st.recent[slots, n % st.sizes["S"]] = raw
         st.hist[slots, n % st.sizes["L"]] = smoothed
         # component statistics: exponentially weighted, winsorised, slower for anomalies
-        alpha_c = np.maximum(1.0 / (n + 1.0), _LN2 / cfg.score_halflife) * weight
+        cn = st.comp_n[slots]
+        alpha_c = np.maximum(1.0 / (cn + 1.0), _LN2 / cfg.score_halflife) * weight
         c_mean, c_var = st.comp_mean[slots].astype(np.float64), st.comp_var[slots].astype(np.float64)
         c_sd = np.sqrt(np.maximum(c_var, 1e-4))
         dc = comps - c_mean
-        dc = np.where((n >= 10)[:, None], np.clip(dc, -10 * c_sd, 10 * c_sd), dc)
+        dc = np.where((cn >= 10)[:, None], np.clip(dc, -10 * c_sd, 10 * c_sd), dc)
         st.comp_mean[slots] = c_mean + alpha_c[:, None] * dc
         st.comp_var[slots] = (1 - alpha_c[:, None]) * (c_var + alpha_c[:, None] * dc**2)
         # normaliser: level follows fully, scale from a winsorised deviation
         alpha = np.maximum(1.0 / (n + 1.0), _LN2 / cfg.normaliser_halflife)[:, None]
         d = values - mean
         d_w = np.where((n >= 2)[:, None], np.clip(d, -4 * std, 4 * std), d)
-        st.norm_mean[slots] = mean + alpha * d
+        # a level shift: after `relevel_after` values in a row beyond 4 sd on the same side,
+        # jump the level to the current value instead of creeping towards it
+        side = np.sign(d) * (np.abs(d) > 4 * std) * (n >= 2)[:, None]
+        run = st.outside[slots].astype(np.int64)
+        run = np.where(side == 0, 0, np.where(side * run > 0, run + side, side))
+        relevel = np.abs(run) >= cfg.relevel_after
+        st.outside[slots] = np.where(relevel, 0, run)
+        st.norm_mean[slots] = np.where(relevel, values, mean + alpha * d)
         st.norm_var[slots] = (1 - alpha) * (var + alpha * d_w**2)
+        st.comp_n[slots] = cn + 1
         st.last[slots] = values
         st.n[slots] = n + 1
         if out is not None:
@@ -492,8 +502,11 @@ class StreamEngine:
             raise CheckpointError(f"weights do not fit this model configuration: {exc}") from exc
         new_model.eval()
         with self._lock:
+            was_cold = self.model_version == 0
             self.model = new_model
             self.model_version = self.model_version + 1 if version is None else int(version)
+            if was_cold:  # the components change meaning (fallback -> model): restart their stats
+                self.state.comp_n[self.state.used_slots()] = 0
             self._rewarm()
             return self.model_version
 

@@ -20,10 +20,12 @@ _LAYOUT = {
     "norm_var": (("F",), np.float64),
     "n": ((), np.int64),  # events learned
     "last": (("F",), np.float64),  # last value, original units
+    "outside": (("F",), np.int16),  # signed run of consecutive values beyond 4 sd
     "f_mean": (("H", "F"), np.float32),  # forecast made after the last event, normalised
     "f_scale": (("H", "F"), np.float32),
     "comp_mean": (("C",), np.float32),  # running statistics of the score components
     "comp_var": (("C",), np.float32),
+    "comp_n": ((), np.int32),  # events in the component statistics (reset at the first fit)
     "recent": (("S",), np.float32),  # last raw scores (ring), smoothed before calibration
     "hist": (("L",), np.float32),  # smoothed raw scores (ring), the calibration history
     "buf": (("R", "F"), np.float32),  # replay buffer of normalised values (ring)

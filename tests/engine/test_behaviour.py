@@ -1,0 +1,92 @@
+"""What the engine must do on data with a known answer: forecast a noisy sine better than the
+last value, rank injected anomalies above normal points, and sample realistic continuations.
+
+One engine learns four streams for 2,400 steps (module fixture); each test reads its numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamvgan.engine import EngineConfig, Event, StreamEngine
+
+N = 2400
+PERIOD = 40
+NAMES = ["clean", "spike", "shift", "flat"]
+SPIKES = [1500, 1800, 2100]
+SHIFT_AT = 1900
+FLAT = slice(1900, 1960)
+FORECAST_FROM = 2000
+HELD_BACK = 400
+
+
+def _sine(n_points: int, phase: float, rng: np.random.Generator, start: int = 0) -> np.ndarray:
+    t = np.arange(start, start + n_points)
+    return np.sin(2 * np.pi * t / PERIOD + phase) + 0.1 * rng.normal(size=n_points)
+
+
+@pytest.fixture(scope="module")
+def run():
+    rng = np.random.default_rng(0)
+    series = {name: _sine(N + HELD_BACK, k, rng) for k, name in enumerate(NAMES)}
+    series["spike"][SPIKES] += [3.0, -3.0, 2.5]
+    series["shift"][SHIFT_AT:] += 2.0
+    series["flat"][FLAT] = series["flat"][FLAT.start - 1]
+    engine = StreamEngine(
+        EngineConfig(warmup_events=1600, first_fit_steps=200, fit_every=2000), seed=0
+    )
+    scores = {name: np.zeros(N) for name in NAMES}
+    forecasts = []
+    for t in range(N):
+        out = engine.process([Event(name, {"value": float(series[name][t])}) for name in NAMES])
+        for name, score in zip(NAMES, out):
+            scores[name][t] = score.score
+        engine.fine_tune()
+        if t >= FORECAST_FROM and t + 12 < N:
+            forecasts.append((t, engine.forecast(["clean"])[0]))
+    return engine, series, scores, forecasts
+
+
+def test_forecast_beats_last_value_by_30_percent(run):
+    engine, series, _, forecasts = run
+    y = series["clean"]
+    model_err, naive_err, inside = [], [], []
+    for t, fc in forecasts:
+        truth = y[t + 1 : t + 13]
+        model_err.append(np.abs(fc.mean[:, 0] - truth).mean())
+        naive_err.append(np.abs(y[t] - truth).mean())
+        inside.append(((fc.quantiles[0.1][:, 0] <= truth) & (truth <= fc.quantiles[0.9][:, 0])).mean())
+    assert forecasts[0][1].warm and forecasts[0][1].mean.shape == (12, 1)
+    assert np.mean(model_err) <= 0.7 * np.mean(naive_err)
+    # the 10-90% band should hold roughly 80% of the outcomes
+    assert 0.6 <= np.mean(inside) <= 0.97
+
+
+def test_injected_anomalies_score_above_99th_percentile_of_normal_points(run):
+    _, _, scores, _ = run
+    for name in NAMES:
+        assert np.all((scores[name] >= 0) & (scores[name] <= 1))
+    normal = scores["spike"][1000:]
+    mask = np.ones_like(normal, dtype=bool)
+    for s in SPIKES:
+        mask[s - 1000 : s - 1000 + 8] = False  # the spike and its smoothing tail
+    p99 = np.percentile(normal[mask], 99)
+    assert all(scores["spike"][s] > p99 for s in SPIKES)
+    assert scores["shift"][SHIFT_AT] > np.percentile(scores["shift"][1000:SHIFT_AT], 99)
+    assert scores["flat"][FLAT].max() > np.percentile(scores["flat"][1000 : FLAT.start], 99)
+
+
+def _lag1(x: np.ndarray) -> float:
+    x = x - x.mean()
+    return float((x[1:] * x[:-1]).sum() / (x * x).sum())
+
+
+def test_continuations_match_held_back_data(run):
+    engine, series, _, _ = run
+    held_back = series["clean"][N : N + 80]
+    samples = engine.generate("clean", horizon=80, n_samples=64)[:, :, 0]
+    assert samples.shape == (64, 80)
+    assert abs(samples.mean() - held_back.mean()) < 0.2
+    assert abs(samples.std() - held_back.std()) < 0.2 * held_back.std()
+    lag1 = np.mean([_lag1(path) for path in samples])
+    assert abs(lag1 - _lag1(held_back)) < 0.1

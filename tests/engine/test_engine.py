@@ -1,0 +1,218 @@
+"""Unit behaviour of StreamEngine: batching, determinism, validation, eviction, scale, swaps."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from streamvgan.engine import BackgroundFineTuner, EngineConfig, Event, StreamEngine
+from streamvgan.errors import InvalidInputError
+
+TINY = EngineConfig(warmup_events=150, first_fit_steps=10, fit_steps=3, fit_every=100).with_model(
+    hidden_size=8
+)
+
+
+def sine_events(stream: str, n: int, start: int = 0, scale: float = 1.0, offset: float = 0.0):
+    return [
+        Event(stream, {"value": offset + scale * math.sin(t / 3) + 0.05 * scale * math.cos(t * 1.7)}, ts=t)
+        for t in range(start, start + n)
+    ]
+
+
+def feed(engine: StreamEngine, events, fit: bool = True):
+    out = []
+    for event in events:
+        out.extend(engine.process([event]))
+        if fit:
+            engine.fine_tune()
+    return out
+
+
+def test_batched_step_equals_one_stream_at_a_time():
+    a, b = sine_events("a", 250), sine_events("b", 250, scale=50, offset=7)
+    batched = StreamEngine(TINY, seed=3)
+    single_a, single_b = StreamEngine(TINY, seed=3), StreamEngine(TINY, seed=3)
+    got_a, got_b = [], []
+    for i in range(0, 250, 5):  # polls of 10 events: 5 per stream, interleaved
+        chunk = [e for pair in zip(a[i : i + 5], b[i : i + 5]) for e in pair]
+        res = batched.process(chunk)
+        got_a += [r.score for r in res if r.stream == "a"]
+        got_b += [r.score for r in res if r.stream == "b"]
+    for e in a:
+        single_a.process([e])
+    for e in b:
+        single_b.process([e])
+    ref_a = [r.score for r in single_a.score(a[-1:])]
+    assert batched.events_seen == 500 and batched.n_streams == 2
+    # no fit happened in this test (fine_tune not called), so the cold path must agree exactly
+    np.testing.assert_allclose(batched.forecast(["a"])[0].mean, single_a.forecast(["a"])[0].mean)
+    np.testing.assert_allclose(batched.forecast(["b"])[0].mean, single_b.forecast(["b"])[0].mean)
+    np.testing.assert_allclose(batched.score(a[-1:])[0].score, ref_a[0])
+    assert len(got_a) == len(got_b) == 250
+
+
+def test_batched_warm_step_matches_sequential_after_fit():
+    engine = StreamEngine(TINY, seed=1)
+    feed(engine, sine_events("a", 200) + sine_events("b", 200, offset=3))
+    assert engine.model_version >= 1
+    twin = StreamEngine.from_bytes(engine.to_bytes())
+    evs = [e for pair in zip(sine_events("a", 20, start=200), sine_events("b", 20, start=200, offset=3)) for e in pair]
+    batched = engine.process(evs)
+    seq = [twin.process([e])[0] for e in evs]
+    np.testing.assert_allclose([s.score for s in batched], [s.score for s in seq], atol=1e-6)
+    np.testing.assert_allclose(
+        [s.components["surprise"] for s in batched], [s.components["surprise"] for s in seq], rtol=1e-5
+    )
+
+
+def test_same_seed_same_scores_different_seed_different_weights():
+    runs = []
+    for seed in (5, 5, 6):
+        engine = StreamEngine(TINY, seed=seed)
+        runs.append([s.score for s in feed(engine, sine_events("a", 300))])
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_checkpoint_round_trip_gives_identical_scores(tmp_path):
+    engine = StreamEngine(TINY, seed=2)
+    feed(engine, sine_events("a", 220) + sine_events("b", 220, scale=1e6))
+    engine.save(tmp_path / "ckpt")
+    restored = StreamEngine.load(tmp_path / "ckpt")
+    assert restored.model_version == engine.model_version and restored.n_streams == 2
+    later = sine_events("a", 150, start=220) + sine_events("b", 150, start=220, scale=1e6)
+    expected = [s.score for s in feed(engine, later)]
+    got = [s.score for s in feed(restored, later)]
+    assert got == expected
+    assert restored.model_version == engine.model_version >= 2  # a fine-tune ran after loading too
+
+
+@pytest.mark.parametrize(
+    "event, words",
+    [
+        (Event("a", {"value": float("nan")}), ["'value'", "nan"]),
+        (Event("a", {"value": float("inf")}), ["'value'", "inf"]),
+        (Event("a", {"value": None}), ["'value'", "None"]),
+        (Event("a", {"value": "3.2"}), ["'value'", "'3.2'"]),
+        (Event("a", {"value": True}), ["'value'", "True"]),
+        (Event("a", {"value": 1.0, "extra": 2.0}), ["extra"]),
+        (Event("a", {"other": 1.0}), ["missing", "value"]),
+        (Event("a", {}), ["non-empty"]),
+        (Event("", {"value": 1.0}), ["stream"]),
+    ],
+)
+def test_bad_input_raises_clear_error_and_changes_nothing(event, words):
+    engine = StreamEngine(TINY, seed=0)
+    feed(engine, sine_events("a", 200))
+    before = engine.to_bytes()
+    good = Event("a", {"value": 0.5})
+    with pytest.raises(InvalidInputError) as info:
+        engine.process([good, event])  # the good event before it must not be applied either
+    for word in words:
+        assert word in str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert engine.to_bytes() == before
+
+
+def test_least_recently_seen_streams_are_evicted():
+    engine = StreamEngine(EngineConfig(max_streams=3), seed=0)
+    for name in ["a", "b", "c"]:
+        engine.process([Event(name, {"value": 1.0})])
+    engine.process([Event("a", {"value": 1.0})])  # a is now most recent; b is the oldest
+    engine.process([Event("d", {"value": 1.0})])
+    assert sorted(engine.streams()) == ["a", "c", "d"]
+    assert engine.evictions == 1
+    with pytest.raises(InvalidInputError, match="unknown stream 'b'"):
+        engine.forecast(["b"])
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e9])
+def test_normaliser_is_scale_free(scale):
+    """Scores and forecasts (in units of the stream) do not depend on the stream's scale."""
+    ref = StreamEngine(TINY, seed=4)
+    scaled = StreamEngine(TINY, seed=4)
+    s_ref = [s.score for s in feed(ref, sine_events("a", 260))]
+    s_scaled = [s.score for s in feed(scaled, sine_events("a", 260, scale=scale))]
+    np.testing.assert_allclose(s_scaled, s_ref, atol=1e-3)
+    np.testing.assert_allclose(
+        scaled.forecast(["a"])[0].mean / scale, ref.forecast(["a"])[0].mean, rtol=1e-3, atol=1e-3
+    )
+
+
+def test_constant_stream_then_change_is_flagged():
+    engine = StreamEngine(TINY, seed=0)
+    scores = [s.score for s in feed(engine, [Event("c", {"value": 42.0}) for _ in range(300)])]
+    assert all(math.isfinite(s) for s in scores) and max(scores[50:]) < 0.5
+    jump = engine.process([Event("c", {"value": 42.5})])[0]
+    assert jump.score > 0.99
+    fc = engine.forecast(["c"])[0]
+    assert np.all(np.isfinite(fc.mean)) and abs(fc.mean[0, 0] - 42.25) < 0.5
+
+
+def test_level_shift_is_followed():
+    engine = StreamEngine(TINY, seed=0)
+    feed(engine, sine_events("s", 300))
+    feed(engine, sine_events("s", 1500, start=300, offset=100.0))
+    assert abs(engine.forecast(["s"])[0].mean[0, 0] - 100.0) < 3.0
+
+
+def test_multivariate_channels_and_joint():
+    evs = [Event("m", {"cpu": math.sin(t / 4), "mem": 50 + 5 * math.cos(t / 9)}) for t in range(260)]
+    for config in (TINY, EngineConfig(field_mode="joint", warmup_events=150, first_fit_steps=5).with_model(n_features=2, hidden_size=8)):
+        engine = StreamEngine(config, seed=0)
+        feed(engine, evs)
+        assert engine.model_version >= 1
+        fc = engine.forecast(["m"])[0]
+        assert fc.fields == ["cpu", "mem"] and fc.mean.shape == (12, 2)
+        assert 40 < fc.mean[0, 1] < 60
+        assert engine.generate("m", 7, 4).shape == (4, 7, 2)
+        spike = engine.process([Event("m", {"cpu": 0.0, "mem": 500.0})])[0]
+        assert spike.score > 0.99
+
+
+def test_joint_mode_rejects_wrong_field_count():
+    engine = StreamEngine(EngineConfig(field_mode="joint").with_model(n_features=2), seed=0)
+    with pytest.raises(InvalidInputError, match="joint mode expects 2 fields"):
+        engine.process([Event("m", {"cpu": 1.0})])
+
+
+def test_background_fine_tuner_swaps_weights_while_scoring():
+    engine = StreamEngine(TINY, seed=0)
+    reports = []
+    with BackgroundFineTuner(engine, on_fit=reports.append, interval_s=0.01):
+        t = 0
+        deadline = time.monotonic() + 60
+        while engine.model_version < 2 and time.monotonic() < deadline:
+            engine.process(sine_events("a", 10, start=t))
+            t += 10
+            time.sleep(0.002)
+    assert engine.model_version >= 2
+    assert [r.version for r in reports][:2] == [1, 2]
+    assert reports[0].steps == TINY.first_fit_steps and reports[0].n_windows > 0
+    assert math.isfinite(reports[0].losses["total"])
+    # every stream's state was re-warmed with the new weights: scores stay finite and warm
+    score = engine.process(sine_events("a", 1, start=t))[0]
+    assert score.warm and score.model_version == engine.model_version
+
+
+def test_stream_state_export_import_continues_identically():
+    engine = StreamEngine(TINY, seed=0)
+    feed(engine, sine_events("a", 220) + sine_events("b", 220, offset=5))
+    blob = engine.export_stream("a")
+    other = StreamEngine(TINY, seed=0)
+    other.import_weights(engine.export_weights(), version=engine.model_version)
+    other.import_stream("a", blob)
+    nxt = sine_events("a", 30, start=220)
+    assert [s.score for s in feed(other, nxt, fit=False)] == pytest.approx(
+        [s.score for s in feed(engine, nxt, fit=False)], abs=1e-6
+    )
+    assert engine.export_stream("nope") is None
+
+
+def test_state_per_stream_is_small():
+    engine = StreamEngine(EngineConfig(), seed=0)
+    assert engine.state_bytes_per_stream() < 4096
