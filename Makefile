@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/streamvgan demo
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py

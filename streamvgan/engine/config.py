@@ -18,6 +18,16 @@ class EngineConfig:
     sharing the weights (any number of fields per stream, the score of an event is its most
     anomalous channel); ``"joint"`` feeds all ``model.n_features`` fields of a stream to the
     network together, so it also models how they move with each other.
+
+    Examples
+    --------
+    >>> config = EngineConfig.from_params(hidden_size=16, warmup_events=100)
+    >>> config.model.hidden_size, config.warmup_events, config.horizon
+    (16, 100, 12)
+    >>> EngineConfig(field_mode="both")
+    Traceback (most recent call last):
+    ...
+    streamvgan.errors.ConfigurationError: field_mode must be one of ('channels', 'joint'), got 'both'
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)

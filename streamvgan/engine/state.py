@@ -46,6 +46,14 @@ class StateTable:
         Sizes of the per-channel arrays.
     max_streams
         Streams kept; the least recently seen stream is evicted (all its channels) to make room.
+
+    Examples
+    --------
+    >>> table = StateTable(1, 8, 4, replay_size=16, history_size=8, smoothing=2, max_streams=2)
+    >>> for name in ["a", "b", "c"]:
+    ...     _ = table.add_stream(name, ["value"])
+    >>> list(table.streams), table.evictions
+    (['b', 'c'], 1)
     """
 
     def __init__(

@@ -166,6 +166,20 @@ class BackgroundFineTuner:
         Called with each :class:`FitReport` (from the training thread).
     interval_s
         How often the thread checks whether a fine-tune is due.
+
+    Examples
+    --------
+    >>> import math, time
+    >>> from streamvgan.engine import StreamEngine, EngineConfig, Event
+    >>> engine = StreamEngine(EngineConfig(warmup_events=100, first_fit_steps=5), seed=0)
+    >>> with BackgroundFineTuner(engine, interval_s=0.01) as tuner:
+    ...     for t in range(200):
+    ...         _ = engine.process([Event("s", {"value": math.sin(t / 3)})])
+    ...     deadline = time.monotonic() + 30
+    ...     while engine.model_version == 0 and time.monotonic() < deadline:
+    ...         time.sleep(0.01)
+    >>> engine.model_version >= 1
+    True
     """
 
     def __init__(

@@ -21,6 +21,9 @@ class Event:
     ``values`` maps field names to finite floats; a univariate stream uses
     ``{"value": x}``. ``ts`` is carried through untouched for the caller's bookkeeping;
     the engine relies on the order events are given in, not on ``ts``.
+
+    >>> Event("host-1/cpu", {"value": 0.42}, ts=1732867200000).values["value"]
+    0.42
     """
 
     stream: str

@@ -35,7 +35,17 @@ LOG_2PI = math.log(2 * math.pi)
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture and loss settings; stored beside the weights in every checkpoint."""
+    """Architecture and loss settings; stored beside the weights in every checkpoint.
+
+    Examples
+    --------
+    >>> ModelConfig(hidden_size=16).to_dict()["hidden_size"]
+    16
+    >>> ModelConfig(hidden_size=0)
+    Traceback (most recent call last):
+    ...
+    streamvgan.errors.ConfigurationError: ModelConfig.hidden_size must be a positive int, got 0
+    """
 
     n_features: int = 1  # values per time step the network reads
     hidden_size: int = 32  # GRU state size
@@ -118,7 +128,22 @@ class StepOutput:
 
 class RecurrentVAEGAN(nn.Module):
     """The network; see the module docstring. Build it inside ``torch.random.fork_rng`` with a
-    seed (as :class:`streamvgan.engine.StreamEngine` does) for reproducible weights."""
+    seed (as :class:`streamvgan.engine.StreamEngine` does) for reproducible weights.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = RecurrentVAEGAN(ModelConfig(horizon=6))
+    >>> x, h = torch.zeros(4, 1), torch.zeros(4, 32)  # 4 streams, 1 feature, hidden state 32
+    >>> out = model.step(x, h)
+    >>> tuple(out.h.shape), tuple(out.forecast_mean.shape)
+    ((4, 32), (4, 6, 1))
+    >>> losses = model.losses(torch.randn(2, 40, 1), torch.ones(2, 40), burn_in=8)
+    >>> sorted(k for k in losses if not k.startswith("_"))
+    ['forecast', 'generator', 'kl', 'reconstruction', 'total']
+    >>> tuple(model.generate(h, steps=5).shape)
+    (4, 5, 1)
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -156,8 +181,9 @@ class RecurrentVAEGAN(nn.Module):
 
     def advance(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """h_t from x_t (B, F) and h_{t-1} (B, Hd)."""
-        _, h_new = self.rnn(x.unsqueeze(1), h.unsqueeze(0))
-        return h_new.squeeze(0)
+        # the fused cell with the GRU's own weights: same maths as self.rnn, less overhead
+        rnn = self.rnn
+        return torch.gru_cell(x, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
 
     def critic_score(self, window: torch.Tensor) -> torch.Tensor:
         if self.critic is None:

@@ -82,11 +82,13 @@ def _lag1(x: np.ndarray) -> float:
 
 
 def test_continuations_match_held_back_data(run):
+    """64 sampled continuations of one period (40 steps) against the real next 40 points:
+    mean within a quarter of the real sd, sd within 15%, lag-1 autocorrelation within 0.05."""
     engine, series, _, _ = run
-    held_back = series["clean"][N : N + 80]
-    samples = engine.generate("clean", horizon=80, n_samples=64)[:, :, 0]
-    assert samples.shape == (64, 80)
-    assert abs(samples.mean() - held_back.mean()) < 0.2
-    assert abs(samples.std() - held_back.std()) < 0.2 * held_back.std()
+    held_back = series["clean"][N : N + PERIOD]
+    samples = engine.generate("clean", horizon=PERIOD, n_samples=64)[:, :, 0]
+    assert samples.shape == (64, PERIOD)
+    assert abs(samples.mean() - held_back.mean()) < 0.25 * held_back.std()
+    assert abs(samples.std() - held_back.std()) < 0.15 * held_back.std()
     lag1 = np.mean([_lag1(path) for path in samples])
-    assert abs(lag1 - _lag1(held_back)) < 0.1
+    assert abs(lag1 - _lag1(held_back)) < 0.05
