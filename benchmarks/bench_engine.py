@@ -1,6 +1,6 @@
 """Throughput of the engine and the River adapter, next to River's HalfSpaceTrees, in one run.
 
-Usage: python benchmarks/bench_engine.py [--repeats 5] [--seconds 2]
+Usage: python benchmarks/bench_engine.py [--repeats 5] [--seconds 2] [--threads 1]
 
 Prints a markdown table: events per second (median over repeats) of
 * ``VAEGANDetector.score_one`` + ``learn_one`` on one stream (the River way),
@@ -70,7 +70,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     weights, version, fit_s = trained_weights()
     detector = streamvgan.VAEGANDetector(seed=0, warmup_events=300, fit_every=10**9)

@@ -121,6 +121,9 @@ class StreamEngine:
         self._lock = threading.RLock()
         self._train_lock = threading.Lock()
         self._z = {q: float(ndtri(q)) for q in cfg.quantiles}
+        self._mutations = 0  # bumped by every state change; keys the score->learn memo
+        self._memo: tuple | None = None
+        self._critic = self.model.critic.frozen() if self.model.critic is not None else None
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -200,6 +203,7 @@ class StreamEngine:
             batch_streams = set(seen)
             for stream, names in seen.items():
                 if stream not in self.state:
+                    self._mutations += 1
                     self.state.add_stream(stream, self._slot_keys(names), protect=batch_streams)
                     self.fields_of[stream] = names
                 else:
@@ -250,24 +254,55 @@ class StreamEngine:
     def _run(self, events: Sequence[Event], members: list[int], learn: bool) -> list[Score]:
         cfg = self.config
         st = self.state
-        # flatten events to channel rows
-        slot_rows, value_rows, owner = [], [], []
-        for j, i in enumerate(members):
+        # flatten events to channel rows; an event's channels are contiguous rows
+        slot_rows, value_rows, starts = [], [], []
+        for i in members:
             event = events[i]
             slots = st.streams[event.stream]
+            starts.append(len(slot_rows))
             if cfg.field_mode == "channels":
                 for key, slot in slots.items():
                     slot_rows.append(slot)
                     value_rows.append([float(event.values[key])])
-                    owner.append(j)
             else:
                 slot_rows.append(slots["*"])
                 value_rows.append([float(event.values[k]) for k in self.fields_of[event.stream]])
-                owner.append(j)
         if not slot_rows:
             return []
         slots = np.asarray(slot_rows, dtype=np.int64)
         values = np.asarray(value_rows, dtype=np.float64)  # (B, F)
+        # score_one followed by learn_one of the same point (River's loop) computes once
+        key = (self._mutations, slots.tobytes(), values.tobytes())
+        if self._memo is not None and self._memo[0] == key:
+            c = self._memo[1]
+        else:
+            c = self._compute(slots, values)
+            self._memo = (key, c)
+        if learn:
+            self._learn(slots, values, c)
+        score, raw, comps = c["score"], c["raw"], c["comps"]
+        if len(slots) == len(members):
+            best_rows = range(len(members))
+        else:  # several channels per event: report the most anomalous
+            bounds = [*starts, len(slots)]
+            best_rows = [a + int(np.argmax(score[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [
+            Score(
+                stream=events[i].stream,
+                score=float(score[best]),
+                raw=float(raw[best]),
+                components=dict(zip(COMPONENTS, comps[best].tolist())),
+                model_version=self.model_version,
+                warm=c["warm"],
+                ts=events[i].ts,
+            )
+            for i, best in zip(members, best_rows)
+        ]
+
+    def _compute(self, slots: np.ndarray, values: np.ndarray) -> dict:
+        """Everything about events ``values`` (B, F) at channels ``slots`` that needs no state
+        change: normalised values, components, raw and calibrated scores, the network step."""
+        cfg, st = self.config, self.state
         n = st.n[slots]
         mean, var = st.norm_mean[slots], st.norm_var[slots]
         std = self._std(mean, var)
@@ -286,11 +321,11 @@ class StreamEngine:
             h_t = torch.from_numpy(st.h[slots]).to(self.device)
             out = self.model.step(x_t, h_t)
             comps[:, 1] = out.recon_nll.cpu().numpy()
-            if self.model.critic is not None:
+            if self._critic is not None:
                 wc = cfg.model.critic_window
                 window = np.concatenate([st.recent_values(slots, wc - 1), xn[:, None, :]], axis=1)
                 with torch.no_grad():
-                    d = self.model.critic_score(torch.from_numpy(window.astype(np.float32)).to(self.device))
+                    d = self._critic(torch.from_numpy(window.astype(np.float32)).to(self.device))
                 comps[:, 2] = -d.cpu().numpy()
                 weights[2] = cfg.critic_weight
         else:
@@ -304,51 +339,38 @@ class StreamEngine:
         cz[st.comp_n[slots] < 10] = 0.0
         raw = (cz * weights).sum(1) / weights.sum()
 
-        # calibration (anomaly likelihood)
+        # calibration (anomaly likelihood) against running sums over the history ring
         s_size, l_size = st.sizes["S"], st.sizes["L"]
         recent = st.ring("recent", slots, np.minimum(n, s_size))
-        rows = np.arange(len(slots))
-        recent[rows, n % s_size] = raw
+        recent[np.arange(len(slots)), n % s_size] = raw
         smoothed = np.nanmean(recent, axis=1)
-        hist = st.ring("hist", slots, np.minimum(n, l_size))
         have = np.minimum(n, l_size)
-        with np.errstate(invalid="ignore"), _quiet_nan():
-            mu = np.nanmean(hist, axis=1)
-            sd = np.nanstd(hist, axis=1)
-        z = (smoothed - np.nan_to_num(mu)) / np.maximum(np.nan_to_num(sd), 0.05)
+        count = np.maximum(have, 1)
+        mu = st.hist_sum[slots] / count
+        sd = np.sqrt(np.maximum(st.hist_sq[slots] / count - mu**2, 0.0))
+        z = (smoothed - mu) / np.maximum(sd, 0.05)
         score = np.clip(2.0 * ndtr(z) - 1.0, 0.0, 1.0)
         score[have < cfg.min_history] = 0.0
+        return {
+            "n": n, "mean": mean, "var": var, "std": std, "xn": xn, "comps": comps, "raw": raw,
+            "smoothed": smoothed, "score": score, "out": out, "warm": warm,
+        }
 
-        if learn:
-            self._learn(slots, values, xn, comps, raw, smoothed, score, out, n, mean, var, std)
-
-        # one Score per event: its most anomalous channel
-        results = []
-        owner_arr = np.asarray(owner)
-        for j, i in enumerate(members):
-            event = events[i]
-            rows_j = np.flatnonzero(owner_arr == j) if len(owner_arr) != len(members) else np.array([j])
-            best = rows_j[np.argmax(score[rows_j])]
-            results.append(
-                Score(
-                    stream=event.stream,
-                    score=float(score[best]),
-                    raw=float(raw[best]),
-                    components={c: float(comps[best, k]) for k, c in enumerate(COMPONENTS)},
-                    model_version=self.model_version,
-                    warm=warm,
-                    ts=event.ts,
-                )
-            )
-        return results
-
-    def _learn(self, slots, values, xn, comps, raw, smoothed, score, out, n, mean, var, std) -> None:
+    def _learn(self, slots: np.ndarray, values: np.ndarray, c: dict) -> None:
         cfg, st = self.config, self.state
+        self._mutations += 1
+        n, mean, var, std, xn = c["n"], c["mean"], c["var"], c["std"], c["xn"]
+        comps, raw, smoothed, score, out = c["comps"], c["raw"], c["smoothed"], c["score"], c["out"]
         anomalous = score >= cfg.anomaly_threshold
         weight = np.where(anomalous, cfg.anomalous_weight, 1.0)
         st.push(slots, xn.astype(np.float32), weight)
         st.recent[slots, n % st.sizes["S"]] = raw
-        st.hist[slots, n % st.sizes["L"]] = smoothed
+        pos = n % st.sizes["L"]
+        old = np.where(n >= st.sizes["L"], st.hist[slots, pos].astype(np.float64), 0.0)
+        st.hist[slots, pos] = smoothed
+        stored = st.hist[slots, pos].astype(np.float64)  # as float32 rounding left it
+        st.hist_sum[slots] += stored - old
+        st.hist_sq[slots] += stored**2 - old**2
         # component statistics: exponentially weighted, winsorised, slower for anomalies
         cn = st.comp_n[slots]
         alpha_c = np.maximum(1.0 / (cn + 1.0), _LN2 / cfg.score_halflife) * weight
@@ -503,7 +525,9 @@ class StreamEngine:
         new_model.eval()
         with self._lock:
             was_cold = self.model_version == 0
+            self._mutations += 1
             self.model = new_model
+            self._critic = new_model.critic.frozen() if new_model.critic is not None else None
             self.model_version = self.model_version + 1 if version is None else int(version)
             if was_cold:  # the components change meaning (fallback -> model): restart their stats
                 self.state.comp_n[self.state.used_slots()] = 0
@@ -584,18 +608,5 @@ class StreamEngine:
     def import_stream(self, stream: str, data: bytes) -> None:
         """Restore one stream's state from :meth:`export_stream` bytes (replacing any)."""
         with self._lock:
+            self._mutations += 1
             checkpoint.stream_from_bytes(self, stream, data)
-
-
-class _quiet_nan:
-    """Silence numpy's 'mean of empty slice' for channels with no history yet."""
-
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        self._w.__exit__(*exc)

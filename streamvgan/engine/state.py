@@ -28,6 +28,8 @@ _LAYOUT = {
     "comp_n": ((), np.int32),  # events in the component statistics (reset at the first fit)
     "recent": (("S",), np.float32),  # last raw scores (ring), smoothed before calibration
     "hist": (("L",), np.float32),  # smoothed raw scores (ring), the calibration history
+    "hist_sum": ((), np.float64),  # running sum and sum of squares of the ring's values
+    "hist_sq": ((), np.float64),
     "buf": (("R", "F"), np.float32),  # replay buffer of normalised values (ring)
     "buf_w": (("R",), np.float16),  # learning weight of each buffered point
 }

@@ -100,13 +100,25 @@ class WindowCritic(nn.Module):
     """Scores a window (B, W, F): high for windows that look real. Spectral norm keeps it
     1-Lipschitz-ish so the hinge game stays stable."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, spectral: bool = True) -> None:
         super().__init__()
+        self.config = config
         c = config.critic_channels
-        sn = nn.utils.parametrizations.spectral_norm
+        sn = nn.utils.parametrizations.spectral_norm if spectral else (lambda layer: layer)
         self.conv1 = sn(nn.Conv1d(config.n_features, c, kernel_size=3, padding=1))
         self.conv2 = sn(nn.Conv1d(c, c, kernel_size=3, padding=1, stride=2))
         self.out = sn(nn.Linear(2 * c, 1))
+
+    @torch.no_grad()
+    def frozen(self) -> WindowCritic:
+        """A plain copy for scoring, spectral normalisation folded into its weights (the
+        parametrisation costs more than the convolutions themselves at small batch sizes)."""
+        plain = WindowCritic(self.config, spectral=False).to(self.out.bias.device)
+        for name in ("conv1", "conv2", "out"):
+            src, dst = getattr(self, name), getattr(plain, name)
+            dst.weight.copy_(src.weight)  # the normalised weight W / sigma(W)
+            dst.bias.copy_(src.bias)
+        return plain.eval()
 
     def forward(self, window: torch.Tensor) -> torch.Tensor:
         y = window.transpose(1, 2)  # (B, F, W)
