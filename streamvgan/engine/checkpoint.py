@@ -168,40 +168,72 @@ def _restore_streams(engine: StreamEngine, names, fields, keys, arrays: dict[str
     return np.asarray(restored, dtype=np.int64)
 
 
+_STREAM_MAGIC = b"SVGS"
+
+
 def stream_to_bytes(engine: StreamEngine, stream: str, slots: dict[str, int]) -> bytes:
-    payload = {
+    """A compact record of one stream's state: ``SVGS``, a 4-byte header length, a JSON header
+    (stream, fields, array names, shapes and dtypes, model version, SHA-256 of the body), then
+    the arrays' raw bytes. No pickle: a record from an untrusted topic cannot run code."""
+    rows = np.asarray(list(slots.values()), dtype=np.int64)
+    arrays = {name: np.ascontiguousarray(arr[rows]) for name, arr in engine.state.arrays.items()}
+    body = b"".join(a.tobytes() for a in arrays.values())
+    header = {
         "format": STREAM_FORMAT,
         "format_version": FORMAT_VERSION,
         "stream": stream,
         "fields": list(engine.fields_of[stream]),
         "keys": list(slots),
         "model_version": engine.model_version,
-        "arrays": _arrays_to_tensors(engine, np.asarray(list(slots.values()), dtype=np.int64)),
+        "arrays": [[name, list(a.shape), a.dtype.str] for name, a in arrays.items()],
+        "sha256": hashlib.sha256(body).hexdigest(),
     }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return buf.getvalue()
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return _STREAM_MAGIC + len(head).to_bytes(4, "big") + head + body
+
+
+def _parse_stream(data: bytes, stream: str) -> tuple[dict, dict[str, np.ndarray]]:
+    what = f"state record of stream {stream!r}"
+    if not isinstance(data, (bytes, bytearray)) or data[:4] != _STREAM_MAGIC or len(data) < 8:
+        raise CheckpointError(f"{what} is not a streamvgan stream state (bad magic bytes)")
+    size = int.from_bytes(data[4:8], "big")
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except ValueError as exc:
+        raise CheckpointError(f"{what} has a corrupt header: {exc}") from exc
+    if header.get("format") != STREAM_FORMAT or header.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{what} has format {header.get('format')!r} {header.get('format_version')!r}")
+    if header.get("stream") != stream:
+        raise CheckpointError(f"{what} holds stream {header.get('stream')!r}")
+    body = bytes(data[8 + size :])
+    if hashlib.sha256(body).hexdigest() != header.get("sha256"):
+        raise CheckpointError(f"{what} is truncated or corrupt (checksum mismatch)")
+    arrays, offset = {}, 0
+    try:
+        for name, shape, dtype in header["arrays"]:
+            dt = np.dtype(dtype)
+            count = int(np.prod(shape))
+            arrays[name] = np.frombuffer(body, dtype=dt, count=count, offset=offset).reshape(shape)
+            offset += count * dt.itemsize
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{what} does not match its header: {exc}") from exc
+    if offset != len(body):
+        raise CheckpointError(f"{what} has {len(body) - offset} unexpected trailing bytes")
+    return header, arrays
 
 
 def stream_from_bytes(engine: StreamEngine, stream: str, data: bytes) -> None:
-    payload = load_bytes(data, f"state of stream {stream!r}")
-    if payload.get("format") != STREAM_FORMAT or payload.get("stream") != stream:
-        raise CheckpointError(
-            f"state record for stream {stream!r} is not a streamvgan stream state "
-            f"(format={payload.get('format')!r}, stream={payload.get('stream')!r})"
-        )
+    header, arrays = _parse_stream(data, stream)
+    keys = header.get("keys")
+    if not isinstance(keys, list) or any(a.shape[0] != len(keys) for a in arrays.values()):
+        raise CheckpointError(f"state record of stream {stream!r} has arrays of the wrong length")
+    tensors = {name: torch.from_numpy(a.copy()) for name, a in arrays.items()}
     try:
-        arrays = payload["arrays"]
-        n_keys = len(payload["keys"])
-        if any(t.shape[0] != n_keys for t in arrays.values()):
-            raise CheckpointError(f"state of stream {stream!r} has arrays of the wrong length")
-        slots = _restore_streams(engine, [stream], [payload["fields"]], [payload["keys"]], arrays)
+        slots = _restore_streams(engine, [stream], [header["fields"]], [keys], tensors)
     except CheckpointError:
         if stream in engine.state:
             engine.state.remove_stream(stream)
             engine.fields_of.pop(stream, None)
         raise
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"state of stream {stream!r} is incomplete: {exc!r}") from exc
-    if int(payload.get("model_version", -1)) != engine.model_version and engine.model_version > 0:
+    if int(header.get("model_version", -1)) != engine.model_version and engine.model_version > 0:
         engine._rewarm(slots=slots)

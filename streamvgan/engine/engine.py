@@ -605,6 +605,16 @@ class StreamEngine:
                 return None
             return checkpoint.stream_to_bytes(self, stream, slots)
 
+    def drop_stream(self, stream: str) -> bool:
+        """Forget a stream's state (e.g. its partition moved to another replica)."""
+        with self._lock:
+            if stream not in self.state:
+                return False
+            self._mutations += 1
+            self.state.remove_stream(stream)
+            self.fields_of.pop(stream, None)
+            return True
+
     def import_stream(self, stream: str, data: bytes) -> None:
         """Restore one stream's state from :meth:`export_stream` bytes (replacing any)."""
         with self._lock:

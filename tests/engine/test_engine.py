@@ -216,3 +216,26 @@ def test_stream_state_export_import_continues_identically():
 def test_state_per_stream_is_small():
     engine = StreamEngine(EngineConfig(), seed=0)
     assert engine.state_bytes_per_stream() < 4096
+
+
+def test_corrupt_or_foreign_stream_state_is_rejected_and_leaves_stream_cold():
+    from streamvgan.errors import CheckpointError
+
+    engine = StreamEngine(TINY, seed=0)
+    feed(engine, sine_events("a", 220))
+    blob = engine.export_stream("a")
+    assert len(blob) < 6000  # compact: header + raw arrays
+    other = StreamEngine(TINY, seed=0)
+    for bad, why in [
+        (blob[: len(blob) // 2], "checksum"),
+        (b"garbage", "magic"),
+        (blob[:8] + b"}" + blob[9:], "header"),
+    ]:
+        with pytest.raises(CheckpointError, match=why):
+            other.import_stream("a", bad)
+        assert "a" not in other.streams()
+    with pytest.raises(CheckpointError, match="holds stream 'a'"):
+        other.import_stream("b", blob)
+    other.import_stream("a", blob)
+    assert other.streams() == ["a"] and other.fields("a") == ["value"]
+    assert other.drop_stream("a") and other.streams() == []
