@@ -1,0 +1,147 @@
+"""Per-stream state that follows its partition: a compacted changelog topic, as in Kafka Streams.
+
+Each stream's state (GRU state, normaliser, replay buffer, score statistics) is written, keyed
+by stream id, to the changelog partition with the same number as the input partition its
+events come from (input and changelog are co-partitioned). The service writes the streams that
+changed at every commit, *before* committing the input offsets, so the committed position
+never runs ahead of the state. When a partition is assigned, its changelog partition is read
+from the beginning, keeping the last record per key (the broker's compaction may not have run;
+Tansu's does not), and the states are installed before any of its records are processed.
+
+Records are the engine's pickle-free stream-state format (``StreamEngine.export_stream``);
+a corrupt one is rejected with a log line and counted, and that stream starts cold.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import TopicPartition
+
+from streamvgan.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+HEADER_SCHEMA = "streamvgan.state.schema"
+SCHEMA_VERSION = b"1"
+
+
+def changelog_topic(group_id: str, input_topic: str) -> str:
+    """The changelog's name, derived from the group and the input topic."""
+    return f"{group_id}-{input_topic}-state-changelog"
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """What a restore did: states installed and rejected, records read, seconds taken."""
+
+    restored: int
+    rejected: int
+    records: int
+    seconds: float
+
+
+class StateChangelog:
+    """Writes and restores stream states through ``topic``.
+
+    Parameters
+    ----------
+    topic
+        The changelog topic (compacted, as many partitions as the input topic).
+    make_consumer
+        Builds a group-less consumer (``assign()`` only) for restores.
+    on_rejected
+        Called once per corrupt record found during a restore (e.g. a metric).
+    idle_ms
+        A restore stops after the end offsets are reached and a poll of this long returns
+        nothing (Tansu's end offsets can be short, so they are not trusted alone).
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        make_consumer: Callable[[], Any],
+        on_rejected: Callable[[], None] | None = None,
+        idle_ms: int = 300,
+    ) -> None:
+        self.topic = topic
+        self._make_consumer = make_consumer
+        self._on_rejected = on_rejected or (lambda: None)
+        self.idle_ms = idle_ms
+        self.bytes_written = 0
+        self.records_written = 0
+
+    def write(self, producer: Any, engine: Any, dirty: dict[str, int]) -> list[Any]:
+        """Send the state of every stream in ``dirty`` (stream -> input partition); return the
+        send futures. The caller flushes the producer before committing offsets."""
+        futures = []
+        for stream, partition in dirty.items():
+            blob = engine.export_stream(stream)
+            if blob is None:  # evicted since it changed: a tombstone frees its key
+                blob_value = None
+            else:
+                blob_value = blob
+                self.bytes_written += len(blob)
+            futures.append(
+                producer.send(
+                    self.topic,
+                    key=stream.encode("utf-8"),
+                    value=blob_value,
+                    partition=partition,
+                    headers=[(HEADER_SCHEMA, SCHEMA_VERSION)],
+                )
+            )
+            self.records_written += 1
+        return futures
+
+    def restore(self, engine: Any, partitions: Iterable[int], timeout_s: float = 60.0) -> RestoreReport:
+        """Install the last state per stream found in the changelog ``partitions``."""
+        start = time.perf_counter()
+        tps = [TopicPartition(self.topic, p) for p in sorted(set(partitions))]
+        if not tps:
+            return RestoreReport(0, 0, 0, 0.0)
+        latest: dict[bytes, bytes | None] = {}
+        records = 0
+        consumer = self._make_consumer()
+        try:
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            ends = consumer.end_offsets(tps)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                batch = consumer.poll(timeout_ms=self.idle_ms)
+                for recs in batch.values():
+                    for record in recs:
+                        if record.key is not None:
+                            latest[record.key] = record.value
+                            records += 1
+                caught_up = all(consumer.position(tp) >= ends.get(tp, 0) for tp in tps)
+                if caught_up and not batch:
+                    break
+            else:
+                log.warning("changelog restore of %s stopped after %.0fs before its end", tps, timeout_s)
+        finally:
+            consumer.close()
+        restored = rejected = 0
+        for key, value in latest.items():
+            stream = key.decode("utf-8", errors="replace")
+            if value is None:  # tombstone
+                engine.drop_stream(stream)
+                continue
+            try:
+                engine.import_stream(stream, value)
+                restored += 1
+            except CheckpointError as exc:
+                rejected += 1
+                self._on_rejected()
+                log.error("rejected changelog state of stream %r (%s); it starts cold", stream, exc)
+        report = RestoreReport(restored, rejected, records, time.perf_counter() - start)
+        log.info(
+            "restored %d stream states (%d rejected) from %d changelog records of %s in %.2fs",
+            restored, rejected, records, self.topic, report.seconds,
+        )
+        return report
