@@ -1,0 +1,353 @@
+"""``streamvgan bench``: what the model costs on top of Kafka I/O.
+
+For each number of streams (1, 1,000 and 10,000 by default), against one local broker:
+
+(a) a raw kafka-python pass-through: a consumer group that polls, decodes and validates each
+    record exactly as the service does, and produces the same number and size of output
+    records (a score per event, a forecast per stream per poll, a continuation every
+    ``continuation_every`` events of a stream) with no model, then flushes and commits;
+(b) the service (:class:`~streamvgan.service.app.Application`) with a fitted model.
+
+Each runs two phases on its own input topic. *Throughput*: ``--events`` events are loaded
+first, then consumed as fast as possible; events/s is the number of score records over the
+span of their timestamps (so the first poll's own processing time is not counted: use enough
+events for many polls). *Latency*: events are then produced at a steady rate (a
+fraction of the service's throughput, the same for both) for ``--latency-s`` seconds;
+end-to-end latency is the output record's timestamp minus the input record's send time
+(carried in ``ts``), both taken on this machine, so it spans produce, broker, consume, model
+and produce again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap-servers", default=None,
+                        help="use this Kafka instead of starting the embedded broker")
+    parser.add_argument("--streams", default="1,1000,10000",
+                        help="comma-separated numbers of streams")
+    parser.add_argument("--events", type=int, default=20000,
+                        help="events of the throughput phase (at least 3 per stream)")
+    parser.add_argument("--latency-s", type=float, default=10.0,
+                        help="seconds of the paced latency phase")
+    parser.add_argument("--latency-load", type=float, default=0.5,
+                        help="paced rate as a fraction of the service's measured throughput")
+    parser.add_argument("--latency-rate", type=float, default=None,
+                        help="paced rate in events/s (default: --latency-load x the service's "
+                        "throughput)")
+    parser.add_argument("--partitions", type=int, default=3, help="partitions of the input topic")
+    parser.add_argument("--poll-max-records", type=int, default=500,
+                        help="records per poll for both contestants")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data and model")
+    parser.add_argument("--engine-param", dest="engine_params", action="append", default=None,
+                        metavar="KEY=VALUE", help="EngineConfig parameter for the service")
+
+
+@dataclass
+class Result:
+    """One contestant at one number of streams."""
+
+    events_per_s: float
+    p50_ms: float
+    p99_ms: float
+    paced_rate: float
+    n_latency: int
+
+
+def main(args: argparse.Namespace) -> int:
+    from streamvgan.service.broker import EmbeddedBroker
+    from streamvgan.service.settings import _parse_engine_param
+
+    counts = [int(x) for x in str(args.streams).split(",") if x.strip()]
+    engine_params = dict(_parse_engine_param(p) for p in args.engine_params or [])
+    if args.bootstrap_servers:
+        rows = run_bench(args.bootstrap_servers, counts, args, engine_params)
+    else:
+        with EmbeddedBroker() as broker:
+            rows = run_bench(broker.bootstrap_servers, counts, args, engine_params)
+    print(format_table(rows), flush=True)
+    return 0
+
+
+def run_bench(
+    bootstrap_servers: str, counts: Sequence[int], args: argparse.Namespace,
+    engine_params: dict[str, Any],
+) -> list[tuple[int, int, Result, Result]]:
+    rows = []
+    for n_streams in counts:
+        n_events = max(args.events, 3 * n_streams)
+        log.info("bench: %d streams, %d events", n_streams, n_events)
+        service = _run_contestant("service", bootstrap_servers, n_streams, n_events, args,
+                                  engine_params, rate=args.latency_rate)
+        passthrough = _run_contestant("passthrough", bootstrap_servers, n_streams, n_events,
+                                      args, engine_params, rate=service.paced_rate)
+        log.info("bench %d streams: pass-through %.0f ev/s, service %.0f ev/s",
+                 n_streams, passthrough.events_per_s, service.events_per_s)
+        rows.append((n_streams, n_events, passthrough, service))
+    return rows
+
+
+def format_table(rows: Sequence[tuple[int, int, Result, Result]]) -> str:
+    lines = [
+        "| streams | events | pass-through events/s | service events/s | ratio b/a "
+        "| paced load events/s | pass-through p50 / p99 ms | service p50 / p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n_streams, n_events, a, b in rows:
+        ratio = b.events_per_s / a.events_per_s if a.events_per_s else float("nan")
+        lines.append(
+            f"| {n_streams:,} | {n_events:,} | {a.events_per_s:,.0f} | {b.events_per_s:,.0f} "
+            f"| {ratio:.2f} | {b.paced_rate:,.0f} | {a.p50_ms:.0f} / {a.p99_ms:.0f} "
+            f"| {b.p50_ms:.0f} / {b.p99_ms:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+# -- one contestant ---------------------------------------------------------------------------
+
+
+def _events(
+    n_streams: int, start: int, n: int, rng: np.random.Generator
+) -> list[tuple[str, float]]:
+    i = np.arange(start, start + n)
+    values = np.sin((i // n_streams) / 7.0) + 0.1 * rng.standard_normal(n)  # a sine per stream
+    return [(f"host-{k % n_streams}/cpu", float(v)) for k, v in zip(i, values)]
+
+
+def _produce(
+    producer: Any, topic: str, events: list[tuple[str, float]], rate: float | None
+) -> None:
+    from streamvgan.service.wire import encode_event
+
+    start = time.monotonic()
+    for k, (stream, value) in enumerate(events):
+        if rate:
+            delay = start + k / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        producer.send(topic, key=stream.encode(),
+                      value=encode_event(stream, int(time.time() * 1000), value))
+    producer.flush()
+
+
+def _run_contestant(
+    kind: str, bootstrap_servers: str, n_streams: int, n_events: int, args: argparse.Namespace,
+    engine_params: dict[str, Any], rate: float | None,
+) -> Result:
+    from prometheus_client import CollectorRegistry
+
+    from streamvgan.service import clients
+    from streamvgan.service.app import Application
+    from streamvgan.service.settings import Settings
+
+    rng = np.random.default_rng(args.seed)
+    topic = f"bench-{kind}-{n_streams}-{uuid.uuid4().hex[:6]}"
+    settings = Settings(
+        bootstrap_servers=bootstrap_servers, input_topic=topic, group_id=topic,
+        metrics_port=-1, poll_max_records=args.poll_max_records, seed=args.seed,
+        engine_params=engine_params,
+    )
+    clients.ensure_topics(bootstrap_servers, [topic], partitions=args.partitions)
+    producer = clients.make_producer(bootstrap_servers, client_id="streamvgan-bench")
+    _produce(producer, topic, _events(n_streams, 0, n_events, rng), rate=None)
+    reader = _ScoreReader(bootstrap_servers, settings.scores_topic)
+    if kind == "service":
+        runner: Any = Application(settings, engine=_fitted_engine(settings, args.seed),
+                                  registry=CollectorRegistry())
+    else:
+        runner = PassThrough(settings)
+    runner.start()
+    try:
+        thr = reader.read(n_events, timeout_s=max(120.0, n_events / 200))
+        span_s = max(1e-3, (max(t for t, _ in thr) - min(t for t, _ in thr)) / 1000)
+        events_per_s = len(thr) / span_s
+        paced = rate or args.latency_load * events_per_s
+        n_lat = max(50, int(paced * args.latency_s))
+        _produce(producer, topic, _events(n_streams, n_events, n_lat, rng), rate=paced)
+        lat = reader.read(n_lat, timeout_s=max(60.0, 3 * args.latency_s))
+    finally:
+        runner.stop()
+        runner.join(60)
+        reader.close()
+        producer.close()
+    latencies = np.array([created - sent for created, sent in lat], dtype=float)
+    return Result(
+        events_per_s=events_per_s,
+        p50_ms=float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
+        p99_ms=float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
+        paced_rate=paced,
+        n_latency=len(latencies),
+    )
+
+
+def _fitted_engine(settings: Any, seed: int) -> Any:
+    """An engine past its first fit (model_version 1), as a service is after warm-up."""
+    from streamvgan.engine import EngineConfig, Event, StreamEngine
+
+    engine = StreamEngine(EngineConfig.from_params(**settings.engine_config_params()), seed=seed)
+    rng = np.random.default_rng(seed)
+    for t in range(engine.config.window + 8):
+        engine.process([Event(f"warmup-{k}", {"value": float(np.sin(t / 7) + 0.1 * rng.normal())})
+                        for k in range(8)])
+    engine.fine_tune(steps=5, force=True)
+    return engine
+
+
+class _ScoreReader:
+    """Reads (output CreateTime ms, input send time ms) of score records with ``assign()``."""
+
+    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+        from streamvgan.service import clients
+
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.consumer = clients.make_consumer(bootstrap_servers, client_id="streamvgan-bench")
+        self._assigned = False
+
+    def _assign(self) -> None:
+        from kafka import TopicPartition
+
+        parts = self.consumer.partitions_for_topic(self.topic)
+        if not parts:
+            return
+        tps = [TopicPartition(self.topic, p) for p in parts]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self._assigned = True
+
+    def read(self, n: int, timeout_s: float) -> list[tuple[int, int]]:
+        import json
+
+        out: list[tuple[int, int]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < n and time.monotonic() < deadline:
+            if not self._assigned:
+                self._assign()
+                if not self._assigned:
+                    time.sleep(0.2)
+                    continue
+            for records in self.consumer.poll(timeout_ms=200).values():
+                for r in records:
+                    out.append((r.timestamp, json.loads(r.value)["ts"]))
+        if len(out) < n:
+            log.warning("read %d of %d score records before the timeout", len(out), n)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class PassThrough:
+    """The model-free baseline: same consume, decode, produce, flush and commit as the service.
+
+    Outputs carry the same fields and number sizes as the service's records, filled from the
+    input values instead of a model.
+    """
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.exit_code: int | None = None
+
+    def start(self) -> PassThrough:
+        self._thread = threading.Thread(target=self.run, name="passthrough", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> int | None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.exit_code
+
+    def run(self) -> int:
+        from kafka.structs import OffsetAndMetadata
+
+        from streamvgan.service import clients
+        from streamvgan.service.wire import (
+            ContinuationMessage,
+            DecodeError,
+            ForecastMessage,
+            ScoreMessage,
+            decode_event,
+        )
+        from streamvgan.engine import Forecast
+
+        s = self.settings
+        horizon, n_samples = s.horizon, s.continuation_samples
+        rng = np.random.default_rng(0)
+        clients.ensure_topics(s.bootstrap_servers,
+                              [s.scores_topic, s.forecasts_topic, s.continuations_topic,
+                               s.dlq_topic], like=s.input_topic)
+        producer = clients.make_producer(s.bootstrap_servers, client_id="passthrough")
+        consumer = clients.make_consumer(s.bootstrap_servers, group_id=s.group_id,
+                                         max_poll_records=s.poll_max_records)
+        consumer.subscribe([s.input_topic])
+        counts: dict[str, int] = {}
+        pending: dict[Any, int] = {}
+        last_commit = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                records = consumer.poll(timeout_ms=s.poll_timeout_ms,
+                                        max_records=s.poll_max_records)
+                last: dict[str, Any] = {}
+                for tp, batch in records.items():
+                    for r in batch:
+                        try:
+                            event = decode_event(r.value, r.key)
+                        except DecodeError:
+                            producer.send(s.dlq_topic, key=r.key, value=r.value)
+                            continue
+                        x = event.values["value"]
+                        comps = {"surprise": x * 0.37, "reconstruction": x * 0.11,
+                                 "critic": x * 0.05}
+                        msg = ScoreMessage(event.stream, event.ts, float(rng.random()), x * 0.5,
+                                           comps, 1, True, False)
+                        producer.send(s.scores_topic, key=event.stream.encode(),
+                                      value=msg.to_bytes())
+                        before = counts.get(event.stream, 0)
+                        counts[event.stream] = before + 1
+                        last[event.stream] = (event.ts, x, before)
+                    if batch:
+                        pending[tp] = batch[-1].offset + 1
+                for stream, (ts, x, before) in last.items():
+                    n = counts[stream]
+                    if s.forecast_every and n // s.forecast_every > before // s.forecast_every:
+                        mean = x + 0.01 * rng.standard_normal((horizon, 1))
+                        fc = Forecast(stream, ["value"], mean,
+                                      {q: mean + z for q, z in ((0.1, -1.28), (0.5, 0.0),
+                                                                (0.9, 1.28))}, 1, True)
+                        producer.send(s.forecasts_topic, key=stream.encode(),
+                                      value=ForecastMessage.from_forecast(fc, ts).to_bytes())
+                    ce = s.continuation_every
+                    if ce and n // ce > before // ce:
+                        samples = x + rng.standard_normal((n_samples, horizon, 1))
+                        cm = ContinuationMessage.from_array(stream, ts, ["value"], samples, 1)
+                        producer.send(s.continuations_topic, key=stream.encode(),
+                                      value=cm.to_bytes())
+                producer.flush()
+                if pending and time.monotonic() - last_commit >= s.commit_interval_s:
+                    consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in pending.items()})
+                    pending.clear()
+                    last_commit = time.monotonic()
+            self.exit_code = 0
+        finally:
+            consumer.close(autocommit=False)
+            producer.close(timeout=10)
+        return self.exit_code

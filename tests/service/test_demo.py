@@ -1,0 +1,54 @@
+"""`streamvgan demo` end to end on a shortened replay (embedded broker, service, summary,
+PNG), and `streamvgan bench` on tiny numbers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from streamvgan.cli import main
+from streamvgan.service.demo import inject, load_sp500
+
+pytestmark = pytest.mark.kafka
+
+CHEAP = ["--engine-param", "first_fit_steps=2", "--engine-param", "fit_steps=1",
+         "--engine-param", "fit_every=500", "--engine-param", "window=32",
+         "--engine-param", "burn_in=8", "--engine-param", "batch_size=8"]
+
+
+def test_sp500_is_bundled_and_injections_land_where_said():
+    dates, series = load_sp500()
+    assert len(dates) == 1257 and len(series) == 10
+    injected, injections = inject(series)
+    assert [i.stream for i in injections] == ["AAPL", "MSFT", "JPM", "XOM"]
+    for inj in injections:
+        diff = injected[inj.stream] - series[inj.stream]
+        changed = sorted(int(i) for i in (diff != 0).nonzero()[0])
+        assert changed == list(range(inj.start, inj.start + inj.length))
+
+
+def test_demo_runs_end_to_end_on_its_own_broker(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    rc = main(["demo", "--days", "160", "--out", str(out), *CHEAP])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert re.search(r"events scored\s+1,600 from 10 streams", text), text
+    assert re.search(r"dead-lettered\s+3 malformed records", text), text
+    assert re.search(r"injected anomalies \d/4 flagged", text), text
+    assert out.stat().st_size > 20_000  # a real figure
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_prints_a_markdown_table(kafka_broker, capsys):
+    rc = main(["bench", "--bootstrap-servers", kafka_broker.bootstrap_servers,
+               "--streams", "1,20", "--events", "200", "--latency-s", "1",
+               "--latency-rate", "100"])
+    assert rc == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| ")]
+    assert len(lines) == 3 and lines[0].startswith("| streams")
+    for row, n in zip(lines[1:], ("1", "20")):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] == n
+        a, b, ratio = (float(c.replace(",", "")) for c in cells[2:5])
+        assert a > 0 and b > 0 and ratio == pytest.approx(b / a, rel=0.02)
