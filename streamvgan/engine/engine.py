@@ -27,7 +27,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -485,7 +485,12 @@ class StreamEngine:
             x, w = st.windows(pick, ends, cfg.window)
             return TrainingWindows(x.copy(), w.astype(np.float32))
 
-    def fine_tune(self, steps: int | None = None, force: bool = False) -> FitReport | None:
+    def fine_tune(
+        self,
+        steps: int | None = None,
+        force: bool = False,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> FitReport | None:
         """Fine-tune when due (or when ``force``), then swap the new weights in.
 
         Safe to call from a background thread while :meth:`process` runs in another: training
@@ -502,7 +507,10 @@ class StreamEngine:
                 log.debug("fine-tune skipped: no stream has %d points yet", cfg.window)
                 return None
             start = time.perf_counter()
-            losses = self.trainer.train(windows, steps)
+            losses = self.trainer.train(windows, steps, should_stop)
+            if losses is None:  # asked to stop: discard the partial fit
+                log.info("fine-tune interrupted after %.2fs; weights unchanged", time.perf_counter() - start)
+                return None
             duration = time.perf_counter() - start
             version = self.install_weights(self.trainer.weights())
             self._last_fit_events = events_at_start

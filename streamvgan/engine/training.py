@@ -78,8 +78,12 @@ class Trainer:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed + 1)
 
-    def train(self, windows: TrainingWindows, steps: int) -> dict[str, float]:
-        """Run ``steps`` optimiser steps on minibatches of ``windows``; return mean losses."""
+    def train(
+        self, windows: TrainingWindows, steps: int, should_stop: Callable[[], bool] | None = None
+    ) -> dict[str, float] | None:
+        """Run ``steps`` optimiser steps on minibatches of ``windows``; return mean losses, or
+        None when ``should_stop()`` turned true between two steps (the result is then partial
+        and must not be installed)."""
         model = self.model
         model.train()
         totals: dict[str, float] = {}
@@ -87,6 +91,9 @@ class Trainer:
         w_all = torch.from_numpy(windows.weight.astype(np.float32)).to(self.device)
         wc = model.config.critic_window
         for _ in range(steps):
+            if should_stop is not None and should_stop():
+                model.eval()
+                return None
             idx = torch.from_numpy(self.rng.integers(0, len(windows), self.batch_size)).to(self.device)
             x, w = x_all[idx], w_all[idx]
             out = model.losses(x, w, self.burn_in, self.generator)
@@ -203,7 +210,7 @@ class BackgroundFineTuner:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                report = self.engine.fine_tune()
+                report = self.engine.fine_tune(should_stop=self._stop.is_set)
             except Exception as exc:  # keep scoring alive; the error is logged and kept
                 log.exception("fine-tune failed; scoring continues with the current weights")
                 self.error = exc

@@ -239,3 +239,14 @@ def test_corrupt_or_foreign_stream_state_is_rejected_and_leaves_stream_cold():
     other.import_stream("a", blob)
     assert other.streams() == ["a"] and other.fields("a") == ["value"]
     assert other.drop_stream("a") and other.streams() == []
+
+
+def test_background_fine_tuner_stop_interrupts_a_long_fit():
+    engine = StreamEngine(EngineConfig(warmup_events=100, first_fit_steps=100_000).with_model(hidden_size=8), seed=0)
+    feed(engine, sine_events("a", 120), fit=False)
+    tuner = BackgroundFineTuner(engine, interval_s=0.01).start()
+    time.sleep(0.5)  # the first fit (100,000 steps) is now running
+    start = time.monotonic()
+    tuner.stop(timeout=10)
+    assert time.monotonic() - start < 5
+    assert engine.model_version == 0  # the partial fit was discarded
