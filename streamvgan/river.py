@@ -19,7 +19,38 @@ _STREAM = "river"
 
 
 class _EngineMixin:
-    """Shared plumbing: lazy engine construction from the constructor's parameters."""
+    """Shared plumbing: the constructor both adapters take, lazy engine construction."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        warmup_events: int = 256,
+        fit_every: int = 500,
+        horizon: int = 12,
+        adversarial: bool = True,
+        variational: bool = True,
+        device: str = "cpu",
+        **params,
+    ) -> None:
+        self.seed = seed
+        self.warmup_events = warmup_events
+        self.fit_every = fit_every
+        self.horizon = horizon
+        self.adversarial = adversarial
+        self.variational = variational
+        self.device = device
+        self.params = params
+        self._check_params()
+        self._engine: StreamEngine | None = None
+
+    @classmethod
+    def _unit_test_params(cls):
+        yield {"warmup_events": 80, "first_fit_steps": 5, "fit_steps": 2, "hidden_size": 8}
+
+    @property
+    def _is_stochastic(self) -> bool:
+        return True
+
 
     seed: int
     warmup_events: int
@@ -126,36 +157,6 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
     Unsupervised real-time anomaly detection for streaming data.
     """
 
-    def __init__(
-        self,
-        seed: int = 0,
-        warmup_events: int = 256,
-        fit_every: int = 500,
-        horizon: int = 12,
-        adversarial: bool = True,
-        variational: bool = True,
-        device: str = "cpu",
-        **params,
-    ) -> None:
-        self.seed = seed
-        self.warmup_events = warmup_events
-        self.fit_every = fit_every
-        self.horizon = horizon
-        self.adversarial = adversarial
-        self.variational = variational
-        self.device = device
-        self.params = params
-        self._check_params()
-        self._engine: StreamEngine | None = None
-
-    @classmethod
-    def _unit_test_params(cls):
-        yield {"warmup_events": 80, "first_fit_steps": 5, "fit_steps": 2, "hidden_size": 8}
-
-    @property
-    def _is_stochastic(self) -> bool:
-        return True
-
     def _event(self, x: dict) -> Event:
         if not isinstance(x, dict):
             raise InvalidInputError(f"x must be a dict of field -> number, got {type(x).__name__}: {x!r}")
@@ -220,36 +221,6 @@ class VAEGANForecaster(_EngineMixin, Forecaster):
     >>> len(model.generate(horizon=5, n_samples=3))
     3
     """
-
-    def __init__(
-        self,
-        seed: int = 0,
-        warmup_events: int = 256,
-        fit_every: int = 500,
-        horizon: int = 12,
-        adversarial: bool = True,
-        variational: bool = True,
-        device: str = "cpu",
-        **params,
-    ) -> None:
-        self.seed = seed
-        self.warmup_events = warmup_events
-        self.fit_every = fit_every
-        self.horizon = horizon
-        self.adversarial = adversarial
-        self.variational = variational
-        self.device = device
-        self.params = params
-        self._check_params()
-        self._engine: StreamEngine | None = None
-
-    @classmethod
-    def _unit_test_params(cls):
-        yield {"warmup_events": 80, "first_fit_steps": 5, "fit_steps": 2, "hidden_size": 8}
-
-    @property
-    def _is_stochastic(self) -> bool:
-        return True
 
     def learn_one(self, y: float, x: dict | None = None) -> None:
         if x is not None and not isinstance(x, dict):
