@@ -1,0 +1,223 @@
+"""``streamvgan evaluate nab | forecast | generation | all``: the benchmark commands.
+
+Each subcommand sets ``func(args) -> int``; ``streamvgan.cli`` calls :func:`register`.
+Tables go to stdout (they are the command's output); progress goes to the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["register"]
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _params(value: str) -> dict[str, dict[str, Any]]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--params {value!r} is not JSON ({exc}); write e.g. "
+            '\'{"streamvgan": {"window": 64}}\''
+        ) from None
+    if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
+        raise argparse.ArgumentTypeError(
+            "--params must map a model name to a JSON object of keyword arguments"
+        )
+    return parsed
+
+
+def _available(names: list[str]) -> list[str]:
+    """Drop the streamvgan variants (with a warning) when the model is not installed."""
+    try:
+        import streamvgan.river  # noqa: F401
+    except ImportError:
+        kept = [n for n in names if not n.startswith("streamvgan")]
+        if kept != names:
+            log.warning(
+                "streamvgan.river is not available: running only %s", ", ".join(kept) or "nothing"
+            )
+        return kept
+    return names
+
+
+def _nab(args: argparse.Namespace) -> int:
+    from streamvgan.eval import nab
+    from streamvgan.eval.report import expand_params
+
+    detectors = _available(args.detectors) if args.skip_missing else args.detectors
+    runs = nab.run_nab(
+        data=args.data,
+        out=args.out,
+        detectors=detectors,
+        files=args.files,
+        jobs=args.jobs,
+        seed=args.seed,
+        params=expand_params(detectors, args.params),
+    )
+    table = nab.format_tables(runs, nab.NABCorpus(Path(args.data)).published())
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "nab.md").write_text(table + "\n")
+    sys.stdout.write(table + "\n")
+    return 0
+
+
+def _forecast(args: argparse.Namespace) -> int:
+    from streamvgan.eval import forecast
+    from streamvgan.eval.report import expand_params
+
+    models = _available(args.models) if args.skip_missing else args.models
+    report = forecast.run_forecasts(
+        models=models,
+        series=args.series,
+        nab_data=args.nab_data,
+        seed=args.seed,
+        params=expand_params(models, args.params),
+        max_origins=args.max_origins,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = forecast.format_table(report)
+    (out / "forecast.md").write_text(table + "\n")
+    (out / "forecast.json").write_text(json.dumps(forecast.to_json(report), indent=2))
+    sys.stdout.write(table + "\n")
+    return 0
+
+
+def _generation(args: argparse.Namespace) -> int:
+    from streamvgan.eval import generation
+    from streamvgan.eval.report import expand_params
+
+    generators = _available(args.generators) if args.skip_missing else args.generators
+    report = generation.run_generation(
+        generators=generators,
+        datasets=args.datasets,
+        seed=args.seed,
+        params=expand_params(generators, args.params),
+        n_origins=args.n_origins,
+        steps=args.steps,
+        repeats=args.repeats,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = generation.format_table(report)
+    (out / "generation.md").write_text(table + "\n")
+    (out / "generation.json").write_text(json.dumps(generation.to_json(report), indent=2))
+    sys.stdout.write(table + "\n")
+    return 0
+
+
+def _all(args: argparse.Namespace) -> int:
+    from streamvgan.eval import report
+
+    text = report.run_all(
+        out=Path(args.out),
+        nab_data=Path(args.data) if args.data else None,
+        jobs=args.jobs,
+        seed=args.seed,
+        params=args.params,
+        include_streamvgan=not args.baselines_only,
+        nab_files=args.files,
+    )
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, models_flag: str, default: str) -> None:
+    p.add_argument("--out", required=True, type=Path, help="folder for results and tables")
+    p.add_argument("--seed", type=int, default=0, help="seed of every model. Default: 0")
+    p.add_argument(
+        models_flag,
+        type=_csv,
+        default=_csv(default),
+        help=f"comma-separated names. Default: {default}",
+    )
+    p.add_argument(
+        "--params",
+        type=_params,
+        default={},
+        help='JSON {name: {kwarg: value}} passed to those models, e.g. '
+        '\'{"streamvgan": {"window": 64}}\'',
+    )
+    p.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="leave out the streamvgan variants when streamvgan.river is not installed",
+    )
+
+
+def register(subparsers: Any) -> None:
+    """Add ``evaluate`` and its subcommands to the CLI's subparsers."""
+    ev = subparsers.add_parser(
+        "evaluate",
+        help="run the public benchmarks (NAB, forecasts, generation)",
+        description="Benchmark streamvgan against published numbers and River baselines.",
+    )
+    sub = ev.add_subparsers(dest="evaluate_command", metavar="BENCHMARK", required=True)
+
+    p = sub.add_parser("nab", help="Numenta Anomaly Benchmark, scored in-process")
+    p.add_argument("--data", required=True, help="NAB checkout (data/, labels/, config/)")
+    _common(p, "--detectors", "streamvgan,hst,zscore")
+    p.add_argument(
+        "--files", type=_csv, default=None, help="comma-separated globs over category/file.csv"
+    )
+    p.add_argument("--jobs", type=int, default=2, help="worker processes. Default: 2")
+    p.set_defaults(func=_nab)
+
+    p = sub.add_parser("forecast", help="prequential 1..H-step forecasts on real series")
+    _common(p, "--models", "streamvgan,snarimax,holtwinters,last,snaive")
+    p.add_argument(
+        "--series",
+        type=_csv,
+        default=None,
+        help="comma-separated series names (default: all; see streamvgan.eval.forecast.SERIES)",
+    )
+    p.add_argument("--nab-data", default=None, help="NAB checkout, for its anomaly-free series")
+    p.add_argument(
+        "--max-origins",
+        type=int,
+        default=400,
+        help="forecast origins per series, evenly spaced (models learn every point). Default: 400",
+    )
+    p.set_defaults(func=_forecast)
+
+    p = sub.add_parser("generation", help="TimeGAN discriminative and predictive scores")
+    _common(p, "--generators", "streamvgan,randomwalk")
+    p.add_argument(
+        "--datasets", type=_csv, default=["sines", "stocks"], help="Default: sines,stocks"
+    )
+    p.add_argument(
+        "--n-origins", type=int, default=400, help="generated windows per dataset. Default: 400"
+    )
+    p.add_argument(
+        "--steps", type=int, default=1000, help="training steps of the post-hoc GRUs. Default: 1000"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="post-hoc trainings averaged. Default: 3"
+    )
+    p.set_defaults(func=_generation)
+
+    p = sub.add_parser("all", help="every benchmark and ablation; markdown tables and PNG plots")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--data", default=None, help="NAB checkout (NAB parts skipped without it)")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--params", type=_params, default={})
+    p.add_argument(
+        "--files", type=_csv, default=None, help="NAB globs (default: all 58 files)"
+    )
+    p.add_argument(
+        "--baselines-only", action="store_true", help="skip the streamvgan variants"
+    )
+    p.set_defaults(func=_all)
+
