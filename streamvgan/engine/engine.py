@@ -16,7 +16,8 @@ Anomaly score of an event (see README "How the score is computed"):
 3. calibration as in Numenta's anomaly likelihood (Ahmad et al. 2017): ``m`` = mean of the last
    ``smoothing`` raw scores, ``mu, sd`` = mean and standard deviation of the stream's recent
    ``m`` values; ``score = max(0, 2 * Phi((m - mu) / sd) - 1)``, the probability that a normal
-   point is less extreme. Points scoring at least ``anomaly_threshold`` enter the replay buffer
+   point is less extreme (above 0.999 a slowly growing tail instead, see
+   :func:`calibrated_score`). Points scoring at least ``anomaly_threshold`` enter the replay buffer
    and the statistics at ``anomalous_weight``.
 """
 
@@ -45,6 +46,21 @@ from streamvgan.nn.model import LOG_2PI, RecurrentVAEGAN
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("surprise", "reconstruction", "critic")
+_Z_TAIL = float(ndtri(0.9995))  # 2 * Phi(z) - 1 = 0.999 here
+
+
+def calibrated_score(z: np.ndarray) -> np.ndarray:
+    """``max(0, 2 Phi(z) - 1)`` up to 0.999; above, ``0.999 + 0.001 (1 - 1 / (1 + ln(1 + z -
+    z_0.999)))``, which keeps growing with z instead of rounding to exactly 1.0 in float64
+    (z > 8.3), so the most extreme points stay ranked above merely rare ones.
+
+    >>> calibrated_score(np.array([-1.0, 0.0, 1.0, 3.2905, 9.0, 40.0])).round(5).tolist()
+    [0.0, 0.0, 0.68269, 0.999, 0.99966, 0.99978]
+    """
+    z = np.asarray(z, dtype=np.float64)
+    body = np.clip(2.0 * ndtr(z) - 1.0, 0.0, 1.0)
+    tail = 0.999 + 0.001 * (1.0 - 1.0 / (1.0 + np.log1p(np.maximum(z - _Z_TAIL, 0.0))))
+    return np.where(z > _Z_TAIL, tail, body)
 _LN2 = math.log(2.0)
 
 
@@ -349,7 +365,7 @@ class StreamEngine:
         mu = st.hist_sum[slots] / count
         sd = np.sqrt(np.maximum(st.hist_sq[slots] / count - mu**2, 0.0))
         z = (smoothed - mu) / np.maximum(sd, 0.05)
-        score = np.clip(2.0 * ndtr(z) - 1.0, 0.0, 1.0)
+        score = calibrated_score(z)
         score[have < cfg.min_history] = 0.0
         return {
             "n": n, "mean": mean, "var": var, "std": std, "xn": xn, "comps": comps, "raw": raw,
