@@ -50,6 +50,7 @@ __all__ = [
     "format_table",
     "load_series",
     "make_forecaster",
+    "river_series",
     "run_forecasts",
     "to_json",
 ]
@@ -84,7 +85,9 @@ SERIES: dict[str, tuple[int, int, str]] = {
 # perfect and MASE's scale is 0) and art_flatline is constant.
 
 
-def _river_values(name: str) -> np.ndarray:
+def river_series(name: str) -> np.ndarray:
+    """The values of one of River's bundled series (no download): ``airline``, ``waterflow``,
+    ``trump`` or ``sp500`` (the equal-weighted index level of SP500Stocks' daily returns)."""
     from river import datasets
 
     if name == "airline":
@@ -122,7 +125,7 @@ def load_series(
             path = Path(nab_data) / "data" / "artificialNoAnomaly" / (name[4:] + ".csv")
             values = np.array(read_data_file(path)[1], dtype=float)
         else:
-            values = _river_values(name)
+            values = river_series(name)
         out.append(Series(name, values, season, horizon, source))
     return out
 

@@ -88,9 +88,9 @@ def sines_series(n: int = 3000, segment: int = 96, seed: int = 0) -> np.ndarray:
 
 
 def _stocks() -> np.ndarray:
-    from streamvgan.eval.forecast import _river_values
+    from streamvgan.eval.forecast import river_series
 
-    return _river_values("sp500")
+    return river_series("sp500")
 
 
 DATASETS: dict[str, Any] = {"sines": sines_series, "stocks": _stocks}
