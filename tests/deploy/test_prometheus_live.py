@@ -213,8 +213,16 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_alert_rules(kafka, ser
         rules = _wait("every rule to be evaluated", evaluated, timeout=10)
         assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
         assert {r["name"]: r["health"] for r in rules} == {r["name"]: "ok" for r in rules}
-        latency = prometheus.query("histogram_quantile(0.99, sum by (le) "
-                                   "(rate(streamvgan_pipeline_latency_seconds_bucket[1m])))")
-        assert 0 < float(latency[0]["value"][1]) < 10
+        # Round 1 ended before Prometheus started, so the latency histogram only shows a rate
+        # once round 2's acknowledged outputs have been scraped (NaN until then).
+        p99 = ("histogram_quantile(0.99, sum by (le) "
+               "(rate(streamvgan_pipeline_latency_seconds_bucket[1m])))")
+
+        def latency() -> float:
+            result = prometheus.query(p99)
+            value = float(result[0]["value"][1]) if result else float("nan")
+            return value if value == value else 0.0  # NaN -> keep waiting
+
+        assert 0 < _wait("a latency rate from round 2", latency, timeout=20) < 10
     finally:
         prometheus.stop()
