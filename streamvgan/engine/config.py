@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from streamvgan.errors import ConfigurationError
 from streamvgan.nn.model import ModelConfig
 
 FIELD_MODES = ("channels", "joint")
+#: fields of older versions that a saved configuration may still hold; ignored when loading
+_RETIRED = {"history_size"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,12 +51,16 @@ class EngineConfig:
     normaliser_halflife: float = 1000.0  # events; how fast level and scale follow the data
     relevel_after: int = 16  # this many values in a row beyond 4 sd on one side: new level
     score_halflife: float = 500.0  # events; how fast the component statistics adapt
-    history_size: int = 512  # smoothed raw scores kept for calibration
-    smoothing: int = 4  # raw scores averaged before calibration
-    min_history: int = 20  # below this many scores the calibrated score is 0.5 ("unknown")
+    smoothing: int = 10  # raw scores averaged before calibration
+    calibration_halflife: float = 2000.0  # events; memory of the smoothed-score statistics
+    min_history: int = 100  # events before a stream gets non-zero scores
+    range_tolerance: float | None = 0.05  # beyond the seen range by this fraction of it: 1.0
+    alert_threshold: float = 0.9994  # a score at or above starts the alert cooldown
+    alert_cooldown: int = 30  # events after an alert whose scores are capped at `cooldown_cap`
+    cooldown_cap: float = 0.5
     surprise_weight: float = 1.0
-    reconstruction_weight: float = 0.5
-    critic_weight: float = 0.5
+    reconstruction_weight: float = 1.0
+    critic_weight: float = 0.25
     anomaly_threshold: float = 0.999  # scores at or above are learned at `anomalous_weight`
     anomalous_weight: float = 0.1
     clip: float = 20.0  # normalised values are clipped to +-clip
@@ -73,7 +82,7 @@ class EngineConfig:
             )
         positive_ints = (
             "max_streams replay_size window warmup_events fit_every first_fit_steps fit_steps "
-            "batch_size history_size smoothing relevel_after"
+            "batch_size smoothing relevel_after"
         ).split()
         for name in positive_ints:
             value = getattr(self, name)
@@ -91,6 +100,28 @@ class EngineConfig:
             )
         if not all(0.0 < q < 1.0 for q in self.quantiles):
             raise ConfigurationError(f"quantiles must lie in (0, 1), got {self.quantiles!r}")
+        if not isinstance(self.alert_cooldown, int) or self.alert_cooldown < 0:
+            raise ConfigurationError(
+                f"EngineConfig.alert_cooldown must be an int >= 0, got {self.alert_cooldown!r}"
+            )
+        if not isinstance(self.min_history, int) or self.min_history < 0:
+            raise ConfigurationError(
+                f"EngineConfig.min_history must be an int >= 0, got {self.min_history!r}"
+            )
+        if not self.calibration_halflife > 0:
+            raise ConfigurationError(
+                f"EngineConfig.calibration_halflife must be > 0, got {self.calibration_halflife!r}"
+            )
+        if self.range_tolerance is not None and not self.range_tolerance >= 0:
+            raise ConfigurationError(
+                "EngineConfig.range_tolerance must be >= 0 or None (off), got "
+                f"{self.range_tolerance!r}"
+            )
+        for name in ("alert_threshold", "cooldown_cap"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigurationError(
+                    f"EngineConfig.{name} must be in [0, 1], got {getattr(self, name)!r}"
+                )
         if not 0.0 < self.anomaly_threshold <= 1.0:
             raise ConfigurationError(
                 f"anomaly_threshold must be in (0, 1], got {self.anomaly_threshold!r}"
@@ -107,6 +138,8 @@ class EngineConfig:
     @classmethod
     def from_dict(cls, data: dict) -> EngineConfig:
         data = dict(data)
+        for name in _RETIRED & set(data):
+            log.warning("ignoring the retired EngineConfig field %r (%r)", name, data.pop(name))
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

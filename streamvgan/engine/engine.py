@@ -7,18 +7,25 @@ stream in the batch), so the cost per event does not grow with Python-level call
 
 Anomaly score of an event (see README "How the score is computed"):
 
-1. components, in normalised units: ``surprise`` = -log N(x_t; forecast made at t-1),
-   ``reconstruction`` = -log p(x_t | E[z_t | x_t, h_{t-1}], h_{t-1}), ``critic`` = -D(last
-   window); before the first fit (cold start) ``surprise`` = x_t^2 / 2 (distance from the running
-   mean) and ``reconstruction`` = (x_t - x_{t-1})^2 / 2 (the jump), with no critic term;
-2. each component is standardised by its own running mean and variance per stream and clipped
-   to [-5, 20]; ``raw`` is their weighted mean;
+1. components, in normalised units: ``surprise`` = |x_t - mu_{t|t-1}| / sigma_{t|t-1}, the error
+   of the forecast made at t-1 in units of its own predicted scale; ``reconstruction`` = |x_t -
+   mean| / scale of p(x_t | E[z_t | x_t, h_{t-1}], h_{t-1}); ``critic`` = -D(last window). Before
+   the first fit (cold start) ``surprise`` = |x_t| (distance from the running mean in running
+   sds) and ``reconstruction`` = |x_t - x_{t-1}| (the jump), with no critic term;
+2. ``raw`` = (surprise + reconstruction + 0.25 critic') / 2.25, where critic' is the critic
+   standardised by its running mean and sd per stream (clipped to [-5, 20]);
 3. calibration as in Numenta's anomaly likelihood (Ahmad et al. 2017): ``m`` = mean of the last
-   ``smoothing`` raw scores, ``mu, sd`` = mean and standard deviation of the stream's recent
-   ``m`` values; ``score = max(0, 2 * Phi((m - mu) / sd) - 1)``, the probability that a normal
-   point is less extreme (above 0.999 a slowly growing tail instead, see
-   :func:`calibrated_score`). Points scoring at least ``anomaly_threshold`` enter the replay buffer
-   and the statistics at ``anomalous_weight``.
+   ``smoothing`` raw scores, ``mu, sd`` = exponentially weighted mean and sd of the stream's
+   past ``m`` (half-life ``calibration_halflife``); ``score = max(0, 2 Phi((m - mu) / sd) - 1)``,
+   the probability that a normal point is less extreme (above 0.999 a slowly growing tail
+   instead, see :func:`calibrated_score`);
+4. a value beyond the range of all values the stream has shown, by more than
+   ``range_tolerance`` of that range, scores 1.0 (a new extreme);
+5. after a score of at least ``alert_threshold`` the next ``alert_cooldown`` scores of the
+   channel are capped at ``cooldown_cap``, so one incident raises one alert.
+
+Points scoring at least ``anomaly_threshold`` (before the cooldown) enter the replay buffer and
+the statistics at ``anomalous_weight``.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from streamvgan.engine.state import StateTable
 from streamvgan.engine.training import FitReport, Trainer, TrainingWindows
 from streamvgan.engine.types import Event, Forecast, Score
 from streamvgan.errors import CheckpointError, InvalidInputError
-from streamvgan.nn.model import LOG_2PI, RecurrentVAEGAN
+from streamvgan.nn.model import RecurrentVAEGAN
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +131,6 @@ class StreamEngine:
             hidden_size=mcfg.hidden_size,
             horizon=mcfg.horizon,
             replay_size=cfg.replay_size,
-            history_size=cfg.history_size,
             smoothing=cfg.smoothing,
             max_streams=cfg.max_streams,
         )
@@ -327,49 +333,59 @@ class StreamEngine:
         warm = self.model_version > 0
 
         comps = np.zeros((len(slots), 3), dtype=np.float64)
-        weights = np.array([cfg.surprise_weight, cfg.reconstruction_weight, 0.0])
         out = None
         if warm:
             fm, fs = st.f_mean[slots, 0], st.f_scale[slots, 0]  # (B, F) forecast of x_t
             fs = np.maximum(fs, cfg.model.min_scale)  # a channel new since the last fit has none
-            comps[:, 0] = (0.5 * (((xn - fm) / fs) ** 2 + LOG_2PI) + np.log(fs)).sum(-1)
+            comps[:, 0] = (np.abs(xn - fm) / fs).sum(-1)
             x_t = torch.from_numpy(xn.astype(np.float32)).to(self.device)
             h_t = torch.from_numpy(st.h[slots]).to(self.device)
             out = self.model.step(x_t, h_t)
-            comps[:, 1] = out.recon_nll.cpu().numpy()
+            comps[:, 1] = out.recon_error.cpu().numpy()
             if self._critic is not None:
                 wc = cfg.model.critic_window
                 window = np.concatenate([st.recent_values(slots, wc - 1), xn[:, None, :]], axis=1)
                 with torch.no_grad():
                     d = self._critic(torch.from_numpy(window.astype(np.float32)).to(self.device))
                 comps[:, 2] = -d.cpu().numpy()
-                weights[2] = cfg.critic_weight
         else:
             prev = st.recent_values(slots, 1)[:, 0]
-            comps[:, 0] = 0.5 * (xn**2).sum(-1)
-            comps[:, 1] = 0.5 * ((xn - prev) ** 2).sum(-1) * (n >= 3)
+            comps[:, 0] = np.abs(xn).sum(-1)
+            comps[:, 1] = np.abs(xn - prev).sum(-1) * (n >= 3)
 
-        # standardise components by their running statistics
+        # surprise and reconstruction are already in units of the model's predicted scale; the
+        # critic's output has no natural unit, so it is standardised by its running statistics
         c_mean, c_var = st.comp_mean[slots].astype(np.float64), st.comp_var[slots].astype(np.float64)
-        cz = np.clip((comps - c_mean) / np.sqrt(np.maximum(c_var, 1e-4)), -5.0, 20.0)
-        cz[st.comp_n[slots] < 10] = 0.0
-        raw = (cz * weights).sum(1) / weights.sum()
+        critic_z = np.clip((comps[:, 2] - c_mean[:, 2]) / np.sqrt(np.maximum(c_var[:, 2], 1e-4)), -5.0, 20.0)
+        critic_z[(st.comp_n[slots] < 10) | (not warm) | (self._critic is None)] = 0.0
+        critic_w = cfg.critic_weight if (warm and self._critic is not None) else 0.0
+        raw = (cfg.surprise_weight * comps[:, 0] + cfg.reconstruction_weight * comps[:, 1]
+               + critic_w * critic_z) / (cfg.surprise_weight + cfg.reconstruction_weight + critic_w)
 
-        # calibration (anomaly likelihood) against running sums over the history ring
-        s_size, l_size = st.sizes["S"], st.sizes["L"]
-        recent = st.ring("recent", slots, np.minimum(n, s_size))
-        recent[np.arange(len(slots)), n % s_size] = raw
+        # calibration (anomaly likelihood): the smoothed raw score against its own
+        # exponentially weighted mean and sd for this channel
+        size = st.sizes["S"]
+        recent = st.recent[slots].astype(np.float64)
+        cal_n = st.cal_n[slots]
+        age = (n[:, None] - np.arange(size)[None, :] - 1) % size + 1  # 1 = written last event
+        recent[age > np.minimum(cal_n, size)[:, None]] = np.nan  # not written since the restart
+        recent[np.arange(len(slots)), n % size] = raw
         smoothed = np.nanmean(recent, axis=1)
-        have = np.minimum(n, l_size)
-        count = np.maximum(have, 1)
-        mu = st.hist_sum[slots] / count
-        sd = np.sqrt(np.maximum(st.hist_sq[slots] / count - mu**2, 0.0))
+        mu, sd = st.cal_mean[slots], np.sqrt(st.cal_var[slots])
         z = (smoothed - mu) / np.maximum(sd, 0.05)
         score = calibrated_score(z)
-        score[have < cfg.min_history] = 0.0
+        score[(n < max(cfg.min_history, 2)) | (cal_n < 2 * size)] = 0.0
+        if cfg.range_tolerance is not None:
+            # a new extreme: beyond the range of everything seen by a fraction of that range
+            lo, hi = st.seen_min[slots], st.seen_max[slots]
+            margin = cfg.range_tolerance * (hi - lo)
+            broken = ((values > hi + margin) | (values < lo - margin)).any(-1)
+            score[broken & (n >= max(cfg.min_history, 2))] = 1.0
+        likely = score  # before the cooldown: decides the learning weight
+        score = np.where(st.quiet[slots] > 0, np.minimum(score, cfg.cooldown_cap), score)
         return {
             "n": n, "mean": mean, "var": var, "std": std, "xn": xn, "comps": comps, "raw": raw,
-            "smoothed": smoothed, "score": score, "out": out, "warm": warm,
+            "smoothed": smoothed, "likely": likely, "score": score, "out": out, "warm": warm,
         }
 
     def _learn(self, slots: np.ndarray, values: np.ndarray, c: dict) -> None:
@@ -377,16 +393,24 @@ class StreamEngine:
         self._mutations += 1
         n, mean, var, std, xn = c["n"], c["mean"], c["var"], c["std"], c["xn"]
         comps, raw, smoothed, score, out = c["comps"], c["raw"], c["smoothed"], c["score"], c["out"]
-        anomalous = score >= cfg.anomaly_threshold
+        anomalous = c["likely"] >= cfg.anomaly_threshold
         weight = np.where(anomalous, cfg.anomalous_weight, 1.0)
         st.push(slots, xn.astype(np.float32), weight)
         st.recent[slots, n % st.sizes["S"]] = raw
-        pos = n % st.sizes["L"]
-        old = np.where(n >= st.sizes["L"], st.hist[slots, pos].astype(np.float64), 0.0)
-        st.hist[slots, pos] = smoothed
-        stored = st.hist[slots, pos].astype(np.float64)  # as float32 rounding left it
-        st.hist_sum[slots] += stored - old
-        st.hist_sq[slots] += stored**2 - old**2
+        # calibration statistics, the alert cooldown and the range of values seen
+        cal_n = st.cal_n[slots]
+        st.cal_n[slots] = cal_n + 1
+        alpha_s = np.maximum(1.0 / (cal_n + 1.0), _LN2 / cfg.calibration_halflife)
+        d_s = smoothed - st.cal_mean[slots]
+        st.cal_mean[slots] += alpha_s * d_s
+        st.cal_var[slots] = (1 - alpha_s) * (st.cal_var[slots] + alpha_s * d_s**2)
+        quiet = st.quiet[slots]
+        st.quiet[slots] = np.where(
+            (quiet == 0) & (score >= cfg.alert_threshold), cfg.alert_cooldown, np.maximum(quiet - 1, 0)
+        )
+        first = (n == 0)[:, None]
+        st.seen_min[slots] = np.where(first, values, np.minimum(st.seen_min[slots], values))
+        st.seen_max[slots] = np.where(first, values, np.maximum(st.seen_max[slots], values))
         # component statistics: exponentially weighted, winsorised, slower for anomalies
         cn = st.comp_n[slots]
         alpha_c = np.maximum(1.0 / (cn + 1.0), _LN2 / cfg.score_halflife) * weight
@@ -553,8 +577,13 @@ class StreamEngine:
             self.model = new_model
             self._critic = new_model.critic.frozen() if new_model.critic is not None else None
             self.model_version = self.model_version + 1 if version is None else int(version)
-            if was_cold:  # the components change meaning (fallback -> model): restart their stats
-                self.state.comp_n[self.state.used_slots()] = 0
+            if was_cold:  # the components change meaning (fallback -> model): restart their
+                # statistics and the calibration history
+                used = self.state.used_slots()
+                self.state.comp_n[used] = 0
+                self.state.cal_n[used] = 0
+                self.state.cal_mean[used] = 0.0
+                self.state.cal_var[used] = 0.0
             self._rewarm()
             return self.model_version
 

@@ -27,9 +27,12 @@ _LAYOUT = {
     "comp_var": (("C",), np.float32),
     "comp_n": ((), np.int32),  # events in the component statistics (reset at the first fit)
     "recent": (("S",), np.float32),  # last raw scores (ring), smoothed before calibration
-    "hist": (("L",), np.float32),  # smoothed raw scores (ring), the calibration history
-    "hist_sum": ((), np.float64),  # running sum and sum of squares of the ring's values
-    "hist_sq": ((), np.float64),
+    "cal_n": ((), np.int32),  # raw scores in the calibration since it (re)started
+    "cal_mean": ((), np.float64),  # exponentially weighted mean and variance of the smoothed
+    "cal_var": ((), np.float64),  # raw scores: the calibration history
+    "seen_min": (("F",), np.float64),  # range of the values seen, original units
+    "seen_max": (("F",), np.float64),
+    "quiet": ((), np.int32),  # events left in the alert cooldown
     "buf": (("R", "F"), np.float32),  # replay buffer of normalised values (ring)
     "buf_w": (("R",), np.float16),  # learning weight of each buffered point
 }
@@ -44,14 +47,14 @@ class StateTable:
     ----------
     n_features
         Values per channel (1 in channels mode).
-    hidden_size, horizon, replay_size, history_size, smoothing
+    hidden_size, horizon, replay_size, smoothing
         Sizes of the per-channel arrays.
     max_streams
         Streams kept; the least recently seen stream is evicted (all its channels) to make room.
 
     Examples
     --------
-    >>> table = StateTable(1, 8, 4, replay_size=16, history_size=8, smoothing=2, max_streams=2)
+    >>> table = StateTable(1, 8, 4, replay_size=16, smoothing=2, max_streams=2)
     >>> for name in ["a", "b", "c"]:
     ...     _ = table.add_stream(name, ["value"])
     >>> list(table.streams), table.evictions
@@ -64,7 +67,6 @@ class StateTable:
         hidden_size: int,
         horizon: int,
         replay_size: int,
-        history_size: int,
         smoothing: int,
         max_streams: int,
         initial_capacity: int = 64,
@@ -75,7 +77,6 @@ class StateTable:
             "H": horizon,
             "C": N_COMPONENTS,
             "S": smoothing,
-            "L": history_size,
             "R": replay_size,
         }
         self.max_streams = max_streams
@@ -186,11 +187,3 @@ class StateTable:
         r = self.sizes["R"]
         idx = (ends[:, None] + np.arange(-length, 0)[None, :]) % r
         return self.arrays["buf"][slots[:, None], idx], self.arrays["buf_w"][slots[:, None], idx]
-
-    # -- ring of recent raw scores and of the calibration history --------------------------
-    def ring(self, name: str, slots: np.ndarray, count: np.ndarray) -> np.ndarray:
-        """Values of ring ``name`` (B, size) with entries not yet written set to NaN."""
-        arr = self.arrays[name][slots].astype(np.float64)
-        size = arr.shape[1]
-        arr[np.arange(size)[None, :] >= count[:, None]] = np.nan
-        return arr

@@ -133,7 +133,8 @@ class StepOutput:
     """What one online step returns for a batch of B streams (normalised units)."""
 
     h: torch.Tensor  # (B, Hd) new state h_t
-    recon_nll: torch.Tensor  # (B,) -log p(x_t | z_t, h_{t-1}) at the posterior mean
+    recon_error: torch.Tensor  # (B,) sum of |x_t - mean| / scale of p(x_t | z_t, h_{t-1}) at
+    # the posterior mean of z_t: the reconstruction error in units of the decoder's own scale
     forecast_mean: torch.Tensor  # (B, H, F) for x_{t+1..t+H}
     forecast_scale: torch.Tensor  # (B, H, F)
 
@@ -208,10 +209,10 @@ class RecurrentVAEGAN(nn.Module):
         """One online step for B streams: reconstruct x_t (B, F), advance the state, forecast."""
         z_mu, _ = self.latent_posterior(h_prev, x)
         rec_mean, rec_scale = self.decode(z_mu, h_prev)
-        recon_nll = gaussian_nll(x, rec_mean, rec_scale).sum(-1)
+        recon_error = ((x - rec_mean).abs() / rec_scale).sum(-1)
         h = self.advance(x, h_prev)
         f_mean, f_scale = self.forecast(h)
-        return StepOutput(h, recon_nll, f_mean, f_scale)
+        return StepOutput(h, recon_error, f_mean, f_scale)
 
     def generate(
         self, h: torch.Tensor, steps: int, generator: torch.Generator | None = None

@@ -1,0 +1,99 @@
+"""The rules after calibration: a new extreme scores 1.0, one incident raises one alert, the
+calibration restarts when the first fit changes the components' meaning, and older saved
+configurations still load."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from streamvgan.engine import EngineConfig, Event, StreamEngine
+from streamvgan.errors import ConfigurationError
+
+# cold start only (no fit): fast, and the rules do not depend on the network
+COLD = EngineConfig(warmup_events=10_000)
+
+
+def _noise(n: int, seed: int = 0, level: float = 10.0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    return list(level + rng.normal(size=n))
+
+
+def _scores(engine: StreamEngine, values: list[float], stream: str = "s") -> np.ndarray:
+    return np.array([engine.process([Event(stream, {"value": v})])[0].score for v in values])
+
+
+def test_a_value_beyond_the_seen_range_scores_one():
+    values = list(np.clip(_noise(300), 7.5, 12.5))
+    values[:2] = [7.5, 12.5]  # the whole range is seen at once
+    lo, hi = 7.5, 12.5
+    engine = StreamEngine(COLD, seed=0)
+    scores = _scores(engine, values)
+    assert scores[:100].max() == 0.0  # min_history
+    assert scores.max() < 1.0
+    inside = engine.process([Event("s", {"value": hi + 0.04 * (hi - lo)})])[0]
+    beyond = engine.process([Event("s", {"value": lo - 0.06 * (hi - lo)})])[0]
+    assert inside.score < 1.0 and beyond.score == 1.0
+
+
+def test_range_rule_can_be_turned_off():
+    values = _noise(300)
+    engine = StreamEngine(EngineConfig(warmup_events=10_000, range_tolerance=None), seed=0)
+    _scores(engine, values)
+    # a modest new extreme: well past the range, but only ~3 sd from the mean
+    out = engine.process([Event("s", {"value": max(values) + 0.3})])[0]
+    assert out.score < 1.0
+
+
+def test_cooldown_caps_the_scores_after_an_alert():
+    values = _noise(400)
+    values[300:306] = [40.0] * 6  # one incident, several anomalous points
+    values[380] = -30.0  # a second incident after the cooldown
+    on = _scores(StreamEngine(COLD, seed=0), values)
+    off = _scores(StreamEngine(EngineConfig(warmup_events=10_000, alert_cooldown=0), seed=0), values)
+    assert on[300] == off[300] == 1.0
+    # without the cooldown the incident raises several alerts; with it exactly one
+    assert (off[300:331] >= COLD.alert_threshold).sum() > 1
+    assert (on[300:331] >= COLD.alert_threshold).sum() == 1
+    assert on[301:331].max() <= COLD.cooldown_cap
+    assert on[380] == 1.0  # the cooldown ended: the next incident alerts again
+
+
+def test_calibration_restarts_at_the_first_fit():
+    config = EngineConfig(warmup_events=150, first_fit_steps=5, fit_steps=2, fit_every=10_000)
+    engine = StreamEngine(config.with_model(hidden_size=8), seed=0)
+    values = [math.sin(t / 3) for t in range(300)]
+    scores = []
+    for v in values:
+        scores.append(engine.process([Event("s", {"value": v})])[0].score)
+        engine.fine_tune()
+    assert engine.model_version == 1
+    cal_n = int(engine.state.cal_n[engine.state.slots_of("s")["value"]])
+    assert cal_n == 300 - 150  # restarted when the first fit was installed
+    # the first 2 * smoothing scores after the restart are 0 ("not calibrated yet")
+    assert max(scores[150 : 150 + 2 * config.smoothing]) == 0.0
+
+
+def test_saved_configuration_with_a_retired_field_loads(caplog):
+    data = EngineConfig().to_dict()
+    data["history_size"] = 512
+    with caplog.at_level(logging.WARNING):
+        assert EngineConfig.from_dict(data) == EngineConfig()
+    assert "history_size" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"alert_cooldown": -1}, "alert_cooldown"),
+        ({"range_tolerance": -0.1}, "range_tolerance"),
+        ({"cooldown_cap": 2.0}, "cooldown_cap"),
+        ({"calibration_halflife": 0}, "calibration_halflife"),
+    ],
+)
+def test_bad_rule_settings_are_rejected(change, message):
+    with pytest.raises(ConfigurationError, match=message):
+        EngineConfig(**change)
