@@ -53,10 +53,10 @@ class EngineConfig:
     score_halflife: float = 500.0  # events; how fast the component statistics adapt
     smoothing: int = 10  # raw scores averaged before calibration
     calibration_halflife: float = 2000.0  # events; memory of the smoothed-score statistics
-    min_history: int = 100  # events before a stream gets non-zero scores
+    min_history: int = 20  # events before a stream gets non-zero scores
     range_tolerance: float | None = 0.05  # beyond the seen range by this fraction of it: 1.0
     alert_threshold: float = 0.9994  # a score at or above starts the alert cooldown
-    alert_cooldown: int = 30  # events after an alert whose scores are capped at `cooldown_cap`
+    alert_cooldown: int = 0  # events after an alert whose scores are capped at `cooldown_cap`
     cooldown_cap: float = 0.5
     surprise_weight: float = 1.0
     reconstruction_weight: float = 1.0

@@ -21,8 +21,9 @@ Anomaly score of an event (see README "How the score is computed"):
    instead, see :func:`calibrated_score`);
 4. a value beyond the range of all values the stream has shown, by more than
    ``range_tolerance`` of that range, scores 1.0 (a new extreme);
-5. after a score of at least ``alert_threshold`` the next ``alert_cooldown`` scores of the
-   channel are capped at ``cooldown_cap``, so one incident raises one alert.
+5. if ``alert_cooldown`` > 0 (off by default), after a score of at least ``alert_threshold``
+   the next ``alert_cooldown`` scores of the channel are capped at ``cooldown_cap``, so one
+   incident raises one alert.
 
 Points scoring at least ``anomaly_threshold`` (before the cooldown) enter the replay buffer and
 the statistics at ``anomalous_weight``.
