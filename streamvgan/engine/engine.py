@@ -356,9 +356,9 @@ class StreamEngine:
 
         # surprise and reconstruction are already in units of the model's predicted scale; the
         # critic's output has no natural unit, so it is standardised by its running statistics
-        c_mean, c_var = st.comp_mean[slots].astype(np.float64), st.comp_var[slots].astype(np.float64)
-        critic_z = np.clip((comps[:, 2] - c_mean[:, 2]) / np.sqrt(np.maximum(c_var[:, 2], 1e-4)), -5.0, 20.0)
-        critic_z[(st.comp_n[slots] < 10) | (not warm) | (self._critic is None)] = 0.0
+        c_mean, c_var = st.critic_mean[slots].astype(np.float64), st.critic_var[slots].astype(np.float64)
+        critic_z = np.clip((comps[:, 2] - c_mean) / np.sqrt(np.maximum(c_var, 1e-4)), -5.0, 20.0)
+        critic_z[(st.critic_n[slots] < 10) | (not warm) | (self._critic is None)] = 0.0
         critic_w = cfg.critic_weight if (warm and self._critic is not None) else 0.0
         raw = (cfg.surprise_weight * comps[:, 0] + cfg.reconstruction_weight * comps[:, 1]
                + critic_w * critic_z) / (cfg.surprise_weight + cfg.reconstruction_weight + critic_w)
@@ -375,13 +375,14 @@ class StreamEngine:
         mu, sd = st.cal_mean[slots], np.sqrt(st.cal_var[slots])
         z = (smoothed - mu) / np.maximum(sd, 0.05)
         score = calibrated_score(z)
-        score[(n < max(cfg.min_history, 2)) | (cal_n < 2 * size)] = 0.0
+        young = n < max(cfg.min_history, 2)
+        score[young | (cal_n < 2 * size)] = 0.0
         if cfg.range_tolerance is not None:
             # a new extreme: beyond the range of everything seen by a fraction of that range
             lo, hi = st.seen_min[slots], st.seen_max[slots]
             margin = cfg.range_tolerance * (hi - lo)
             broken = ((values > hi + margin) | (values < lo - margin)).any(-1)
-            score[broken & (n >= max(cfg.min_history, 2))] = 1.0
+            score[broken & ~young] = 1.0
         likely = score  # before the cooldown: decides the learning weight
         score = np.where(st.quiet[slots] > 0, np.minimum(score, cfg.cooldown_cap), score)
         return {
@@ -412,15 +413,15 @@ class StreamEngine:
         first = (n == 0)[:, None]
         st.seen_min[slots] = np.where(first, values, np.minimum(st.seen_min[slots], values))
         st.seen_max[slots] = np.where(first, values, np.maximum(st.seen_max[slots], values))
-        # component statistics: exponentially weighted, winsorised, slower for anomalies
-        cn = st.comp_n[slots]
+        # critic statistics: exponentially weighted, winsorised, slower for anomalies
+        cn = st.critic_n[slots]
         alpha_c = np.maximum(1.0 / (cn + 1.0), _LN2 / cfg.score_halflife) * weight
-        c_mean, c_var = st.comp_mean[slots].astype(np.float64), st.comp_var[slots].astype(np.float64)
+        c_mean, c_var = st.critic_mean[slots].astype(np.float64), st.critic_var[slots].astype(np.float64)
         c_sd = np.sqrt(np.maximum(c_var, 1e-4))
-        dc = comps - c_mean
-        dc = np.where((cn >= 10)[:, None], np.clip(dc, -10 * c_sd, 10 * c_sd), dc)
-        st.comp_mean[slots] = c_mean + alpha_c[:, None] * dc
-        st.comp_var[slots] = (1 - alpha_c[:, None]) * (c_var + alpha_c[:, None] * dc**2)
+        dc = comps[:, 2] - c_mean
+        dc = np.where(cn >= 10, np.clip(dc, -10 * c_sd, 10 * c_sd), dc)
+        st.critic_mean[slots] = c_mean + alpha_c * dc
+        st.critic_var[slots] = (1 - alpha_c) * (c_var + alpha_c * dc**2)
         # normaliser: level follows fully, scale from a winsorised deviation
         alpha = np.maximum(1.0 / (n + 1.0), _LN2 / cfg.normaliser_halflife)[:, None]
         d = values - mean
@@ -434,7 +435,7 @@ class StreamEngine:
         st.outside[slots] = np.where(relevel, 0, run)
         st.norm_mean[slots] = np.where(relevel, values, mean + alpha * d)
         st.norm_var[slots] = (1 - alpha) * (var + alpha * d_w**2)
-        st.comp_n[slots] = cn + 1
+        st.critic_n[slots] = cn + 1
         st.last[slots] = values
         st.n[slots] = n + 1
         if out is not None:
@@ -581,7 +582,7 @@ class StreamEngine:
             if was_cold:  # the components change meaning (fallback -> model): restart their
                 # statistics and the calibration history
                 used = self.state.used_slots()
-                self.state.comp_n[used] = 0
+                self.state.critic_n[used] = 0
                 self.state.cal_n[used] = 0
                 self.state.cal_mean[used] = 0.0
                 self.state.cal_var[used] = 0.0

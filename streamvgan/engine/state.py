@@ -23,9 +23,9 @@ _LAYOUT = {
     "outside": (("F",), np.int16),  # signed run of consecutive values beyond 4 sd
     "f_mean": (("H", "F"), np.float32),  # forecast made after the last event, normalised
     "f_scale": (("H", "F"), np.float32),
-    "comp_mean": (("C",), np.float32),  # running statistics of the score components
-    "comp_var": (("C",), np.float32),
-    "comp_n": ((), np.int32),  # events in the component statistics (reset at the first fit)
+    "critic_mean": ((), np.float32),  # running statistics of the critic component
+    "critic_var": ((), np.float32),
+    "critic_n": ((), np.int32),  # events in the critic statistics (reset at the first fit)
     "recent": (("S",), np.float32),  # last raw scores (ring), smoothed before calibration
     "cal_n": ((), np.int32),  # raw scores in the calibration since it (re)started
     "cal_mean": ((), np.float64),  # exponentially weighted mean and variance of the smoothed
@@ -37,7 +37,6 @@ _LAYOUT = {
     "buf_w": (("R",), np.float16),  # learning weight of each buffered point
 }
 
-N_COMPONENTS = 3  # surprise, reconstruction, critic
 
 
 class StateTable:
@@ -75,7 +74,6 @@ class StateTable:
             "F": n_features,
             "hidden": hidden_size,
             "H": horizon,
-            "C": N_COMPONENTS,
             "S": smoothing,
             "R": replay_size,
         }
