@@ -23,7 +23,7 @@ from pathlib import Path
 from kafka import TopicPartition
 
 from streamvgan.engine import EngineConfig, Event, StreamEngine
-from streamvgan.service.broker import EmbeddedBroker
+from streamvgan.service.broker import bootstrap_or_embedded
 from streamvgan.service.clients import ensure_topics, make_consumer, make_producer
 from streamvgan.service.model_topic import model_topic, publish
 
@@ -80,13 +80,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--bootstrap-servers", default=None)
     args = parser.parse_args()
-    broker = None
-    servers = args.bootstrap_servers
-    if servers is None:
-        broker = EmbeddedBroker()
-        broker.start()
-        servers = broker.bootstrap_servers
-    try:
+    with bootstrap_or_embedded(args.bootstrap_servers) as servers:
         engine = StreamEngine(EngineConfig(), seed=0)
         for t in range(300):
             engine.process([Event("s", {"value": math.sin(t / 7)})])
@@ -99,9 +93,6 @@ def main() -> None:
         print("|---:|---:|---:|")
         for n, rate in rows:
             print(f"| {n} | {rate:,.0f} | {rate / rows[0][1]:.2f}x |")
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 if __name__ == "__main__":

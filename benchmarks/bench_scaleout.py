@@ -18,7 +18,7 @@ import uuid
 import torch
 
 from streamvgan.engine import EngineConfig, Event, StreamEngine
-from streamvgan.service.broker import EmbeddedBroker
+from streamvgan.service.broker import bootstrap_or_embedded
 from streamvgan.service.changelog import StateChangelog
 from streamvgan.service.clients import ensure_topics, make_consumer, make_producer
 from streamvgan.service.model_topic import ModelFollower, publish
@@ -42,13 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    broker = None
-    servers = args.bootstrap_servers
-    if servers is None:
-        broker = EmbeddedBroker()
-        broker.start()
-        servers = broker.bootstrap_servers
-    try:
+    with bootstrap_or_embedded(args.bootstrap_servers) as servers:
         engine = build_engine(args.streams, args.events_per_stream)
         engine.fine_tune(force=True, steps=5)  # a fitted model, so states carry a GRU state
         names = engine.streams()
@@ -92,9 +86,6 @@ def main() -> None:
         print(f"| write all states to the changelog (produce + flush), per 10,000 streams | {statistics.median(write_s) * per10k:.2f} s |")
         print(f"| restore from the changelog (read + install), per 10,000 streams | {statistics.median(restore_s) * per10k:.2f} s |")
         print(f"| publish a model ({len(engine.export_weights()):,} bytes) until a follower has swapped it in | {statistics.median(model_s) * 1000:.0f} ms |")
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 if __name__ == "__main__":

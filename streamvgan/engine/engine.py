@@ -358,7 +358,7 @@ class StreamEngine:
         # critic's output has no natural unit, so it is standardised by its running statistics
         c_mean, c_var = st.critic_mean[slots].astype(np.float64), st.critic_var[slots].astype(np.float64)
         critic_z = np.clip((comps[:, 2] - c_mean) / np.sqrt(np.maximum(c_var, 1e-4)), -5.0, 20.0)
-        critic_z[(st.critic_n[slots] < 10) | (not warm) | (self._critic is None)] = 0.0
+        critic_z[st.critic_n[slots] < 10] = 0.0  # weighted 0 anyway when cold or criticless
         critic_w = cfg.critic_weight if (warm and self._critic is not None) else 0.0
         raw = (cfg.surprise_weight * comps[:, 0] + cfg.reconstruction_weight * comps[:, 1]
                + critic_w * critic_z) / (cfg.surprise_weight + cfg.reconstruction_weight + critic_w)

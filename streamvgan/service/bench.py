@@ -68,16 +68,13 @@ class Result:
 
 
 def main(args: argparse.Namespace) -> int:
-    from streamvgan.service.broker import EmbeddedBroker
+    from streamvgan.service.broker import bootstrap_or_embedded
     from streamvgan.service.settings import _parse_engine_param
 
     counts = [int(x) for x in str(args.streams).split(",") if x.strip()]
     engine_params = dict(_parse_engine_param(p) for p in args.engine_params or [])
-    if args.bootstrap_servers:
-        rows = run_bench(args.bootstrap_servers, counts, args, engine_params)
-    else:
-        with EmbeddedBroker() as broker:
-            rows = run_bench(broker.bootstrap_servers, counts, args, engine_params)
+    with bootstrap_or_embedded(args.bootstrap_servers) as servers:
+        rows = run_bench(servers, counts, args, engine_params)
     print(format_table(rows), flush=True)
     return 0
 

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
 from streamvgan.errors import BrokerError
@@ -234,6 +236,17 @@ class EmbeddedBroker:
 _TANSU_ENV = frozenset(
     {"CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "SCHEMA_REGISTRY"}
 )
+
+
+@contextmanager
+def bootstrap_or_embedded(bootstrap_servers: str | None) -> Iterator[str]:
+    """Yield ``bootstrap_servers`` if given, else start an :class:`EmbeddedBroker` for the
+    block, yield its address and stop it afterwards."""
+    if bootstrap_servers:
+        yield bootstrap_servers
+        return
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap_servers
 
 
 def _die_with_parent() -> None:
