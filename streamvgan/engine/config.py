@@ -9,6 +9,8 @@ from streamvgan.errors import ConfigurationError
 from streamvgan.nn.model import ModelConfig
 
 FIELD_MODES = ("channels", "joint")
+#: detection signals whose calibrated maximum is the anomaly score (see StreamEngine)
+SIGNALS = ("model", "jump", "level")
 #: fields of older versions that a saved configuration may still hold; ignored when loading
 _RETIRED = {"history_size"}
 
@@ -51,7 +53,11 @@ class EngineConfig:
     normaliser_halflife: float = 1000.0  # events; how fast level and scale follow the data
     relevel_after: int = 16  # this many values in a row beyond 4 sd on one side: new level
     score_halflife: float = 500.0  # events; how fast the component statistics adapt
-    smoothing: int = 10  # raw scores averaged before calibration
+    signals: tuple[str, ...] = SIGNALS  # detection signals the score takes the maximum over
+    level_halflife: float = 3.0  # events; the short-run level of the `level` signal
+    season_window: int = 600  # values kept to find a season for the jump signal (0: off)
+    season_min_correlation: float = 0.8  # autocorrelation at the season needed to use it
+    smoothing: int = 10  # values of each signal averaged before calibration
     calibration_halflife: float = 2000.0  # events; memory of the smoothed-score statistics
     min_history: int = 20  # events before a stream gets non-zero scores
     range_tolerance: float | None = 0.05  # beyond the seen range by this fraction of it: 1.0
@@ -65,6 +71,7 @@ class EngineConfig:
     anomalous_weight: float = 0.1
     clip: float = 20.0  # normalised values are clipped to +-clip
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    forecast_blend: bool = True  # weigh the network's forecast against the last value
 
     @property
     def horizon(self) -> int:
@@ -122,6 +129,32 @@ class EngineConfig:
                 raise ConfigurationError(
                     f"EngineConfig.{name} must be in [0, 1], got {getattr(self, name)!r}"
                 )
+        signals = tuple(self.signals) if isinstance(self.signals, (list, tuple)) else ()
+        if not signals or any(s not in SIGNALS for s in signals) or len(set(signals)) != len(signals):
+            raise ConfigurationError(
+                f"EngineConfig.signals must be a non-empty selection of {SIGNALS} without "
+                f"repeats, got {self.signals!r}"
+            )
+        object.__setattr__(self, "signals", signals)
+        if not isinstance(self.forecast_blend, bool):
+            raise ConfigurationError(
+                f"EngineConfig.forecast_blend must be true or false, got {self.forecast_blend!r}"
+            )
+        if not isinstance(self.season_window, int) or not (
+            self.season_window == 0 or self.season_window >= 16
+        ):
+            raise ConfigurationError(
+                f"EngineConfig.season_window must be 0 (off) or an int >= 16, got {self.season_window!r}"
+            )
+        if not 0.0 < self.season_min_correlation <= 1.0:
+            raise ConfigurationError(
+                "EngineConfig.season_min_correlation must be in (0, 1], got "
+                f"{self.season_min_correlation!r}"
+            )
+        if not self.level_halflife > 0:
+            raise ConfigurationError(
+                f"EngineConfig.level_halflife must be > 0, got {self.level_halflife!r}"
+            )
         if not 0.0 < self.anomaly_threshold <= 1.0:
             raise ConfigurationError(
                 f"anomaly_threshold must be in (0, 1], got {self.anomaly_threshold!r}"
@@ -133,6 +166,7 @@ class EngineConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["quantiles"] = list(self.quantiles)
+        data["signals"] = list(self.signals)
         return data
 
     @classmethod

@@ -7,18 +7,22 @@ stream in the batch), so the cost per event does not grow with Python-level call
 
 Anomaly score of an event (see README "How the score is computed"):
 
-1. components, in normalised units: ``surprise`` = |x_t - mu_{t|t-1}| / sigma_{t|t-1}, the error
-   of the forecast made at t-1 in units of its own predicted scale; ``reconstruction`` = |x_t -
-   mean| / scale of p(x_t | E[z_t | x_t, h_{t-1}], h_{t-1}); ``critic`` = -D(last window). Before
-   the first fit (cold start) ``surprise`` = |x_t| (distance from the running mean in running
-   sds) and ``reconstruction`` = |x_t - x_{t-1}| (the jump), with no critic term;
-2. ``raw`` = (surprise + reconstruction + 0.25 critic') / 2.25, where critic' is the critic
-   standardised by its running mean and sd per stream (clipped to [-5, 20]);
-3. calibration as in Numenta's anomaly likelihood (Ahmad et al. 2017): ``m`` = mean of the last
-   ``smoothing`` raw scores, ``mu, sd`` = exponentially weighted mean and sd of the stream's
-   past ``m`` (half-life ``calibration_halflife``); ``score = max(0, 2 Phi((m - mu) / sd) - 1)``,
-   the probability that a normal point is less extreme (above 0.999 a slowly growing tail
-   instead, see :func:`calibrated_score`);
+1. the model signal, in normalised units: ``surprise`` = |x_t - mu_{t|t-1}| / sigma_{t|t-1},
+   the error of the forecast made at t-1 in units of its own predicted scale;
+   ``reconstruction`` = |x_t - mean| / scale of p(x_t | E[z_t | x_t, h_{t-1}], h_{t-1});
+   ``critic`` = -D(last window), standardised by its running mean and sd per stream (clipped
+   to [-5, 20]); ``raw`` = (surprise + reconstruction + 0.25 critic') / 2.25. Before the
+   first fit (cold start) ``surprise`` = |x_t| (distance from the running mean in running
+   sds) and ``reconstruction`` = |x_t - x_{t-1}|, with no critic term;
+2. two model-free signals per field, in the stream's own units: ``jump`` = |x_t - x_{t-1}|,
+   or |x_t - x_{t-P}| once a season of P events is found (see :func:`seasonal_period`), and
+   ``level`` = |short-run level - long-run level| / long-run sd;
+3. calibration of each signal as in Numenta's anomaly likelihood (Ahmad et al. 2017): ``m``
+   = mean of its last ``smoothing`` values, ``mu, sd`` = exponentially weighted mean and sd
+   of its past ``m`` (half-life ``calibration_halflife``), ``z = (m - mu) / sd``; the score is
+   ``max(0, 2 Phi(max z) - 1)`` over the signals in ``signals``, the probability that a normal
+   point is less extreme (above 0.999 a slowly growing tail instead, see
+   :func:`calibrated_score`);
 4. a value beyond the range of all values the stream has shown, by more than
    ``range_tolerance`` of that range, scores 1.0 (a new extreme);
 5. if ``alert_cooldown`` > 0 (off by default), after a score of at least ``alert_threshold``
@@ -27,6 +31,9 @@ Anomaly score of an event (see README "How the score is computed"):
 
 Points scoring at least ``anomaly_threshold`` (before the cooldown) enter the replay buffer and
 the statistics at ``anomalous_weight``.
+
+Forecasts combine the network's forecast with the last value, weighted by the inverse of each
+one's recent squared one-step error (``forecast_blend``).
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import torch
 from scipy.special import ndtr, ndtri
 
 from streamvgan.engine import checkpoint
-from streamvgan.engine.config import EngineConfig
+from streamvgan.engine.config import SIGNALS, EngineConfig
 from streamvgan.engine.state import StateTable
 from streamvgan.engine.training import FitReport, Trainer, TrainingWindows
 from streamvgan.engine.types import Event, Forecast, Score
@@ -53,7 +60,9 @@ from streamvgan.nn.model import RecurrentVAEGAN
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("surprise", "reconstruction", "critic")
+COMPONENTS = ("surprise", "reconstruction", "critic", "jump", "level")
+_SIGNAL_WARMUP = 10  # events before the jump and level signals are computed
+_CAL_SD_FLOOR = 0.05  # calibration sd floor (see _compute)
 _Z_TAIL = float(ndtri(0.9995))  # 2 * Phi(z) - 1 = 0.999 here
 
 
@@ -70,6 +79,41 @@ def calibrated_score(z: np.ndarray) -> np.ndarray:
     tail = 0.999 + 0.001 * (1.0 - 1.0 / (1.0 + np.log1p(np.maximum(z - _Z_TAIL, 0.0))))
     return np.where(z > _Z_TAIL, tail, body)
 _LN2 = math.log(2.0)
+
+
+def seasonal_period(values: np.ndarray, min_correlation: float = 0.8, min_lag: int = 4) -> int:
+    """The season length of ``values`` (1-D) in steps, or 0 if it has none.
+
+    After the first zero crossing of the (unbiased) autocorrelation, the first stretch of lags
+    where it reaches ``min_correlation``, up to half the length; the season is the lag of the
+    highest correlation in that stretch (so a multiple of the season is never chosen over it).
+
+    >>> t = np.arange(600)
+    >>> seasonal_period(np.sin(2 * np.pi * t / 48) + 0.1 * np.cos(t * 1.3))
+    48
+    >>> seasonal_period(np.random.default_rng(0).normal(size=600))
+    0
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v - v.mean()
+    n = len(v)
+    if n < 4 * min_lag or not np.any(v):
+        return 0
+    spectrum = np.fft.rfft(v, 2 * n)
+    ac = np.fft.irfft(spectrum * np.conj(spectrum))[:n]
+    ac = ac / ac[0] * n / (n - np.arange(n))  # unbiased: divide by the overlap
+    half = n // 2
+    negative = np.flatnonzero(ac[min_lag:half] < 0)
+    if len(negative) == 0:
+        return 0
+    start = min_lag + int(negative[0])
+    above = ac[start:half] >= min_correlation
+    if not above.any():
+        return 0
+    first = start + int(np.argmax(above))
+    below = np.flatnonzero(ac[first:half] < min_correlation)
+    last = first + (int(below[0]) if len(below) else half - first)
+    return first + int(np.argmax(ac[first:last]))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -134,7 +178,13 @@ class StreamEngine:
             replay_size=cfg.replay_size,
             smoothing=cfg.smoothing,
             max_streams=cfg.max_streams,
+            n_signals=1 + 2 * mcfg.n_features,
+            season_window=cfg.season_window,
         )
+        # columns of the signal arrays: the model's raw score, then jump and level per field
+        f = mcfg.n_features
+        self._signal_col = np.array([0] + [1] * f + [2] * f)  # index into SIGNALS
+        self._signal_on = np.isin(self._signal_col, [SIGNALS.index(s) for s in cfg.signals])
         self.fields_of: dict[str, tuple[str, ...]] = {}
         self.model_version = 0
         self.events_seen = 0
@@ -333,8 +383,8 @@ class StreamEngine:
         xn[n < 2] = 0.0
         warm = self.model_version > 0
 
-        comps = np.zeros((len(slots), 3), dtype=np.float64)
-        out = None
+        comps = np.zeros((len(slots), len(COMPONENTS)), dtype=np.float64)
+        out = fm = None
         if warm:
             fm, fs = st.f_mean[slots, 0], st.f_scale[slots, 0]  # (B, F) forecast of x_t
             fs = np.maximum(fs, cfg.model.min_scale)  # a channel new since the last fit has none
@@ -358,25 +408,59 @@ class StreamEngine:
         # critic's output has no natural unit, so it is standardised by its running statistics
         c_mean, c_var = st.critic_mean[slots].astype(np.float64), st.critic_var[slots].astype(np.float64)
         critic_z = np.clip((comps[:, 2] - c_mean) / np.sqrt(np.maximum(c_var, 1e-4)), -5.0, 20.0)
-        critic_z[st.critic_n[slots] < 10] = 0.0  # weighted 0 anyway when cold or criticless
+        critic_z[st.warm_n[slots] < 10] = 0.0  # weighted 0 anyway when cold or criticless
         critic_w = cfg.critic_weight if (warm and self._critic is not None) else 0.0
         raw = (cfg.surprise_weight * comps[:, 0] + cfg.reconstruction_weight * comps[:, 1]
                + critic_w * critic_z) / (cfg.surprise_weight + cfg.reconstruction_weight + critic_w)
 
-        # calibration (anomaly likelihood): the smoothed raw score against its own
-        # exponentially weighted mean and sd for this channel
+        # two model-free signals beside it, per field, in the stream's own units: the jump
+        # |x_t - x_{t-1}|, and the level shift |short-run level - long-run level| / long-run sd
+        lvl_mean = st.lvl_mean[slots]
+        lvl_sd = self._std(lvl_mean, st.lvl_var[slots])
+        settled = (n >= _SIGNAL_WARMUP)[:, None]
+        before = st.last[slots]
+        jump = np.abs(values - before)
+        if cfg.season_window:
+            # with a season of P events found, the jump is from the same moment one season
+            # back, or two if that is closer (so an anomaly does not echo one season later)
+            period = st.period[slots]  # (B, F)
+            seasonal = (period > 0) & (n[:, None] >= period)
+            if seasonal.any():
+                ring = st.season_buf[slots]
+                back = []
+                for k in (1, 2):
+                    pos = (n[:, None] - k * period) % cfg.season_window
+                    lagged = np.take_along_axis(ring, pos[:, None, :], axis=1)[:, 0]
+                    ok = seasonal & (n[:, None] >= k * period)
+                    back.append(np.where(ok, np.abs(values - lagged), np.inf))
+                jump = np.where(seasonal, np.minimum(back[0], back[1]), jump)
+        jump = np.where(settled, jump, 0.0)
+        a_short = np.maximum(1.0 / (n + 1.0), _LN2 / cfg.level_halflife)[:, None]
+        short = st.lvl_short[slots] + a_short * (values - st.lvl_short[slots])
+        level = np.where(settled, np.abs(short - lvl_mean) / lvl_sd, 0.0)
+        signals = np.concatenate([raw[:, None], jump, level], axis=1)  # (B, K)
+        comps[:, 3] = jump.max(-1)
+        comps[:, 4] = level.max(-1)
+
+        # calibration (anomaly likelihood), per signal: its smoothed value against its own
+        # exponentially weighted mean and sd for this channel; the score takes the largest
         size = st.sizes["S"]
-        recent = st.recent[slots].astype(np.float64)
-        cal_n = st.cal_n[slots]
+        recent = st.recent[slots].astype(np.float64)  # (B, S, K)
+        cal_n = st.cal_n[slots]  # (B, K)
         age = (n[:, None] - np.arange(size)[None, :] - 1) % size + 1  # 1 = written last event
-        recent[age > np.minimum(cal_n, size)[:, None]] = np.nan  # not written since the restart
-        recent[np.arange(len(slots)), n % size] = raw
-        smoothed = np.nanmean(recent, axis=1)
+        unwritten = age[:, :, None] > np.minimum(cal_n, size)[:, None, :]  # since a restart
+        recent[unwritten] = np.nan
+        recent[np.arange(len(slots)), n % size] = signals
+        smoothed = np.nanmean(recent, axis=1)  # (B, K)
         mu, sd = st.cal_mean[slots], np.sqrt(st.cal_var[slots])
-        z = (smoothed - mu) / np.maximum(sd, 0.05)
-        score = calibrated_score(z)
+        # sd floor: absolute for the model's score (already in predicted-scale units), relative
+        # to the signal's mean for the jump and level (in the stream's own units)
+        floor = np.where(self._signal_col == 0, _CAL_SD_FLOOR, _CAL_SD_FLOOR * np.abs(mu)) + 1e-12
+        z = (smoothed - mu) / np.maximum(sd, floor)
+        z[(cal_n < 2 * size) | ~self._signal_on[None, :]] = -np.inf
+        score = calibrated_score(z.max(-1))
         young = n < max(cfg.min_history, 2)
-        score[young | (cal_n < 2 * size)] = 0.0
+        score[young] = 0.0
         if cfg.range_tolerance is not None:
             # a new extreme: beyond the range of everything seen by a fraction of that range
             lo, hi = st.seen_min[slots], st.seen_max[slots]
@@ -387,7 +471,8 @@ class StreamEngine:
         score = np.where(st.quiet[slots] > 0, np.minimum(score, cfg.cooldown_cap), score)
         return {
             "n": n, "mean": mean, "var": var, "std": std, "xn": xn, "comps": comps, "raw": raw,
-            "smoothed": smoothed, "likely": likely, "score": score, "out": out, "warm": warm,
+            "signals": signals, "short": short, "fm": fm, "smoothed": smoothed, "likely": likely,
+            "score": score, "out": out, "warm": warm,
         }
 
     def _learn(self, slots: np.ndarray, values: np.ndarray, c: dict) -> None:
@@ -398,7 +483,7 @@ class StreamEngine:
         anomalous = c["likely"] >= cfg.anomaly_threshold
         weight = np.where(anomalous, cfg.anomalous_weight, 1.0)
         st.push(slots, xn.astype(np.float32), weight)
-        st.recent[slots, n % st.sizes["S"]] = raw
+        st.recent[slots, n % st.sizes["S"]] = c["signals"]
         # calibration statistics, the alert cooldown and the range of values seen
         cal_n = st.cal_n[slots]
         st.cal_n[slots] = cal_n + 1
@@ -414,7 +499,13 @@ class StreamEngine:
         st.seen_min[slots] = np.where(first, values, np.minimum(st.seen_min[slots], values))
         st.seen_max[slots] = np.where(first, values, np.maximum(st.seen_max[slots], values))
         # critic statistics: exponentially weighted, winsorised, slower for anomalies
-        cn = st.critic_n[slots]
+        cn = st.warm_n[slots]
+        if c["fm"] is not None:  # forecast statistics: one-step errors of network and persistence
+            a_f = (np.maximum(1.0 / (cn + 1.0), _LN2 / cfg.score_halflife) * weight)[:, None]
+            e_model = (xn - c["fm"]) ** 2
+            e_last = ((values - st.last[slots]) / std) ** 2
+            st.err_model[slots] += a_f * (e_model - st.err_model[slots])
+            st.err_last[slots] += a_f * (e_last - st.err_last[slots])
         alpha_c = np.maximum(1.0 / (cn + 1.0), _LN2 / cfg.score_halflife) * weight
         c_mean, c_var = st.critic_mean[slots].astype(np.float64), st.critic_var[slots].astype(np.float64)
         c_sd = np.sqrt(np.maximum(c_var, 1e-4))
@@ -435,7 +526,22 @@ class StreamEngine:
         st.outside[slots] = np.where(relevel, 0, run)
         st.norm_mean[slots] = np.where(relevel, values, mean + alpha * d)
         st.norm_var[slots] = (1 - alpha) * (var + alpha * d_w**2)
-        st.critic_n[slots] = cn + 1
+        st.warm_n[slots] = cn + 1
+        # long- and short-run levels of the `level` signal (plain EW statistics, like the
+        # normaliser's but neither winsorised nor re-levelled, so a shift stays visible)
+        a_lvl = np.maximum(1.0 / (n + 1.0), _LN2 / cfg.normaliser_halflife)[:, None]
+        d_lvl = values - st.lvl_mean[slots]
+        st.lvl_mean[slots] += a_lvl * d_lvl
+        st.lvl_var[slots] = (1 - a_lvl) * (st.lvl_var[slots] + a_lvl * d_lvl**2)
+        st.lvl_short[slots] = c["short"]
+        if cfg.season_window:
+            st.season_buf[slots, n % cfg.season_window] = values
+            half = max(cfg.season_window // 2, 1)
+            for row in np.flatnonzero((n + 1) % half == 0):  # look for a season now and then
+                ring = st.season_values(slots[row], n[row] + 1)
+                st.period[slots[row]] = [
+                    seasonal_period(ring[:, f], cfg.season_min_correlation) for f in range(ring.shape[1])
+                ]
         st.last[slots] = values
         st.n[slots] = n + 1
         if out is not None:
@@ -463,12 +569,21 @@ class StreamEngine:
         st, horizon = self.state, self.config.horizon
         names, slots = self._stream_slots(stream)
         std = self._std(st.norm_mean[slots], st.norm_var[slots])  # (U, F)
+        last = np.repeat(st.last[slots][:, None, :], horizon, axis=1)  # persistence (U, H, F)
+        last_spread = np.repeat(std[:, None, :], horizon, axis=1)
         if self.model_version > 0 and st.n[slots].min() >= 1:
             mean = st.norm_mean[slots][:, None, :] + std[:, None, :] * st.f_mean[slots]  # (U, H, F)
             spread = std[:, None, :] * st.f_scale[slots]
+            if self.config.forecast_blend:
+                # inverse-MSE weights (Bates & Granger 1969) from the recent one-step errors;
+                # equal weights until both have been measured
+                e_m, e_l = st.err_model[slots].astype(np.float64), st.err_last[slots].astype(np.float64)
+                w = np.where(e_m + e_l > 0, e_l / np.maximum(e_m + e_l, 1e-12), 0.5)[:, None, :]
+                w[st.warm_n[slots] < 2] = 0.5
+                mean = w * mean + (1 - w) * last
+                spread = w * spread + (1 - w) * last_spread
         else:
-            mean = np.repeat(st.last[slots][:, None, :], horizon, axis=1)
-            spread = np.repeat(std[:, None, :], horizon, axis=1)
+            mean, spread = last, last_spread
         # (U, H, F) -> (H, fields): channels are one field each, joint is one row of F
         to_fields = (lambda a: a[:, :, 0].T) if self.config.field_mode == "channels" else (lambda a: a[0])
         quantiles = {q: to_fields(mean + z * spread) for q, z in self._z.items()}
@@ -582,10 +697,10 @@ class StreamEngine:
             if was_cold:  # the components change meaning (fallback -> model): restart their
                 # statistics and the calibration history
                 used = self.state.used_slots()
-                self.state.critic_n[used] = 0
-                self.state.cal_n[used] = 0
-                self.state.cal_mean[used] = 0.0
-                self.state.cal_var[used] = 0.0
+                self.state.warm_n[used] = 0
+                self.state.cal_n[used, 0] = 0  # the model signal's column
+                self.state.cal_mean[used, 0] = 0.0
+                self.state.cal_var[used, 0] = 0.0
             self._rewarm()
             return self.model_version
 

@@ -25,11 +25,18 @@ _LAYOUT = {
     "f_scale": (("H", "F"), np.float32),
     "critic_mean": ((), np.float32),  # running statistics of the critic component
     "critic_var": ((), np.float32),
-    "critic_n": ((), np.int32),  # events in the critic statistics (reset at the first fit)
-    "recent": (("S",), np.float32),  # last raw scores (ring), smoothed before calibration
-    "cal_n": ((), np.int32),  # raw scores in the calibration since it (re)started
-    "cal_mean": ((), np.float64),  # exponentially weighted mean and variance of the smoothed
-    "cal_var": ((), np.float64),  # raw scores: the calibration history
+    "warm_n": ((), np.int32),  # events since the first fit (critic and forecast statistics)
+    "err_model": (("F",), np.float32),  # EW squared one-step error of the network's forecast
+    "err_last": (("F",), np.float32),  # and of the last value (persistence), normalised units
+    "recent": (("S", "K"), np.float32),  # last values of each detection signal (ring)
+    "cal_n": (("K",), np.int32),  # values in each signal's calibration since it (re)started
+    "cal_mean": (("K",), np.float64),  # exponentially weighted mean and variance of each
+    "cal_var": (("K",), np.float64),  # smoothed signal: the calibration history
+    "lvl_mean": (("F",), np.float64),  # long-run level and variance of the values, original
+    "lvl_var": (("F",), np.float64),  # units (not winsorised, never re-levelled)
+    "lvl_short": (("F",), np.float64),  # short-run level (a few events' half-life)
+    "season_buf": (("W", "F"), np.float32),  # last values, original units (ring)
+    "period": (("F",), np.int32),  # detected season length in events (0: none)
     "seen_min": (("F",), np.float64),  # range of the values seen, original units
     "seen_max": (("F",), np.float64),
     "quiet": ((), np.int32),  # events left in the alert cooldown
@@ -48,6 +55,10 @@ class StateTable:
         Values per channel (1 in channels mode).
     hidden_size, horizon, replay_size, smoothing
         Sizes of the per-channel arrays.
+    n_signals
+        Detection signals calibrated per channel (see :class:`streamvgan.engine.StreamEngine`).
+    season_window
+        Values kept per channel to detect a season and look one season back (0: none).
     max_streams
         Streams kept; the least recently seen stream is evicted (all its channels) to make room.
 
@@ -69,6 +80,8 @@ class StateTable:
         smoothing: int,
         max_streams: int,
         initial_capacity: int = 64,
+        n_signals: int = 3,
+        season_window: int = 0,
     ) -> None:
         self.sizes = {
             "F": n_features,
@@ -76,6 +89,8 @@ class StateTable:
             "H": horizon,
             "S": smoothing,
             "R": replay_size,
+            "K": n_signals,
+            "W": season_window,
         }
         self.max_streams = max_streams
         self.capacity = 0
@@ -168,6 +183,14 @@ class StateTable:
         pos = self.arrays["n"][slots] % self.sizes["R"]
         self.arrays["buf"][slots, pos] = values
         self.arrays["buf_w"][slots, pos] = weights
+
+    def season_values(self, slots: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """The last ``min(n, W)`` values (in original units) of one channel ``slots`` (a
+        single slot), oldest first, as (length, F) float64."""
+        w = self.sizes["W"]
+        length = int(min(n, w))
+        idx = (int(n) + np.arange(-length, 0)) % w
+        return self.arrays["season_buf"][slots, idx].astype(np.float64)
 
     def recent_values(self, slots: np.ndarray, length: int) -> np.ndarray:
         """The last ``length`` buffered values (B, length, F), oldest first, zero-padded on

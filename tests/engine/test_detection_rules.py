@@ -64,7 +64,9 @@ def test_cooldown_caps_the_scores_after_an_alert():
 
 
 def test_calibration_restarts_at_the_first_fit():
-    config = EngineConfig(warmup_events=150, first_fit_steps=5, fit_steps=2, fit_every=10_000)
+    config = EngineConfig(
+        warmup_events=150, first_fit_steps=5, fit_steps=2, fit_every=10_000, signals=("model",)
+    )
     engine = StreamEngine(config.with_model(hidden_size=8), seed=0)
     values = [math.sin(t / 3) for t in range(300)]
     scores = []
@@ -72,9 +74,11 @@ def test_calibration_restarts_at_the_first_fit():
         scores.append(engine.process([Event("s", {"value": v})])[0].score)
         engine.fine_tune()
     assert engine.model_version == 1
-    cal_n = int(engine.state.cal_n[engine.state.slots_of("s")["value"]])
-    assert cal_n == 300 - 150  # restarted when the first fit was installed
-    # the first 2 * smoothing scores after the restart are 0 ("not calibrated yet")
+    cal_n = engine.state.cal_n[engine.state.slots_of("s")["value"]].tolist()
+    # the model signal's calibration restarted when the first fit was installed; the jump
+    # and level signals mean the same before and after it, so theirs did not
+    assert cal_n == [300 - 150, 300, 300]
+    # with only the model signal, the first 2 * smoothing scores after the restart are 0
     assert max(scores[150 : 150 + 2 * config.smoothing]) == 0.0
 
 

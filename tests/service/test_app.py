@@ -115,7 +115,7 @@ def test_every_valid_event_has_exactly_one_score_with_its_stream_and_ts(run):
         assert r.key == data["stream"].encode()
         assert data["schema_version"] == 1
         assert 0.0 <= data["score"] <= 1.0
-        assert set(data["components"]) == {"surprise", "reconstruction", "critic"}
+        assert set(data["components"]) == {"surprise", "reconstruction", "critic", "jump", "level"}
         assert data["model_version"] == 0 and data["anomaly"] == (data["score"] >= 0.99)
 
 
