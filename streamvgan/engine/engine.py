@@ -579,7 +579,12 @@ class StreamEngine:
                 # equal weights until both have been measured
                 e_m, e_l = st.err_model[slots].astype(np.float64), st.err_last[slots].astype(np.float64)
                 w = np.where(e_m + e_l > 0, e_l / np.maximum(e_m + e_l, 1e-12), 0.5)[:, None, :]
-                w[st.warm_n[slots] < 2] = 0.5
+                measured = st.warm_n[slots] >= 2
+                w[~measured] = 0.5
+                # the last value's band: its own one-step error, growing as a random walk's
+                steps = np.sqrt(np.arange(1, horizon + 1))[None, :, None]
+                walk = std[:, None, :] * np.sqrt(e_l)[:, None, :] * steps
+                last_spread = np.where(measured[:, None, None] & (e_l > 0)[:, None, :], walk, last_spread)
                 mean = w * mean + (1 - w) * last
                 spread = w * spread + (1 - w) * last_spread
         else:
