@@ -129,7 +129,10 @@ class EngineConfig:
                 raise ConfigurationError(
                     f"EngineConfig.{name} must be in [0, 1], got {getattr(self, name)!r}"
                 )
-        signals = tuple(self.signals) if isinstance(self.signals, (list, tuple)) else ()
+        signals = self.signals
+        if isinstance(signals, str):  # "jump,level", as --engine-param signals=jump,level gives
+            signals = [name.strip() for name in signals.split(",") if name.strip()]
+        signals = tuple(signals) if isinstance(signals, (list, tuple)) else ()
         if not signals or any(s not in SIGNALS for s in signals) or len(set(signals)) != len(signals):
             raise ConfigurationError(
                 f"EngineConfig.signals must be a non-empty selection of {SIGNALS} without "

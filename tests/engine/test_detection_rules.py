@@ -102,3 +102,34 @@ def test_saved_configuration_with_a_retired_field_loads(caplog):
 def test_bad_rule_settings_are_rejected(change, message):
     with pytest.raises(ConfigurationError, match=message):
         EngineConfig(**change)
+
+
+@pytest.mark.parametrize(
+    "given, expected",
+    [("jump,level", ("jump", "level")), (["model"], ("model",)), (("level", "model"), ("level", "model"))],
+)
+def test_signals_accept_a_list_or_a_comma_separated_string(given, expected):
+    assert EngineConfig(signals=given).signals == expected
+    assert EngineConfig.from_dict(EngineConfig(signals=given).to_dict()).signals == expected
+
+
+@pytest.mark.parametrize("given", ["", "model,model", ["critic"], 3])
+def test_bad_signals_are_rejected_with_the_choices(given):
+    with pytest.raises(ConfigurationError, match="model.*jump.*level"):
+        EngineConfig(signals=given)
+
+
+def test_jump_and_level_signals_fire_without_the_network():
+    # warmup never ends: the score comes from the jump and level signals alone
+    config = EngineConfig(
+        warmup_events=10**9, signals=("jump", "level"), season_window=0, range_tolerance=None
+    )
+    engine = StreamEngine(config, seed=0)
+    rng = np.random.default_rng(0)
+    values = 10 + rng.normal(size=600)
+    values[400:] += 6.0  # a level shift of 6 sd
+    scores = [engine.process([Event("s", {"value": float(v)})])[0] for v in values]
+    before = max(s.score for s in scores[100:400])
+    assert max(s.score for s in scores[400:410]) > max(before, 0.999)
+    assert scores[400].components["jump"] > 4  # |x_t - x_{t-1}|, in the stream's units
+    assert scores[405].components["level"] > 3  # short-run level 3+ long-run sd away
