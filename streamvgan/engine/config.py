@@ -55,7 +55,8 @@ class EngineConfig:
     score_halflife: float = 500.0  # events; how fast the component statistics adapt
     signals: tuple[str, ...] = SIGNALS  # detection signals the score takes the maximum over
     level_halflife: float = 3.0  # events; the short-run level of the `level` signal
-    season_window: int = 600  # values kept to find a season for the jump signal (0: off)
+    season_window: int = 0  # values kept to find a season for the jump signal (0: off; 600 in
+    # the River adapters): 4 bytes per value and stream, in memory and in every changelog record
     season_min_correlation: float = 0.8  # autocorrelation at the season needed to use it
     smoothing: int = 10  # values of each signal averaged before calibration
     calibration_halflife: float = 2000.0  # events; memory of the smoothed-score statistics

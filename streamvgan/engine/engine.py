@@ -15,7 +15,8 @@ Anomaly score of an event (see README "How the score is computed"):
    first fit (cold start) ``surprise`` = |x_t| (distance from the running mean in running
    sds) and ``reconstruction`` = |x_t - x_{t-1}|, with no critic term;
 2. two model-free signals per field, in the stream's own units: ``jump`` = |x_t - x_{t-1}|,
-   or |x_t - x_{t-P}| once a season of P events is found (see :func:`seasonal_period`), and
+   or from one or two seasons back once a season of P events is found (``season_window`` > 0,
+   see :func:`seasonal_period`), and
    ``level`` = |short-run level - long-run level| / long-run sd;
 3. calibration of each signal as in Numenta's anomaly likelihood (Ahmad et al. 2017): ``m``
    = mean of its last ``smoothing`` values, ``mu, sd`` = exponentially weighted mean and sd

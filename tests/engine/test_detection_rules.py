@@ -133,3 +133,28 @@ def test_jump_and_level_signals_fire_without_the_network():
     assert max(s.score for s in scores[400:410]) > max(before, 0.999)
     assert scores[400].components["jump"] > 4  # |x_t - x_{t-1}|, in the stream's units
     assert scores[405].components["level"] > 3  # short-run level 3+ long-run sd away
+
+
+@pytest.mark.parametrize("season_window", [0, 600])
+def test_a_season_makes_a_missing_daily_peak_stand_out(season_window):
+    # a square wave of period 100 (high for 30 steps); one "day" its high phase is missing.
+    # No single step is unusual, so only the jump from one season back sees it.
+    config = EngineConfig(
+        warmup_events=10**9, signals=("jump", "level"), season_window=season_window,
+        range_tolerance=None,
+    )
+    engine = StreamEngine(config, seed=0)
+    rng = np.random.default_rng(0)
+    t = np.arange(2000)
+    values = 20 + 40 * ((t % 100) < 30) + 0.5 * rng.normal(size=len(t))
+    values[1800:1830] = 20 + 0.5 * rng.normal(size=30)
+    scores = np.array([engine.process([Event("s", {"value": float(v)})])[0].score for v in values])
+    period = engine.state.period[engine.state.slots_of("s")["value"]].tolist()
+    # measured: normal days peak at 0.923 (season) / 0.976 (none); the break 0.9998 / 0.0
+    assert scores[900:1790].max() < 0.99
+    if season_window:
+        assert period == [100]
+        assert scores[1800:1840].max() >= 0.999
+    else:
+        assert period == [0]
+        assert scores[1800:1840].max() < 0.99
