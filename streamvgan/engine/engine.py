@@ -82,6 +82,17 @@ def calibrated_score(z: np.ndarray) -> np.ndarray:
 _LN2 = math.log(2.0)
 
 
+def _ew_alpha(count: np.ndarray, halflife: float) -> np.ndarray:
+    """Weight of the newest value in an exponentially weighted statistic: the plain mean's
+    1 / (count + 1) until that falls below the half-life's ln 2 / halflife."""
+    return np.maximum(1.0 / (count + 1.0), _LN2 / halflife)
+
+
+def _ew_moments(mean: np.ndarray, var: np.ndarray, d: np.ndarray, alpha: np.ndarray):
+    """Exponentially weighted mean and variance after a value at deviation ``d`` from ``mean``."""
+    return mean + alpha * d, (1 - alpha) * (var + alpha * d**2)
+
+
 def seasonal_period(values: np.ndarray, min_correlation: float = 0.8, min_lag: int = 4) -> int:
     """The season length of ``values`` (1-D) in steps, or 0 if it has none.
 
@@ -436,7 +447,7 @@ class StreamEngine:
                     back.append(np.where(ok, np.abs(values - lagged), np.inf))
                 jump = np.where(seasonal, np.minimum(back[0], back[1]), jump)
         jump = np.where(settled, jump, 0.0)
-        a_short = np.maximum(1.0 / (n + 1.0), _LN2 / cfg.level_halflife)[:, None]
+        a_short = _ew_alpha(n, cfg.level_halflife)[:, None]
         short = st.lvl_short[slots] + a_short * (values - st.lvl_short[slots])
         level = np.where(settled, np.abs(short - lvl_mean) / lvl_sd, 0.0)
         signals = np.concatenate([raw[:, None], jump, level], axis=1)  # (B, K)
@@ -488,10 +499,10 @@ class StreamEngine:
         # calibration statistics, the alert cooldown and the range of values seen
         cal_n = st.cal_n[slots]
         st.cal_n[slots] = cal_n + 1
-        alpha_s = np.maximum(1.0 / (cal_n + 1.0), _LN2 / cfg.calibration_halflife)
-        d_s = smoothed - st.cal_mean[slots]
-        st.cal_mean[slots] += alpha_s * d_s
-        st.cal_var[slots] = (1 - alpha_s) * (st.cal_var[slots] + alpha_s * d_s**2)
+        st.cal_mean[slots], st.cal_var[slots] = _ew_moments(
+            st.cal_mean[slots], st.cal_var[slots], smoothed - st.cal_mean[slots],
+            _ew_alpha(cal_n, cfg.calibration_halflife),
+        )
         quiet = st.quiet[slots]
         st.quiet[slots] = np.where(
             (quiet == 0) & (score >= cfg.alert_threshold), cfg.alert_cooldown, np.maximum(quiet - 1, 0)
@@ -502,20 +513,19 @@ class StreamEngine:
         # critic statistics: exponentially weighted, winsorised, slower for anomalies
         cn = st.warm_n[slots]
         if c["fm"] is not None:  # forecast statistics: one-step errors of network and persistence
-            a_f = (np.maximum(1.0 / (cn + 1.0), _LN2 / cfg.score_halflife) * weight)[:, None]
+            a_f = (_ew_alpha(cn, cfg.score_halflife) * weight)[:, None]
             e_model = (xn - c["fm"]) ** 2
             e_last = ((values - st.last[slots]) / std) ** 2
             st.err_model[slots] += a_f * (e_model - st.err_model[slots])
             st.err_last[slots] += a_f * (e_last - st.err_last[slots])
-        alpha_c = np.maximum(1.0 / (cn + 1.0), _LN2 / cfg.score_halflife) * weight
+        alpha_c = _ew_alpha(cn, cfg.score_halflife) * weight
         c_mean, c_var = st.critic_mean[slots].astype(np.float64), st.critic_var[slots].astype(np.float64)
         c_sd = np.sqrt(np.maximum(c_var, 1e-4))
         dc = comps[:, 2] - c_mean
         dc = np.where(cn >= 10, np.clip(dc, -10 * c_sd, 10 * c_sd), dc)
-        st.critic_mean[slots] = c_mean + alpha_c * dc
-        st.critic_var[slots] = (1 - alpha_c) * (c_var + alpha_c * dc**2)
+        st.critic_mean[slots], st.critic_var[slots] = _ew_moments(c_mean, c_var, dc, alpha_c)
         # normaliser: level follows fully, scale from a winsorised deviation
-        alpha = np.maximum(1.0 / (n + 1.0), _LN2 / cfg.normaliser_halflife)[:, None]
+        alpha = _ew_alpha(n, cfg.normaliser_halflife)[:, None]
         d = values - mean
         d_w = np.where((n >= 2)[:, None], np.clip(d, -4 * std, 4 * std), d)
         # a level shift: after `relevel_after` values in a row beyond 4 sd on the same side,
@@ -530,10 +540,10 @@ class StreamEngine:
         st.warm_n[slots] = cn + 1
         # long- and short-run levels of the `level` signal (plain EW statistics, like the
         # normaliser's but neither winsorised nor re-levelled, so a shift stays visible)
-        a_lvl = np.maximum(1.0 / (n + 1.0), _LN2 / cfg.normaliser_halflife)[:, None]
-        d_lvl = values - st.lvl_mean[slots]
-        st.lvl_mean[slots] += a_lvl * d_lvl
-        st.lvl_var[slots] = (1 - a_lvl) * (st.lvl_var[slots] + a_lvl * d_lvl**2)
+        st.lvl_mean[slots], st.lvl_var[slots] = _ew_moments(
+            st.lvl_mean[slots], st.lvl_var[slots], values - st.lvl_mean[slots],
+            _ew_alpha(n, cfg.normaliser_halflife)[:, None],
+        )
         st.lvl_short[slots] = c["short"]
         if cfg.season_window:
             st.season_buf[slots, n % cfg.season_window] = values
