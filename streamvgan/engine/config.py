@@ -54,6 +54,8 @@ class EngineConfig:
     relevel_after: int = 16  # this many values in a row beyond 4 sd on one side: new level
     score_halflife: float = 500.0  # events; how fast the component statistics adapt
     signals: tuple[str, ...] = SIGNALS  # detection signals the score takes the maximum over
+    model_signal_weight: float = 0.6  # the model signal's z is multiplied by this before the
+    # maximum: the network's error has heavier tails than the jump and level signals
     level_halflife: float = 3.0  # events; the short-run level of the `level` signal
     season_window: int = 0  # values kept to find a season for the jump signal (0: off; 600 in
     # the River adapters): 4 bytes per value and stream, in memory and in every changelog record
@@ -154,6 +156,13 @@ class EngineConfig:
             raise ConfigurationError(
                 "EngineConfig.season_min_correlation must be in (0, 1], got "
                 f"{self.season_min_correlation!r}"
+            )
+        if isinstance(self.model_signal_weight, bool) or not (
+                isinstance(self.model_signal_weight, (int, float))
+                and 0.0 < self.model_signal_weight <= 10.0):
+            raise ConfigurationError(
+                "EngineConfig.model_signal_weight must be a number in (0, 10], got "
+                f"{self.model_signal_weight!r}; use signals=jump,level to leave the model out"
             )
         if not self.level_halflife > 0:
             raise ConfigurationError(

@@ -20,7 +20,9 @@ Anomaly score of an event (see README "How the score is computed"):
    ``level`` = |short-run level - long-run level| / long-run sd;
 3. calibration of each signal as in Numenta's anomaly likelihood (Ahmad et al. 2017): ``m``
    = mean of its last ``smoothing`` values, ``mu, sd`` = exponentially weighted mean and sd
-   of its past ``m`` (half-life ``calibration_halflife``), ``z = (m - mu) / sd``; the score is
+   of its past ``m`` (half-life ``calibration_halflife``), ``z = (m - mu) / sd``, the model's
+   multiplied by ``model_signal_weight`` (0.6: its error has heavier tails than a normal's, so
+   it needs a z 1/0.6 times larger to count as much); the score is
    ``max(0, 2 Phi(max z) - 1)`` over the signals in ``signals``, the probability that a normal
    point is less extreme (above 0.999 a slowly growing tail instead, see
    :func:`calibrated_score`);
@@ -469,6 +471,7 @@ class StreamEngine:
         # to the signal's mean for the jump and level (in the stream's own units)
         floor = np.where(self._signal_col == 0, _CAL_SD_FLOOR, _CAL_SD_FLOOR * np.abs(mu)) + 1e-12
         z = (smoothed - mu) / np.maximum(sd, floor)
+        z[:, self._signal_col == 0] *= cfg.model_signal_weight
         z[(cal_n < 2 * size) | ~self._signal_on[None, :]] = -np.inf
         score = calibrated_score(z.max(-1))
         young = n < max(cfg.min_history, 2)
@@ -483,8 +486,8 @@ class StreamEngine:
         score = np.where(st.quiet[slots] > 0, np.minimum(score, cfg.cooldown_cap), score)
         return {
             "n": n, "mean": mean, "var": var, "std": std, "xn": xn, "comps": comps, "raw": raw,
-            "signals": signals, "short": short, "fm": fm, "smoothed": smoothed, "likely": likely,
-            "score": score, "out": out, "warm": warm,
+            "signals": signals, "short": short, "fm": fm, "smoothed": smoothed, "z": z,
+            "likely": likely, "score": score, "out": out, "warm": warm,
         }
 
     def _learn(self, slots: np.ndarray, values: np.ndarray, c: dict) -> None:

@@ -184,27 +184,30 @@ class StateTable:
         self.arrays["buf"][slots, pos] = values
         self.arrays["buf_w"][slots, pos] = weights
 
-    def season_values(self, slots: np.ndarray, n: np.ndarray) -> np.ndarray:
-        """The last ``min(n, W)`` values (in original units) of one channel ``slots`` (a
-        single slot), oldest first, as (length, F) float64."""
-        w = self.sizes["W"]
-        length = int(min(n, w))
-        idx = (int(n) + np.arange(-length, 0)) % w
-        return self.arrays["season_buf"][slots, idx].astype(np.float64)
+    def _ring_tail(
+        self, ring: str, slots: np.ndarray, ends: np.ndarray, length: int
+    ) -> np.ndarray:
+        """The ``length`` rows of ring array ``ring`` written before write count ``ends`` (B,)
+        at channels ``slots``, oldest first, as (B, length, ...); rows from before a channel's
+        first write are zero."""
+        pos = ends[:, None] + np.arange(-length, 0)[None, :]  # (B, length)
+        out = self.arrays[ring][slots[:, None], pos % self.arrays[ring].shape[1]]
+        out[pos < 0] = 0
+        return out
+
+    def season_values(self, slot: int, n: int) -> np.ndarray:
+        """The last ``min(n, W)`` values (in original units) of one channel ``slot``, oldest
+        first, as (length, F) float64."""
+        length = int(min(n, self.sizes["W"]))
+        tail = self._ring_tail("season_buf", np.array([slot]), np.array([n]), length)
+        return tail[0].astype(np.float64)
 
     def recent_values(self, slots: np.ndarray, length: int) -> np.ndarray:
         """The last ``length`` buffered values (B, length, F), oldest first, zero-padded on
         the left where a channel has fewer points."""
-        r = self.sizes["R"]
-        n = self.arrays["n"][slots]
-        offsets = np.arange(-length, 0)
-        idx = (n[:, None] + offsets[None, :]) % r  # (B, length)
-        out = self.arrays["buf"][slots[:, None], idx]
-        out[(n[:, None] + offsets[None, :]) < 0] = 0.0
-        return out
+        return self._ring_tail("buf", slots, self.arrays["n"][slots], length)
 
     def windows(self, slots: np.ndarray, ends: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """Windows of ``length`` points ending before event count ``ends`` (B,), with weights."""
-        r = self.sizes["R"]
-        idx = (ends[:, None] + np.arange(-length, 0)[None, :]) % r
-        return self.arrays["buf"][slots[:, None], idx], self.arrays["buf_w"][slots[:, None], idx]
+        return (self._ring_tail("buf", slots, ends, length),
+                self._ring_tail("buf_w", slots, ends, length))

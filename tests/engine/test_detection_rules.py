@@ -97,6 +97,8 @@ def test_saved_configuration_with_a_retired_field_loads(caplog):
         ({"range_tolerance": -0.1}, "range_tolerance"),
         ({"cooldown_cap": 2.0}, "cooldown_cap"),
         ({"calibration_halflife": 0}, "calibration_halflife"),
+        ({"model_signal_weight": 0}, "model_signal_weight"),
+        ({"model_signal_weight": "high"}, "model_signal_weight"),
     ],
 )
 def test_bad_rule_settings_are_rejected(change, message):
@@ -117,6 +119,22 @@ def test_signals_accept_a_list_or_a_comma_separated_string(given, expected):
 def test_bad_signals_are_rejected_with_the_choices(given):
     with pytest.raises(ConfigurationError, match="model.*jump.*level"):
         EngineConfig(signals=given)
+
+
+def test_model_signal_weight_scales_the_model_signals_z():
+    # the model signal alone, cold start: with weight w its calibrated z is w times the z at
+    # weight 1, so a score s = 2 Phi(z) - 1 maps to 2 Phi(w z) - 1 (below the tail at 0.999)
+    from scipy.special import ndtri
+
+    values = _noise(400, seed=3)
+    base = dict(warmup_events=10_000, signals=("model",), range_tolerance=None)
+    full = _scores(StreamEngine(EngineConfig(**base, model_signal_weight=1.0), seed=0), values)
+    half = _scores(StreamEngine(EngineConfig(**base, model_signal_weight=0.5), seed=0), values)
+    body = (full > 0.05) & (full < 0.99)
+    assert body.sum() > 50
+    z_full, z_half = ndtri((full[body] + 1) / 2), ndtri((half[body] + 1) / 2)
+    np.testing.assert_allclose(z_half, 0.5 * z_full, rtol=1e-6)
+    assert EngineConfig().model_signal_weight == 0.6  # the default NAB was measured with
 
 
 def test_jump_and_level_signals_fire_without_the_network():
