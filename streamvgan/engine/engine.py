@@ -21,8 +21,8 @@ Anomaly score of an event (see README "How the score is computed"):
 3. calibration of each signal as in Numenta's anomaly likelihood (Ahmad et al. 2017): ``m``
    = mean of its last ``smoothing`` values, ``mu, sd`` = exponentially weighted mean and sd
    of its past ``m`` (half-life ``calibration_halflife``), ``z = (m - mu) / sd``, the model's
-   multiplied by ``model_signal_weight`` (0.6: its error has heavier tails than a normal's, so
-   it needs a z 1/0.6 times larger to count as much); the score is
+   multiplied by ``model_signal_weight`` (0.6: calibrated as if normal it raised more false
+   alarms on NAB than the other two, so it needs a z 1/0.6 times larger); the score is
    ``max(0, 2 Phi(max z) - 1)`` over the signals in ``signals``, the probability that a normal
    point is less extreme (above 0.999 a slowly growing tail instead, see
    :func:`calibrated_score`);
