@@ -36,7 +36,9 @@ Points scoring at least ``anomaly_threshold`` (before the cooldown) enter the re
 the statistics at ``anomalous_weight``.
 
 Forecasts combine the network's forecast with the last value, weighted by the inverse of each
-one's recent squared one-step error (``forecast_blend``).
+one's recent squared one-step error times the step ahead, and, where a season is known, with
+the value one season back, weighted by its squared error over the season ring
+(``forecast_blend``).
 """
 
 from __future__ import annotations
@@ -93,6 +95,16 @@ def _ew_alpha(count: np.ndarray, halflife: float) -> np.ndarray:
 def _ew_moments(mean: np.ndarray, var: np.ndarray, d: np.ndarray, alpha: np.ndarray):
     """Exponentially weighted mean and variance after a value at deviation ``d`` from ``mean``."""
     return mean + alpha * d, (1 - alpha) * (var + alpha * d**2)
+
+
+def _inverse_mse_blend(candidates: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple:
+    """Combine forecasts ``(mean, spread, mse)`` (arrays of one shape) with weights
+    proportional to 1 / mse (an infinite mse weighs 0, a zero mse takes all the weight)."""
+    mse = np.stack([np.maximum(c[2], 1e-12) for c in candidates])
+    w = (1.0 / mse) / (1.0 / mse).sum(axis=0)
+    mean = sum(wi * c[0] for wi, c in zip(w, candidates))
+    spread = sum(wi * c[1] for wi, c in zip(w, candidates))
+    return mean, spread
 
 
 def seasonal_period(values: np.ndarray, min_correlation: float = 0.8, min_lag: int = 4) -> int:
@@ -592,21 +604,54 @@ class StreamEngine:
                 # inverse-MSE weights (Bates & Granger 1969) from the recent one-step errors;
                 # equal weights until both have been measured
                 e_m, e_l = st.err_model[slots].astype(np.float64), st.err_last[slots].astype(np.float64)
-                w = np.where(e_m + e_l > 0, e_l / np.maximum(e_m + e_l, 1e-12), 0.5)[:, None, :]
-                measured = st.warm_n[slots] >= 2
-                w[~measured] = 0.5
+                measured = (st.warm_n[slots] >= 2)[:, None] & (e_m + e_l > 0)
+                e_m, e_l = np.where(measured, e_m, 1.0), np.where(measured, e_l, 1.0)
                 # the last value's band: its own one-step error, growing as a random walk's
-                steps = np.sqrt(np.arange(1, horizon + 1))[None, :, None]
-                walk = std[:, None, :] * np.sqrt(e_l)[:, None, :] * steps
-                last_spread = np.where(measured[:, None, None] & (e_l > 0)[:, None, :], walk, last_spread)
-                mean = w * mean + (1 - w) * last
-                spread = w * spread + (1 - w) * last_spread
+                steps = np.arange(1, horizon + 1)[None, :, None]
+                walk = std[:, None, :] * np.sqrt(e_l[:, None, :] * steps)
+                last_spread = np.where((measured & (st.err_last[slots] > 0))[:, None, :], walk, last_spread)
+                # both errors grow with the horizon alike, so their weights do not depend on it
+                candidates = [(mean, spread, e_m[:, None, :] * steps),
+                              (last, last_spread, e_l[:, None, :] * steps)]
+                # and the value one season back, where a season is known: its error does
+                # not grow within a season, so it weighs more the further ahead
+                season = self._seasonal_naive(slots, std)
+                if season is not None:
+                    s_mean, s_spread, s_mse = season
+                    candidates.append((s_mean, s_spread, np.where(measured[:, None, :], s_mse, np.inf)))
+                mean, spread = _inverse_mse_blend(candidates)
         else:
             mean, spread = last, last_spread
         # (U, H, F) -> (H, fields): channels are one field each, joint is one row of F
         to_fields = (lambda a: a[:, :, 0].T) if self.config.field_mode == "channels" else (lambda a: a[0])
         quantiles = {q: to_fields(mean + z * spread) for q, z in self._z.items()}
         return Forecast(stream, names, to_fields(mean), quantiles, self.model_version, self.model_version > 0)
+
+    def _seasonal_naive(self, slots: np.ndarray, std: np.ndarray) -> tuple | None:
+        """The seasonal-naive forecast of channels ``slots`` (the value one season before each
+        step), its band and its mean squared error over the season ring, in normalised units
+        (U, H, F) each; None if no channel has a season and enough history to measure it.
+        Channels without one get an infinite error (weight 0 in the blend)."""
+        cfg, st, horizon = self.config, self.state, self.config.horizon
+        if not cfg.season_window:
+            return None
+        period, n = st.period[slots].astype(np.int64), st.n[slots]  # (U, F), (U,)
+        kept = np.minimum(n, cfg.season_window)[:, None]
+        usable = (period > 0) & (kept - period >= 16)  # at least 16 pairs (x_t, x_{t-P})
+        if not usable.any():
+            return None
+        u_count, f_count = period.shape
+        mean = np.zeros((u_count, horizon, f_count))
+        mse = np.full((u_count, horizon, f_count), np.inf)
+        for u, f in zip(*np.nonzero(usable)):
+            p = int(period[u, f])
+            ring = st.season_values(slots[u], n[u])[:, f]  # oldest first, last value at -1
+            steps = np.arange(1, horizon + 1)
+            back = p * np.ceil(steps / p).astype(np.int64)  # whole seasons back, >= the step
+            mean[u, :, f] = ring[len(ring) - 1 + steps - back]
+            mse[u, :, f] = np.mean(((ring[p:] - ring[:-p]) / std[u, f]) ** 2)
+        spread = std[:, None, :] * np.sqrt(np.where(np.isfinite(mse), mse, 0.0))
+        return mean, spread, mse
 
     def generate(self, stream: str, horizon: int, n_samples: int) -> np.ndarray:
         """``n_samples`` sampled continuations (n_samples, horizon, n_fields) in original units,
