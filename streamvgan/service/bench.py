@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of data and model")
     parser.add_argument("--engine-param", dest="engine_params", action="append", default=None,
                         metavar="KEY=VALUE", help="EngineConfig parameter for the service")
+    parser.add_argument("--setting", dest="settings", action="append", default=None,
+                        metavar="KEY=VALUE",
+                        help="service setting (a Settings field, e.g. state_changelog=false)")
 
 
 @dataclass
@@ -73,10 +76,29 @@ def main(args: argparse.Namespace) -> int:
 
     counts = [int(x) for x in str(args.streams).split(",") if x.strip()]
     engine_params = dict(_parse_engine_param(p) for p in args.engine_params or [])
+    args.extra_settings = dict(_parse_engine_param(p) for p in args.settings or [])
+    _check_settings(args.extra_settings)
     with bootstrap_or_embedded(args.bootstrap_servers) as servers:
         rows = run_bench(servers, counts, args, engine_params)
     print(format_table(rows), flush=True)
     return 0
+
+
+def _check_settings(extra: dict[str, Any]) -> None:
+    import dataclasses
+
+    from streamvgan.errors import ConfigurationError
+    from streamvgan.service.settings import Settings
+
+    known = {f.name for f in dataclasses.fields(Settings)}
+    fixed = {"bootstrap_servers", "input_topic", "group_id", "metrics_port", "poll_max_records",
+             "seed", "engine_params"}
+    for key in extra:
+        if key not in known or key in fixed:
+            raise ConfigurationError(
+                f"--setting {key}: not a setting the benchmark lets you change; use a field of "
+                f"streamvgan.service.settings.Settings other than {', '.join(sorted(fixed))}"
+            )
 
 
 def run_bench(
@@ -155,7 +177,7 @@ def _run_contestant(
     settings = Settings(
         bootstrap_servers=bootstrap_servers, input_topic=topic, group_id=topic,
         metrics_port=-1, poll_max_records=args.poll_max_records, seed=args.seed,
-        engine_params=engine_params,
+        engine_params=engine_params, **getattr(args, "extra_settings", {}),
     )
     clients.ensure_topics(bootstrap_servers, [topic], partitions=args.partitions)
     producer = clients.make_producer(bootstrap_servers, client_id="streamvgan-bench")

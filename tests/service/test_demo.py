@@ -43,7 +43,7 @@ def test_demo_runs_end_to_end_on_its_own_broker(tmp_path, capsys):
 def test_bench_prints_a_markdown_table(kafka_broker, capsys):
     rc = main(["bench", "--bootstrap-servers", kafka_broker.bootstrap_servers,
                "--streams", "1,20", "--events", "200", "--latency-s", "1",
-               "--latency-rate", "100"])
+               "--latency-rate", "100", "--setting", "state_changelog=false"])
     assert rc == 0
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| ")]
     assert len(lines) == 3 and lines[0].startswith("| streams")
@@ -52,3 +52,9 @@ def test_bench_prints_a_markdown_table(kafka_broker, capsys):
         assert cells[0] == n
         a, b, ratio = (float(c.replace(",", "")) for c in cells[2:5])
         assert a > 0 and b > 0 and ratio == pytest.approx(b / a, rel=0.02)
+
+
+def test_bench_rejects_a_setting_it_cannot_change(capsys):
+    # checked before any broker is started or contacted
+    assert main(["bench", "--bootstrap-servers", "127.0.0.1:1", "--setting", "bogus=1"]) != 0
+    assert main(["bench", "--bootstrap-servers", "127.0.0.1:1", "--setting", "seed=3"]) != 0
