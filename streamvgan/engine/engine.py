@@ -629,9 +629,9 @@ class StreamEngine:
 
     def _seasonal_naive(self, slots: np.ndarray, std: np.ndarray) -> tuple | None:
         """The seasonal-naive forecast of channels ``slots`` (the value one season before each
-        step), its band and its mean squared error over the season ring, in normalised units
-        (U, H, F) each; None if no channel has a season and enough history to measure it.
-        Channels without one get an infinite error (weight 0 in the blend)."""
+        step) and its band, in original units, and its mean squared error over the season ring
+        in normalised units, as (U, H, F) each; None if no channel has a season and enough
+        history to measure it. Channels without one get an infinite error (weight 0)."""
         cfg, st, horizon = self.config, self.state, self.config.horizon
         if not cfg.season_window:
             return None
@@ -643,10 +643,10 @@ class StreamEngine:
         u_count, f_count = period.shape
         mean = np.zeros((u_count, horizon, f_count))
         mse = np.full((u_count, horizon, f_count), np.inf)
+        steps = np.arange(1, horizon + 1)
         for u, f in zip(*np.nonzero(usable)):
             p = int(period[u, f])
             ring = st.season_values(slots[u], n[u])[:, f]  # oldest first, last value at -1
-            steps = np.arange(1, horizon + 1)
             back = p * np.ceil(steps / p).astype(np.int64)  # whole seasons back, >= the step
             mean[u, :, f] = ring[len(ring) - 1 + steps - back]
             mse[u, :, f] = np.mean(((ring[p:] - ring[:-p]) / std[u, f]) ** 2)
