@@ -135,8 +135,9 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
     variational
         Stochastic latents with a KL term (False: deterministic recurrent autoencoder).
     season_window
-        Values kept to find a season for the jump signal (0: off). On by default here (one
-        stream, the 2.4 KB ring costs nothing); off by default in the many-stream service.
+        Values kept to find a season for the jump signal and the forecast blend (0: off). On by
+        default here (one stream, the 2.4 KB ring costs nothing); off by default in the
+        many-stream service.
     device
         ``"cpu"``, ``"cuda"`` or ``"auto"``.
     params
@@ -209,7 +210,9 @@ class VAEGANForecaster(_EngineMixin, Forecaster):
     variational
         Stochastic latents (False: deterministic recurrent autoencoder).
     season_window
-        Values kept to find a season for the jump signal (0: off); see :class:`VAEGANDetector`.
+        Values kept to find a season (0: off): with one found, the value one season back joins
+        the forecast blend (and the jump signal looks one season back); see
+        :class:`VAEGANDetector`.
     device
         ``"cpu"``, ``"cuda"`` or ``"auto"``.
     params

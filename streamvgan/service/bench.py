@@ -77,22 +77,29 @@ def main(args: argparse.Namespace) -> int:
     counts = [int(x) for x in str(args.streams).split(",") if x.strip()]
     engine_params = dict(_parse_engine_param(p) for p in args.engine_params or [])
     args.extra_settings = dict(_parse_engine_param(p) for p in args.settings or [])
-    _check_settings(args.extra_settings)
+    _check_settings(args.extra_settings, args)
     with bootstrap_or_embedded(args.bootstrap_servers) as servers:
         rows = run_bench(servers, counts, args, engine_params)
     print(format_table(rows), flush=True)
     return 0
 
 
-def _check_settings(extra: dict[str, Any]) -> None:
+def _fixed_settings(bootstrap_servers: str, topic: str, args: argparse.Namespace,
+                    engine_params: dict[str, Any]) -> dict[str, Any]:
+    """The settings the benchmark sets itself for both contestants (`--setting` may not)."""
+    return dict(bootstrap_servers=bootstrap_servers, input_topic=topic, group_id=topic,
+                metrics_port=-1, poll_max_records=args.poll_max_records, seed=args.seed,
+                engine_params=engine_params)
+
+
+def _check_settings(extra: dict[str, Any], args: argparse.Namespace) -> None:
     import dataclasses
 
     from streamvgan.errors import ConfigurationError
     from streamvgan.service.settings import Settings
 
     known = {f.name for f in dataclasses.fields(Settings)}
-    fixed = {"bootstrap_servers", "input_topic", "group_id", "metrics_port", "poll_max_records",
-             "seed", "engine_params"}
+    fixed = set(_fixed_settings("", "", args, {}))
     for key in extra:
         if key not in known or key in fixed:
             raise ConfigurationError(
@@ -174,11 +181,8 @@ def _run_contestant(
 
     rng = np.random.default_rng(args.seed)
     topic = f"bench-{kind}-{n_streams}-{uuid.uuid4().hex[:6]}"
-    settings = Settings(
-        bootstrap_servers=bootstrap_servers, input_topic=topic, group_id=topic,
-        metrics_port=-1, poll_max_records=args.poll_max_records, seed=args.seed,
-        engine_params=engine_params, **getattr(args, "extra_settings", {}),
-    )
+    settings = Settings(**_fixed_settings(bootstrap_servers, topic, args, engine_params),
+                        **getattr(args, "extra_settings", {}))
     clients.ensure_topics(bootstrap_servers, [topic], partitions=args.partitions)
     producer = clients.make_producer(bootstrap_servers, client_id="streamvgan-bench")
     _produce(producer, topic, _events(n_streams, 0, n_events, rng), rate=None)
