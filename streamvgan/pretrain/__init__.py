@@ -1,0 +1,1 @@
+"""Pretraining one network for every stream on synthetic series (see :mod:`.corpus`)."""
