@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     from streamvgan.service import commands as service_commands
 
     service_commands.register(sub)
+    from streamvgan.pretrain import commands as pretrain_commands
+
+    pretrain_commands.register(sub)
     try:
         from streamvgan.eval import commands as eval_commands
     except ImportError:  # evaluation not installed in this build

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,7 +129,9 @@ def loads(cls: type[StreamEngine], data: bytes, device, what: str = "engine byte
         config = EngineConfig.from_dict(payload["engine_config"])
     except (ConfigurationError, TypeError) as exc:
         raise CheckpointError(f"{data_path} holds an engine configuration this version cannot use: {exc}") from exc
-    engine = cls(config, seed=int(payload["seed"]), device=device)
+    # the weights come from the checkpoint: the initial ones need not be read (nor exist)
+    engine = cls(replace(config, init="random"), seed=int(payload["seed"]), device=device)
+    engine.config = config
     try:
         engine.trainer.load_state_dict(payload["trainer"])
         engine.install_weights(payload["weights"], version=int(payload["model_version"]))

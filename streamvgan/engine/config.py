@@ -75,6 +75,8 @@ class EngineConfig:
     clip: float = 20.0  # normalised values are clipped to +-clip
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     forecast_blend: bool = True  # weigh the network's forecast against the last value
+    init: str = "random"  # the network's first weights: "random", "pretrained" (the weights
+    # shipped in the package, docs/pretraining.md) or the path of a `streamvgan pretrain` file
 
     @property
     def horizon(self) -> int:
@@ -171,6 +173,11 @@ class EngineConfig:
         if not 0.0 < self.anomaly_threshold <= 1.0:
             raise ConfigurationError(
                 f"anomaly_threshold must be in (0, 1], got {self.anomaly_threshold!r}"
+            )
+        if not isinstance(self.init, str) or not self.init:
+            raise ConfigurationError(
+                "EngineConfig.init must be 'random', 'pretrained' or the path of a weights "
+                f"file made by `streamvgan pretrain`, got {self.init!r}"
             )
 
     def with_model(self, **changes) -> EngineConfig:

@@ -49,6 +49,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +61,9 @@ from streamvgan.engine.config import SIGNALS, EngineConfig
 from streamvgan.engine.state import StateTable
 from streamvgan.engine.training import FitReport, Trainer, TrainingWindows
 from streamvgan.engine.types import Event, Forecast, Score
-from streamvgan.errors import CheckpointError, InvalidInputError
-from streamvgan.nn.model import RecurrentVAEGAN
+from streamvgan.errors import CheckpointError, ConfigurationError, InvalidInputError
+from streamvgan.nn.model import ModelConfig, RecurrentVAEGAN
+from streamvgan.nn.pretrained import load_pretrained, shipped_path
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,33 @@ def seasonal_period(values: np.ndarray, min_correlation: float = 0.8, min_lag: i
     return first + int(np.argmax(ac[first:last]))
 
 
+def _initial_weights(config: EngineConfig) -> tuple[EngineConfig, dict[str, torch.Tensor]]:
+    """The configuration with the architecture of ``config.init``'s weights file, and the
+    weights. Model settings left at their defaults take the file's; others must match it,
+    except ``horizon``: the network forecasts its own horizon, and a caller that wants fewer
+    steps (the River forecaster) reads the first ones."""
+    path = shipped_path() if config.init == "pretrained" else Path(config.init)
+    stored, weights, _ = load_pretrained(path)
+    asked = replace(config.model, horizon=stored.horizon)
+    if asked != stored and asked != ModelConfig(n_features=asked.n_features, horizon=stored.horizon):
+        differ = {
+            k: (v, getattr(stored, k)) for k, v in asked.to_dict().items()
+            if getattr(stored, k) != v
+        }
+        raise ConfigurationError(
+            f"the pretrained weights {path} are for another network (setting: (asked, in the "
+            f"weights) {differ}); leave those settings at their defaults, use init='random', "
+            "or make weights for this network with `streamvgan pretrain`"
+        )
+    if stored.n_features != asked.n_features:
+        raise ConfigurationError(
+            f"the pretrained weights {path} read {stored.n_features} value(s) per step, this "
+            f"engine {asked.n_features} (field_mode={config.field_mode!r}); use "
+            "field_mode='channels' or init='random'"
+        )
+    return replace(config, model=stored), weights
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -185,13 +214,20 @@ class StreamEngine:
     def __init__(
         self, config: EngineConfig | None = None, *, seed: int = 0, device: str | torch.device = "cpu"
     ) -> None:
-        self.config = config or EngineConfig()
+        config = config or EngineConfig()
+        pretrained = config.init != "random"
+        weights = None
+        if pretrained:  # the architecture comes from the weights file
+            config, weights = _initial_weights(config)
+        self.config = config
         self.seed = seed
         self.device = resolve_device(device)
         cfg, mcfg = self.config, self.config.model
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = RecurrentVAEGAN(mcfg)
+        if weights is not None:
+            model.load_state_dict(weights)
         self.model = model.to(self.device).eval()
         self.trainer = Trainer(
             self.model, cfg.learning_rate, cfg.critic_learning_rate, cfg.batch_size, cfg.burn_in,
@@ -212,7 +248,8 @@ class StreamEngine:
         self._signal_col = np.array([0] + [1] * f + [2] * f)  # index into SIGNALS
         self._signal_on = np.isin(self._signal_col, [SIGNALS.index(s) for s in cfg.signals])
         self.fields_of: dict[str, tuple[str, ...]] = {}
-        self.model_version = 0
+        # version 0 is the cold start (no network yet); pretrained weights serve from event one
+        self.model_version = 1 if pretrained else 0
         self.events_seen = 0
         self._last_fit_events = 0
         self._sample_gen = torch.Generator(device=self.device)
@@ -777,7 +814,7 @@ class StreamEngine:
             with torch.no_grad():
                 _, h = self.model.rnn(x)
                 h = h.squeeze(0)
-                f_mean, f_scale = self.model.forecast(h)
+                f_mean, f_scale = self.model.forecast(h, x[:, -1])
             st.h[part] = h.cpu().numpy()
             st.f_mean[part] = f_mean.cpu().numpy()
             st.f_scale[part] = f_scale.cpu().numpy()

@@ -84,10 +84,13 @@ def _forecast(args: argparse.Namespace) -> int:
         seed=args.seed,
         params=expand_params(models, args.params),
         max_origins=args.max_origins,
+        first_points=args.first_points,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = forecast.format_table(report)
+    if "snaive" in models:
+        table += "\n\n" + forecast.format_summary(report)
     (out / "forecast.md").write_text(table + "\n")
     (out / "forecast.json").write_text(json.dumps(forecast.to_json(report), indent=2))
     sys.stdout.write(table + "\n")
@@ -188,6 +191,13 @@ def register(subparsers: Any) -> None:
         type=int,
         default=400,
         help="forecast origins per series, evenly spaced (models learn every point). Default: 400",
+    )
+    p.add_argument(
+        "--first-points",
+        type=int,
+        default=None,
+        help="cold start: every origin from point 24 on whose targets lie in each series' "
+        "first N points (e.g. 300), instead of --max-origins over the whole series",
     )
     p.set_defaults(func=_forecast)
 

@@ -215,6 +215,12 @@ def _streamvgan(season: int, horizon: int, seed: int = 0, **params: Any) -> Any:
     return VAEGANForecaster(seed=seed, **params)
 
 
+def _statsforecast(season: int, horizon: int, seed: int = 0, kind: str = "autoets") -> Any:
+    from streamvgan.eval.statsforecast_models import StatsForecastModel
+
+    return StatsForecastModel(kind, season)
+
+
 #: name -> (factory(season, horizon, seed, **params), fixed params).
 FORECASTERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "streamvgan": (_streamvgan, {}),
@@ -222,6 +228,8 @@ FORECASTERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "streamvgan_novar": (_streamvgan, {"variational": False}),
     "snarimax": (_snarimax, {}),
     "holtwinters": (_holtwinters, {}),
+    "autoets": (_statsforecast, {"kind": "autoets"}),
+    "autotheta": (_statsforecast, {"kind": "autotheta"}),
     "last": (lambda season, horizon, seed=0: LastValue(), {}),
     "snaive": (lambda season, horizon, seed=0: SeasonalNaive(season), {}),
 }
@@ -324,13 +332,29 @@ def _origins(n: int, season: int, horizon: int, max_origins: int) -> np.ndarray:
     return np.unique(np.linspace(warmup, last, max_origins).round().astype(int))
 
 
+#: the first forecast origin of a cold-start run (``first_points``)
+COLD_START_ORIGIN = 24
+
+
 def evaluate_series(
-    series: Series, model: Any, name: str, max_origins: int = 400
+    series: Series, model: Any, name: str, max_origins: int = 400, first_points: int | None = None
 ) -> tuple[ForecastRow, dict[str, Any]]:
-    """Run one fresh model over one series prequentially and compute its metrics."""
+    """Run one fresh model over one series prequentially and compute its metrics.
+
+    ``first_points`` (a cold start): every origin from point 24 on whose targets lie in the
+    series' first ``first_points`` points, instead of ``max_origins`` origins over it all."""
     y = series.values
     n, H, m = len(y), series.horizon, series.season
-    origins = set(_origins(n, m, H, max_origins).tolist())
+    if first_points is not None:
+        end = min(first_points, n) - H
+        if end < COLD_START_ORIGIN:
+            raise ConfigurationError(
+                f"first_points={first_points} leaves no origin from {COLD_START_ORIGIN} on for "
+                f"horizon {H} on {series.name} ({n} points)"
+            )
+        origins = set(range(COLD_START_ORIGIN, end + 1))
+    else:
+        origins = set(_origins(n, m, H, max_origins).tolist())
     has_quantiles = callable(getattr(model, "forecast_quantiles", None))
     with_mean = has_quantiles and "mean" in inspect.signature(model.forecast_quantiles).parameters
     residuals = _ResidualBand(H)
@@ -393,6 +417,7 @@ def run_forecasts(
     seed: int = 0,
     params: dict[str, dict[str, Any]] | None = None,
     max_origins: int = 400,
+    first_points: int | None = None,
 ) -> ForecastReport:
     """Every model on every series, each model fresh per series."""
     t0 = time.perf_counter()
@@ -401,7 +426,7 @@ def run_forecasts(
         report.examples[s.name] = {"values": s.values.tolist(), "models": {}}
         for name in models:
             model = make_forecaster(name, s.season, s.horizon, seed, (params or {}).get(name))
-            row, example = evaluate_series(s, model, name, max_origins)
+            row, example = evaluate_series(s, model, name, max_origins, first_points)
             report.rows.append(row)
             report.examples[s.name]["models"][name] = example
             log.info(
@@ -428,6 +453,50 @@ def format_table(report: ForecastReport) -> str:
             f"| {r.series} | {r.model} | {r.horizon} | {r.n_origins} | {_f(r.mae_1)} | "
             f"{_f(r.mae)} | {_f(r.mase)} | {_f(r.coverage, 2)} | {_f(r.crps)} | {r.band} | "
             f"{r.seconds:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def relative_mase(report: ForecastReport, reference: str = "snaive") -> dict[str, dict[str, float]]:
+    """Per model: the geometric mean over series of its MASE divided by ``reference``'s on the
+    same series (below 1: better than the reference), the worst such ratio to the best other
+    model on a series, and the mean 10-90% coverage."""
+    by = {(r.series, r.model): r for r in report.rows}
+    series = sorted({r.series for r in report.rows})
+    models = list(dict.fromkeys(r.model for r in report.rows))
+    out: dict[str, dict[str, float]] = {}
+    for model in models:
+        ratios, worst, coverage = [], [], []
+        for s in series:
+            row, ref = by.get((s, model)), by.get((s, reference))
+            if row is None or ref is None or not ref.mase > 0:
+                continue
+            ratios.append(row.mase / ref.mase)
+            others = [by[(s, o)].mase for o in models if o != model and (s, o) in by
+                      and not o.startswith("streamvgan")]
+            if others:
+                worst.append(row.mase / min(others))
+            coverage.append(row.coverage)
+        if ratios:
+            out[model] = {
+                "geomean_mase_ratio": float(np.exp(np.mean(np.log(ratios)))),
+                "worst_ratio_to_best_baseline": float(max(worst)) if worst else float("nan"),
+                "mean_coverage": float(np.nanmean(coverage)),
+            }
+    return out
+
+
+def format_summary(report: ForecastReport, reference: str = "snaive") -> str:
+    """The :func:`relative_mase` table in markdown."""
+    lines = [
+        f"| Model | geometric mean of MASE / {reference} MASE | worst series: MASE / best "
+        "baseline's | mean 10-90% coverage |",
+        "|---|---|---|---|",
+    ]
+    for model, v in relative_mase(report, reference).items():
+        lines.append(
+            f"| {model} | {_f(v['geomean_mase_ratio'])} | "
+            f"{_f(v['worst_ratio_to_best_baseline'])} | {_f(v['mean_coverage'], 2)} |"
         )
     return "\n".join(lines)
 

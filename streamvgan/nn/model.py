@@ -7,7 +7,9 @@ adversarially as in TadGAN (Geiger et al. 2020):
 * a GRU carries the state ``h_t`` over the normalised inputs ``x_1..x_t``;
 * a learned prior ``p(z_t | h_{t-1})`` and a posterior ``q(z_t | h_{t-1}, x_t)``;
 * a Gaussian decoder ``p(x_t | z_t, h_{t-1})`` (mean and scale);
-* a forecast head giving a Gaussian for each of the next ``horizon`` steps from ``h_t``;
+* a forecast head giving a Gaussian for each of the next ``horizon`` steps from ``h_t``, its
+  mean relative to the last value ``x_t`` (``forecast_relative``), so that persistence is
+  the head's zero output and it learns only how the series moves on from there;
 * a window critic with spectral normalisation and the hinge loss that tells real windows from
   windows the model generates by running prior, decoder and GRU forward.
 
@@ -59,6 +61,9 @@ class ModelConfig:
     free_bits: float = 0.05  # nats per latent dimension the KL is not pushed below
     adversarial_weight: float = 0.1  # weight of the generator's hinge term next to the ELBO
     forecast_weight: float = 1.0  # weight of the multi-step forecast NLL
+    forecast_relative: bool = False  # the forecast head predicts the change from the last
+    # value (persistence is its zero output, so it need not relearn level and scale); the
+    # pretrained weights use it
 
     def __post_init__(self) -> None:
         for name in ("n_features", "hidden_size", "latent_size", "horizon", "critic_window"):
@@ -185,11 +190,16 @@ class RecurrentVAEGAN(nn.Module):
         mean, raw_scale = self.decoder(torch.cat([z, h_prev], dim=-1)).chunk(2, dim=-1)
         return mean, self._scale(raw_scale)
 
-    def forecast(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gaussian forecast of the next ``horizon`` steps from state h (..., Hd)."""
+    def forecast(
+        self, h: torch.Tensor, x_last: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian forecast of the next ``horizon`` steps from state h (..., Hd) and the
+        last value x_last (..., F) it has read."""
         out = self.forecaster(h)  # (..., 2*H*F)
         out = out.unflatten(-1, (self.config.horizon, 2 * self.config.n_features))
         mean, raw_scale = out.chunk(2, dim=-1)  # (..., H, F) each
+        if self.config.forecast_relative:
+            mean = mean + x_last.unsqueeze(-2)
         return mean, self._scale(raw_scale)
 
     def advance(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -211,7 +221,7 @@ class RecurrentVAEGAN(nn.Module):
         rec_mean, rec_scale = self.decode(z_mu, h_prev)
         recon_error = ((x - rec_mean).abs() / rec_scale).sum(-1)
         h = self.advance(x, h_prev)
-        f_mean, f_scale = self.forecast(h)
+        f_mean, f_scale = self.forecast(h, x)
         return StepOutput(h, recon_error, f_mean, f_scale)
 
     def generate(
@@ -280,7 +290,8 @@ class RecurrentVAEGAN(nn.Module):
         horizon = cfg.horizon
         n_origins = t - burn_in - horizon
         if n_origins > 0:
-            f_mean, f_scale = self.forecast(hs[:, burn_in - 1 : burn_in - 1 + n_origins])
+            origins = slice(burn_in - 1, burn_in - 1 + n_origins)
+            f_mean, f_scale = self.forecast(hs[:, origins], x[:, origins])
             targets = x[:, burn_in:].unfold(1, horizon, 1)[:, :n_origins]  # (B, n, F, H)
             targets = targets.permute(0, 1, 3, 2)  # (B, n, H, F)
             tw = weight[:, burn_in:].unfold(1, horizon, 1)[:, :n_origins]  # (B, n, H)

@@ -1,0 +1,109 @@
+"""`streamvgan pretrain` and engines that start from its weights (init=PATH / "pretrained")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamvgan.engine import EngineConfig, Event, StreamEngine
+from streamvgan.errors import CheckpointError, ConfigurationError
+from streamvgan.nn.model import ModelConfig
+from streamvgan.nn.pretrained import load_pretrained
+from streamvgan.pretrain.corpus import CorpusConfig
+from streamvgan.pretrain.train import PretrainConfig, pretrain
+
+TINY = PretrainConfig(
+    series=6, steps=4, batch_size=8, windows_per_series=4, chunk=6,
+    corpus=CorpusConfig(min_length=64, max_length=96),
+    model=ModelConfig(hidden_size=8, latent_size=2, forecast_relative=True),
+)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pretrained") / "tiny.pt"
+    pretrain(TINY, path)
+    return path
+
+
+def test_pretrain_writes_weights_with_a_manifest_that_checks_them(weights: Path) -> None:
+    manifest = json.loads(weights.with_suffix(".json").read_text())
+    assert manifest["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert manifest["model_config"] == TINY.model.to_dict()
+    assert manifest["pretrain_config"]["series"] == 6
+    assert manifest["command"].startswith("streamvgan pretrain --out tiny.pt --series 6 --steps 4")
+    assert manifest["n_windows"] == 6 * 4
+    assert all(math.isfinite(v) for v in manifest["losses"].values())
+    config, state, _ = load_pretrained(weights)
+    assert config == TINY.model
+    assert all(torch.isfinite(t).all() for t in state.values())
+
+
+def test_pretraining_is_reproducible_from_its_seed(weights: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again.pt"
+    pretrain(TINY, again)
+    assert again.read_bytes() == weights.read_bytes()
+
+
+def test_an_engine_starts_from_the_weights_and_forecasts_with_them_at_once(weights: Path) -> None:
+    engine = StreamEngine(EngineConfig(init=str(weights)), seed=3)
+    assert engine.config.model == TINY.model  # the architecture came from the file
+    assert engine.model_version == 1  # serving the network, not the cold-start fallback
+    _, stored, _ = load_pretrained(weights)
+    for name, tensor in engine.model.state_dict().items():
+        torch.testing.assert_close(tensor, stored[name], rtol=0, atol=0)
+    for t in range(30):
+        engine.process([Event("s", {"value": math.sin(t / 3)}, ts=float(t))])
+    forecast = engine.forecast(["s"])[0]
+    assert forecast.warm
+    # a random engine forecasts from the fallback until its first fit
+    cold = StreamEngine(EngineConfig(), seed=3)
+    for t in range(30):
+        cold.process([Event("s", {"value": math.sin(t / 3)}, ts=float(t))])
+    assert not cold.forecast(["s"])[0].warm
+
+
+def test_a_checkpoint_of_a_pretrained_engine_loads_without_the_weights_file(
+    weights: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "w.pt"
+    copy.write_bytes(weights.read_bytes())
+    copy.with_suffix(".json").write_text(weights.with_suffix(".json").read_text())
+    engine = StreamEngine(EngineConfig(init=str(copy)), seed=1)
+    for t in range(40):
+        engine.process([Event("s", {"value": float(t % 7)}, ts=float(t))])
+    engine.save(tmp_path / "ckpt")
+    copy.unlink()
+    restored = StreamEngine.load(tmp_path / "ckpt")
+    assert restored.model_version == engine.model_version
+    assert restored.config.init == str(copy)
+    a = engine.process([Event("s", {"value": 3.0}, ts=41.0)])[0]
+    b = restored.process([Event("s", {"value": 3.0}, ts=41.0)])[0]
+    assert a.score == pytest.approx(b.score, abs=1e-9)
+
+
+def test_corrupt_or_foreign_weights_get_a_clear_error(weights: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(weights.read_bytes()[:-10])
+    bad.with_suffix(".json").write_text(weights.with_suffix(".json").read_text())
+    with pytest.raises(CheckpointError, match="do not match their manifest"):
+        StreamEngine(EngineConfig(init=str(bad)))
+    with pytest.raises(CheckpointError, match="streamvgan pretrain"):
+        StreamEngine(EngineConfig(init=str(tmp_path / "missing.pt")))
+    with pytest.raises(ConfigurationError, match="hidden_size"):
+        StreamEngine(EngineConfig(init=str(weights), model=ModelConfig(hidden_size=16)))
+
+
+def test_scores_from_a_pretrained_engine_are_probabilities(weights: Path) -> None:
+    engine = StreamEngine(EngineConfig(init=str(weights)), seed=0)
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(size=200), [15.0], rng.normal(size=20)])
+    scores = [engine.process([Event("s", {"value": float(v)})])[0].score for v in values]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert scores[200] == max(scores)
