@@ -565,7 +565,10 @@ class StreamEngine:
         # critic statistics: exponentially weighted, winsorised, slower for anomalies
         cn = st.warm_n[slots]
         if c["fm"] is not None:  # forecast statistics: one-step errors of network and persistence
-            a_f = (_ew_alpha(cn, cfg.score_halflife) * weight)[:, None]
+            # from a stream's third value on: before it, neither the last value nor the
+            # normaliser's scale means anything (a first error of ~1e24 would swamp the mean)
+            counted = np.minimum(cn, np.maximum(n - 2, 0))
+            a_f = (_ew_alpha(counted, cfg.score_halflife) * weight * (n >= 2))[:, None]
             e_model = (xn - c["fm"]) ** 2
             e_last = ((values - st.last[slots]) / std) ** 2
             st.err_model[slots] += a_f * (e_model - st.err_model[slots])

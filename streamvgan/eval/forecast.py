@@ -226,6 +226,11 @@ FORECASTERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "streamvgan": (_streamvgan, {}),
     "streamvgan_noadv": (_streamvgan, {"adversarial": False}),
     "streamvgan_novar": (_streamvgan, {"variational": False}),
+    # ablations of the pretrained network (issue 14): random first weights, no online
+    # fine-tuning, and the network's forecast alone (no blend with last value / season)
+    "streamvgan_random": (_streamvgan, {"init": "random"}),
+    "streamvgan_nofinetune": (_streamvgan, {"fit_every": 10**9, "warmup_events": 10**9}),
+    "streamvgan_network": (_streamvgan, {"forecast_blend": False}),
     "snarimax": (_snarimax, {}),
     "holtwinters": (_holtwinters, {}),
     "autoets": (_statsforecast, {"kind": "autoets"}),
@@ -245,7 +250,8 @@ def make_forecaster(
         raise ConfigurationError(
             f"unknown forecaster {name!r}; choose from {', '.join(FORECASTERS)}"
         ) from None
-    return factory(season, horizon, seed=seed, **{**fixed, **(params or {})})
+    # the variant's own switch wins over parameters given for every streamvgan variant
+    return factory(season, horizon, seed=seed, **{**(params or {}), **fixed})
 
 
 def crps_from_quantiles(

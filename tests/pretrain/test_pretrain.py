@@ -107,3 +107,22 @@ def test_scores_from_a_pretrained_engine_are_probabilities(weights: Path) -> Non
     scores = [engine.process([Event("s", {"value": float(v)})])[0].score for v in values]
     assert all(0.0 <= s <= 1.0 for s in scores)
     assert scores[200] == max(scores)
+
+
+def test_forecast_errors_of_a_new_stream_start_from_its_third_value(weights: Path) -> None:
+    """The inverse-error blend needs both one-step errors on the stream's own scale. The
+    first value's 'error' against an empty state (last value 0, no scale yet) is ~1e24 in
+    normalised units for a stream around 1000; counted, it kept the last value out of the
+    blend for good (seen as identical blended and network-only forecasts)."""
+    engine = StreamEngine(EngineConfig(init=str(weights)), seed=0)
+    rng = np.random.default_rng(1)
+    walk = 1000 + np.cumsum(rng.normal(size=60))
+    for v in walk:
+        engine.process([Event("s", {"value": float(v)})])
+    slot = engine.state.streams["s"]["value"]
+    err_last = float(engine.state.err_last[slot][0])
+    err_model = float(engine.state.err_model[slot][0])
+    # a random walk's one-step error is about its step's sd, ~1 normaliser sd here: both
+    # errors are of order 1, nowhere near the empty state's ~1e24
+    assert 0.01 < err_last < 100
+    assert 0.01 < err_model < 1000
