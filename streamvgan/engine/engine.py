@@ -565,10 +565,12 @@ class StreamEngine:
         # critic statistics: exponentially weighted, winsorised, slower for anomalies
         cn = st.warm_n[slots]
         if c["fm"] is not None:  # forecast statistics: one-step errors of network and persistence
-            # from a stream's third value on: before it, neither the last value nor the
-            # normaliser's scale means anything (a first error of ~1e24 would swamp the mean)
-            counted = np.minimum(cn, np.maximum(n - 2, 0))
-            a_f = (_ew_alpha(counted, cfg.score_halflife) * weight * (n >= 2))[:, None]
+            # from the stream's `min_history`-th value on, as its scores: before, the
+            # normaliser's scale is still settling and errors in its units are inflated (the
+            # very first, against an empty state, is ~1e24 for a stream near 1000)
+            start = max(cfg.min_history, 2)
+            counted = np.minimum(cn, np.maximum(n - start, 0))
+            a_f = (_ew_alpha(counted, cfg.score_halflife) * weight * (n >= start))[:, None]
             e_model = (xn - c["fm"]) ** 2
             e_last = ((values - st.last[slots]) / std) ** 2
             st.err_model[slots] += a_f * (e_model - st.err_model[slots])
@@ -592,6 +594,14 @@ class StreamEngine:
         st.outside[slots] = np.where(relevel, 0, run)
         st.norm_mean[slots] = np.where(relevel, values, mean + alpha * d)
         st.norm_var[slots] = (1 - alpha) * (var + alpha * d_w**2)
+        if c["fm"] is not None:
+            # keep the forecast errors in units of the *current* scale, as if every past error
+            # had been measured with it (the blend's band is std * sqrt(err)); measured with
+            # the scale of their time, a stream's early errors would stay inflated for ~1000
+            # events while its scale settles
+            ratio = (std / self._std(st.norm_mean[slots], st.norm_var[slots])) ** 2
+            st.err_model[slots] *= ratio
+            st.err_last[slots] *= ratio
         st.warm_n[slots] = cn + 1
         # long- and short-run levels of the `level` signal (plain EW statistics, like the
         # normaliser's but neither winsorised nor re-levelled, so a shift stays visible)
