@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from streamvgan.errors import BrokerError
-from streamvgan.service.wire import encode_event
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +128,7 @@ def run_demo(bootstrap_servers: str, args: argparse.Namespace) -> int:
     from streamvgan.service import clients
     from streamvgan.service.app import Application
     from streamvgan.service.settings import Settings, _parse_engine_param
+    from streamvgan.service.wire import encode_event
 
     dates, clean = load_sp500()
     if args.days:
