@@ -5,11 +5,13 @@
    1,257 trading days; no download) as one stream per ticker, with a few anomalies injected
    at known positions: spikes in three tickers and a level shift in a fourth. Three malformed
    records are mixed in to show the dead-letter topic at work.
-3. Runs the :class:`~streamvgan.service.app.Application` on it in a thread, logging progress,
-   until every valid event has its score record.
-4. Prints a summary (events, streams, dead letters, throughput, how many injected anomalies
-   are among the top 1% of their stream's scores) and writes a PNG of four streams with the
-   flagged anomalies, the last forecast's band and the sampled continuations.
+3. Runs the :class:`~streamvgan.service.app.Application` on it in a thread, showing progress
+   (a bar on a terminal, a log line every few seconds otherwise), until every valid event has
+   its score record.
+4. Prints a summary (events, streams, dead letters, throughput, and for each injected anomaly
+   on how many days of its window the score passed the alert threshold and whether it is among
+   the top 1% of its stream's scores) and writes a PNG of four streams with the same flagged
+   days and windows, the last forecast's band and the last set of sampled continuations.
 5. Stops everything it started.
 """
 
@@ -218,7 +220,7 @@ def run_demo(bootstrap_servers: str, args: argparse.Namespace) -> int:
         producer.close()
         log.info("replayed %d events of %d streams (+%d malformed) into %s", n_sent,
                  len(tickers), len(bad_at), topic)
-        with Progress(n_valid, "demo: scored", unit="event", interval_s=5.0) as progress:
+        with Progress(n_valid, "demo scoring", unit="event", interval_s=5.0) as progress:
             progress.set(collector.n_scores)
             while collector.n_scores < n_valid:
                 collector.poll(0.5)
@@ -405,7 +407,7 @@ def plot(
 
     streams = [inj.stream for inj in injections][:4] or list(series)[:4]
     index = {d: i for i, d in enumerate(dates)}
-    fig, axes = plt.subplots(len(streams), 2, figsize=(14, 2.6 * len(streams)),
+    fig, axes = plt.subplots(len(streams), 2, figsize=(14, 2.9 * len(streams)),
                              gridspec_kw={"width_ratios": [3, 1]}, squeeze=False)
     for row, stream in enumerate(streams):
         y = series[stream]
@@ -422,13 +424,14 @@ def plot(
                            label=f"injected {inj.kind} ({inj.magnitude:+.0f} sd)")
                 ax.axvspan(end - 0.5, end + JUDGE_AFTER - 0.5, color="orange", alpha=0.12,
                            label=f"{JUDGE_AFTER} days after, judged with it")
-        ax.set_title(f"{stream}: daily return (%), {len(flagged)} days flagged", fontsize=9,
+        ax.set_title(f"{stream}: daily return (%), flagged on {len(flagged)} days", fontsize=9,
                      loc="left")
         ax.legend(fontsize=7, loc="upper left")
         ax = axes[row][1]
         tail = 60
         x0 = len(y) - tail
         ax.plot(np.arange(x0, len(y)), y[x0:], lw=0.9, color="0.2", label="observed")
+        made = []
         forecasts = collector.forecasts.get(stream)
         if forecasts:
             fc = forecasts[-1]
@@ -439,8 +442,8 @@ def plot(
             if lo and hi:
                 ax.fill_between(steps, lo, hi, color="tab:blue", alpha=0.25,
                                 label="forecast 10-90%")
-            ax.plot(steps, fc["mean"]["value"], color="tab:blue", lw=1.2,
-                    label=f"forecast mean, made at day {origin}")
+            ax.plot(steps, fc["mean"]["value"], color="tab:blue", lw=1.2, label="forecast mean")
+            made.append(f"forecast made at day {origin}")
         cont = collector.continuations.get(stream)
         if cont:
             # the service samples continuations every `continuation_every` events of a stream,
@@ -451,10 +454,11 @@ def plot(
             ax.axvline(origin + 0.5, color="tab:green", lw=0.6, ls=":")
             for k, path in enumerate(paths):
                 ax.plot(steps, path, color="tab:green", lw=0.6, alpha=0.6,
-                        label=f"{len(paths)} sampled synthetic continuations from day {origin} "
-                        "(the stream's last sampling)" if k == 0 else None)
-        ax.set_title("last 60 days: forecast and sampled continuations", fontsize=9, loc="left")
-        ax.legend(fontsize=6, loc="upper left")
+                        label="sampled continuations" if k == 0 else None)
+            made.append(f"{len(paths)} synthetic continuations sampled\nat day {origin}, "
+                        "this stream's last sampling")
+        ax.set_title("\n".join(["last 60 days", *made]), fontsize=8, loc="left")
+        ax.legend(fontsize=6, loc="lower left", framealpha=0.6)
     fig.suptitle(f"streamvgan demo: red points scored >= {threshold}; continuations are "
                  "synthetic paths sampled by the model, not forecasts", fontsize=10)
     axes[-1][0].set_xlabel("trading day")
