@@ -171,3 +171,18 @@ def kafka(bootstrap_servers: str) -> KafkaHelper:
 def kafka_session(kafka_broker: Any) -> KafkaHelper:
     """The same helpers for module- or session-scoped fixtures."""
     return KafkaHelper(kafka_broker.bootstrap_servers)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the test: results of a trained model depend on the thread count
+    (the float sums split differently), and the bounds of the quality tests were set from seed
+    sweeps run on one thread. Restores the previous count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -111,7 +111,7 @@ def test_forecaster_bad_input_raises_and_keeps_state(y):
         model.forecast(0)
 
 
-def test_detector_in_pipeline_with_quantile_filter_on_waterflow():
+def test_detector_in_pipeline_with_quantile_filter_on_waterflow(one_torch_thread):
     """WaterFlow's known anomalous segments are the lowest values; a pipeline with a scaler and
     a QuantileFilter must flag more of them than of the normal points."""
     model = anomaly.QuantileFilter(
@@ -130,22 +130,25 @@ def test_detector_in_pipeline_with_quantile_filter_on_waterflow():
         model.learn_one(features)
         auc.update(bool(is_low), score)
     flagged = np.array(flagged)
-    assert auc.get() > 0.7
-    assert flagged[low].mean() > 3 * flagged[~low].mean()
+    # detector seeds 0-7: ROC AUC 0.9024-0.9028, flag-rate ratio 11.49 (the quantile filter
+    # sets the flags); the bounds leave room for another machine's float rounding
+    assert auc.get() > 0.85
+    assert flagged[low].mean() > 6 * flagged[~low].mean()
 
 
 @pytest.mark.filterwarnings("ignore:`time_series.evaluate` is deprecated")
-def test_forecaster_with_river_time_series_evaluate():
+def test_forecaster_with_river_time_series_evaluate(one_torch_thread):
     model = streamvgan.VAEGANForecaster(seed=0, warmup_events=60, first_fit_steps=100, fit_every=24)
     mae = time_series.evaluate(datasets.AirlinePassengers(), model, metrics.MAE(), horizon=6)
     errors = [m.get() for m in mae.metrics]
     assert len(errors) == 6 and all(math.isfinite(e) for e in errors)
     assert model.model_version >= 2
-    # AirlinePassengers ranges 104..622; an error this size means forecasts track the series
-    assert errors[0] < 60
+    # AirlinePassengers ranges 104..622; an error this size means forecasts track the series.
+    # Seeds 0-7: 30.8-32.1 passengers one month ahead
+    assert errors[0] < 45
 
 
-def test_detector_with_river_evaluate_progressive_val_score_style():
+def test_detector_with_river_evaluate_progressive_val_score_style(one_torch_thread):
     """river.evaluate drives learn/score through the standard protocol."""
     detector = streamvgan.VAEGANDetector(**FAST)
     auc = metrics.ROCAUC()
@@ -154,8 +157,10 @@ def test_detector_with_river_evaluate_progressive_val_score_style():
         detector.learn_one(x)
     # measured: 0.898 by default (model_signal_weight=0.6), 0.943 at weight 1.0; the jump and
     # level signals alone reach 0.561 here (the sine's own steps are as large as its spikes),
-    # so this fails if the model's signal stops ranking the spikes first
-    assert auc.get() > 0.88
+    # so this fails if the model's signal stops ranking the spikes first. Over data and model
+    # seeds 0-7 the AUC spreads from 0.791 to 0.938 (the old bound of 0.88 failed seeds 1 and
+    # 3), so the bound sits below that and well above the rules alone.
+    assert auc.get() > 0.75
     assert callable(river_evaluate.progressive_val_score)
 
 
@@ -171,13 +176,14 @@ def test_generate_and_pickle_round_trip():
     assert twin.model_version == det.model_version == 1
 
 
-def test_forecaster_beyond_head_horizon_uses_continuations():
+def test_forecaster_beyond_head_horizon_uses_continuations(one_torch_thread):
     model = streamvgan.VAEGANForecaster(**FAST)
     for t in range(200):
         model.learn_one(5 + math.sin(t / 3))
     fc = model.forecast(20)
     bands = model.forecast_quantiles(20)
-    assert len(fc) == 20 and all(3 < v < 7 for v in fc)
+    # inside the series' own range 4..6; seeds 0-7 forecast 4.665-5.278
+    assert len(fc) == 20 and all(4 < v < 6 for v in fc)
     assert all(lo <= hi for lo, hi in zip(bands[0.1], bands[0.9]))
 
 

@@ -1,11 +1,34 @@
 """Many streams at once: per-stream state, the batched online step, score calibration,
-fine-tuning with weight hot-swap, and checkpoints. Knows nothing of Kafka or River."""
+fine-tuning with weight hot-swap, and checkpoints. Knows nothing of Kafka or River.
 
-from streamvgan.engine.config import EngineConfig
-from streamvgan.engine.engine import COMPONENTS, StreamEngine
-from streamvgan.engine.training import BackgroundFineTuner, FitReport
-from streamvgan.engine.types import DEFAULT_FIELD, Event, Forecast, Score
-from streamvgan.nn.model import ModelConfig
+The names below are imported on first use (PEP 562): ``streamvgan.engine.types`` (the plain
+messages the service encodes) can be imported without loading torch."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streamvgan.engine.config import EngineConfig
+    from streamvgan.engine.engine import COMPONENTS, StreamEngine
+    from streamvgan.engine.training import BackgroundFineTuner, FitReport
+    from streamvgan.engine.types import DEFAULT_FIELD, Event, Forecast, Score
+    from streamvgan.nn.model import ModelConfig
+
+#: public name -> the module it is imported from on first use
+_LAZY = {
+    "COMPONENTS": "streamvgan.engine.engine",
+    "DEFAULT_FIELD": "streamvgan.engine.types",
+    "BackgroundFineTuner": "streamvgan.engine.training",
+    "EngineConfig": "streamvgan.engine.config",
+    "Event": "streamvgan.engine.types",
+    "FitReport": "streamvgan.engine.training",
+    "Forecast": "streamvgan.engine.types",
+    "ModelConfig": "streamvgan.nn.model",
+    "Score": "streamvgan.engine.types",
+    "StreamEngine": "streamvgan.engine.engine",
+}
 
 __all__ = [
     "COMPONENTS",
@@ -19,3 +42,16 @@ __all__ = [
     "Score",
     "StreamEngine",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'streamvgan.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

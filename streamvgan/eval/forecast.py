@@ -34,6 +34,7 @@ import numpy as np
 from river import linear_model, optim, preprocessing, time_series
 
 from streamvgan.errors import ConfigurationError
+from streamvgan.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -428,17 +429,17 @@ def run_forecasts(
     """Every model on every series, each model fresh per series."""
     t0 = time.perf_counter()
     report = ForecastReport(rows=[])
-    for s in load_series(series, nab_data):
-        report.examples[s.name] = {"values": s.values.tolist(), "models": {}}
-        for name in models:
-            model = make_forecaster(name, s.season, s.horizon, seed, (params or {}).get(name))
-            row, example = evaluate_series(s, model, name, max_origins, first_points)
-            report.rows.append(row)
-            report.examples[s.name]["models"][name] = example
-            log.info(
-                "%s on %s: MASE %.3f, coverage %.2f in %.1fs",
-                name, s.name, row.mase, row.coverage, row.seconds,
-            )
+    all_series = load_series(series, nab_data)
+    with Progress(len(all_series) * len(models), "forecast runs", unit="run") as progress:
+        for s in all_series:
+            report.examples[s.name] = {"values": s.values.tolist(), "models": {}}
+            for name in models:
+                model = make_forecaster(name, s.season, s.horizon, seed, (params or {}).get(name))
+                row, example = evaluate_series(s, model, name, max_origins, first_points)
+                report.rows.append(row)
+                report.examples[s.name]["models"][name] = example
+                progress.update(1, note=f"{name} on {s.name}: MASE {row.mase:.3f}, coverage "
+                                f"{row.coverage:.2f} in {row.seconds:.1f}s")
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from streamvgan.errors import ConfigurationError
+from streamvgan.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -325,46 +326,46 @@ def run_generation(
     ``repeats`` times with seeds ``seed .. seed + repeats - 1`` and averaged."""
     t_all = time.perf_counter()
     report = GenerationReport(rows=[])
-    for ds in datasets:
-        series = load_dataset(ds, seed=seed)
-        lo, hi = float(series.min()), float(series.max())
-        report.examples[ds] = {}
-        for name in generators:
-            if name not in GENERATORS:
-                raise ConfigurationError(
-                    f"unknown generator {name!r}; choose from {', '.join(GENERATORS)}"
+    with Progress(len(datasets) * len(generators), "generation runs", unit="run") as progress:
+        for ds in datasets:
+            series = load_dataset(ds, seed=seed)
+            lo, hi = float(series.min()), float(series.max())
+            report.examples[ds] = {}
+            for name in generators:
+                if name not in GENERATORS:
+                    raise ConfigurationError(
+                        f"unknown generator {name!r}; choose from {', '.join(GENERATORS)}"
+                    )
+                factory, fixed = GENERATORS[name]
+                gen = factory(seed=seed, **{**fixed, **(params or {}).get(name, {})})
+                ws = collect_windows(series, gen, n_origins, context, length)
+                real = (ws.real - lo) / (hi - lo)
+                synth = (ws.synthetic - lo) / (hi - lo)
+                t0 = time.perf_counter()
+                disc = [discriminative_score(real, synth, steps, seed + r) for r in range(repeats)]
+                pred = [predictive_score(synth, real, steps, seed + r) for r in range(repeats)]
+                pred_real = predictive_score(real, real, steps, seed)
+                row = GenerationRow(
+                    dataset=ds,
+                    generator=name,
+                    n_windows=len(real),
+                    discriminative=float(np.mean(disc)),
+                    discriminative_std=float(np.std(disc)),
+                    predictive=float(np.mean(pred)),
+                    predictive_real=pred_real,
+                    seconds_generate=ws.seconds,
+                    seconds_metrics=time.perf_counter() - t0,
                 )
-            factory, fixed = GENERATORS[name]
-            gen = factory(seed=seed, **{**fixed, **(params or {}).get(name, {})})
-            ws = collect_windows(series, gen, n_origins, context, length)
-            real = (ws.real - lo) / (hi - lo)
-            synth = (ws.synthetic - lo) / (hi - lo)
-            t0 = time.perf_counter()
-            disc = [discriminative_score(real, synth, steps, seed + r) for r in range(repeats)]
-            pred = [predictive_score(synth, real, steps, seed + r) for r in range(repeats)]
-            pred_real = predictive_score(real, real, steps, seed)
-            row = GenerationRow(
-                dataset=ds,
-                generator=name,
-                n_windows=len(real),
-                discriminative=float(np.mean(disc)),
-                discriminative_std=float(np.std(disc)),
-                predictive=float(np.mean(pred)),
-                predictive_real=pred_real,
-                seconds_generate=ws.seconds,
-                seconds_metrics=time.perf_counter() - t0,
-            )
-            report.rows.append(row)
-            k = np.linspace(0, len(real) - 1, 4).round().astype(int)
-            report.examples[ds][name] = {
-                "context": context,
-                "real": real[k].tolist(),
-                "synthetic": synth[k].tolist(),
-            }
-            log.info(
-                "%s on %s: discriminative %.3f, predictive %.4f (%.0fs + %.0fs)",
-                name, ds, row.discriminative, row.predictive, ws.seconds, row.seconds_metrics,
-            )
+                report.rows.append(row)
+                k = np.linspace(0, len(real) - 1, 4).round().astype(int)
+                report.examples[ds][name] = {
+                    "context": context,
+                    "real": real[k].tolist(),
+                    "synthetic": synth[k].tolist(),
+                }
+                progress.update(1, note=f"{name} on {ds}: discriminative {row.discriminative:.3f}, "
+                                f"predictive {row.predictive:.4f} ({ws.seconds:.0f}s + "
+                                f"{row.seconds_metrics:.0f}s)")
     report.seconds = time.perf_counter() - t_all
     return report
 

@@ -33,6 +33,7 @@ import numpy as np
 from streamvgan.errors import ConfigurationError
 from streamvgan.eval import nab_scorer
 from streamvgan.eval.baselines import make_detector
+from streamvgan.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def run_file(task: FileTask) -> FileRun:
         w.writerow(["timestamp", "value", "anomaly_score", "label"])
         for row in zip(stamps, raw_values, scores.tolist(), labels.tolist()):
             w.writerow(row)
-    log.info("%s %s: %d rows in %.1fs", task.detector, task.name, len(stamps), seconds)
+    log.debug("%s %s: %d rows in %.1fs", task.detector, task.name, len(stamps), seconds)
     return FileRun(
         detector=task.detector,
         name=task.name,
@@ -211,6 +212,10 @@ def _init_worker(threads: int) -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)
+
+
+def _done_note(r: FileRun) -> str:
+    return f"{r.detector} {r.name}: {r.n_rows} rows in {r.seconds:.1f}s"
 
 
 def run_nab(
@@ -261,26 +266,26 @@ def run_nab(
     tasks.sort(key=lambda t: t.data_file.stat().st_size, reverse=True)
     t0 = time.perf_counter()
     results: list[FileRun] = []
-    if jobs == 1 or len(tasks) == 1:
-        for t in tasks:
-            results.append(run_file(t))
-    else:
-        # One pool for every detector and file. spawn, not fork: a forked copy of a parent
-        # that has used torch's thread pool can deadlock.
-        with ProcessPoolExecutor(
-            max_workers=min(jobs, len(tasks)),
-            mp_context=get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(1,),
-        ) as pool:
-            futures = [pool.submit(run_file, t) for t in tasks]
-            for k, fut in enumerate(as_completed(futures), 1):
-                r = fut.result()
+    with Progress(len(tasks), "NAB files", unit="file") as progress:
+        if jobs == 1 or len(tasks) == 1:
+            for t in tasks:
+                r = run_file(t)
                 results.append(r)
-                log.info(
-                    "[%d/%d] %s %s: %d rows in %.1fs",
-                    k, len(tasks), r.detector, r.name, r.n_rows, r.seconds,
-                )
+                progress.update(1, note=_done_note(r))
+        else:
+            # One pool for every detector and file. spawn, not fork: a forked copy of a parent
+            # that has used torch's thread pool can deadlock.
+            with ProcessPoolExecutor(
+                max_workers=min(jobs, len(tasks)),
+                mp_context=get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(1,),
+            ) as pool:
+                futures = [pool.submit(run_file, t) for t in tasks]
+                for fut in as_completed(futures):
+                    r = fut.result()
+                    results.append(r)
+                    progress.update(1, note=_done_note(r))
     wall = time.perf_counter() - t0
     log.info("%d files x %d detectors in %.1fs wall, %d jobs", len(names), len(detectors), wall,
              jobs)

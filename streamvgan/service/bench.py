@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from streamvgan.progress import Progress
+
 log = logging.getLogger(__name__)
 
 
@@ -194,13 +196,16 @@ def _run_contestant(
         runner = PassThrough(settings)
     runner.start()
     try:
-        thr = reader.read(n_events, timeout_s=max(120.0, n_events / 200))
+        label = f"bench {n_streams:,} streams, {kind}"
+        thr = reader.read(n_events, timeout_s=max(120.0, n_events / 200),
+                          desc=f"{label}, throughput phase")
         span_s = max(1e-3, (max(t for t, _ in thr) - min(t for t, _ in thr)) / 1000)
         events_per_s = len(thr) / span_s
         paced = rate or args.latency_load * events_per_s
         n_lat = max(50, int(paced * args.latency_s))
         _produce(producer, topic, _events(n_streams, n_events, n_lat, rng), rate=paced)
-        lat = reader.read(n_lat, timeout_s=max(60.0, 3 * args.latency_s))
+        lat = reader.read(n_lat, timeout_s=max(60.0, 3 * args.latency_s),
+                          desc=f"{label}, latency phase")
     finally:
         runner.stop()
         runner.join(60)
@@ -251,20 +256,22 @@ class _ScoreReader:
         self.consumer.seek_to_beginning(*tps)
         self._assigned = True
 
-    def read(self, n: int, timeout_s: float) -> list[tuple[int, int]]:
+    def read(self, n: int, timeout_s: float, desc: str = "score records") -> list[tuple[int, int]]:
         import json
 
         out: list[tuple[int, int]] = []
         deadline = time.monotonic() + timeout_s
-        while len(out) < n and time.monotonic() < deadline:
-            if not self._assigned:
-                self._assign()
+        with Progress(n, desc, unit="score", interval_s=5.0) as progress:
+            while len(out) < n and time.monotonic() < deadline:
                 if not self._assigned:
-                    time.sleep(0.2)
-                    continue
-            for records in self.consumer.poll(timeout_ms=200).values():
-                for r in records:
-                    out.append((r.timestamp, json.loads(r.value)["ts"]))
+                    self._assign()
+                    if not self._assigned:
+                        time.sleep(0.2)
+                        continue
+                for records in self.consumer.poll(timeout_ms=200).values():
+                    for r in records:
+                        out.append((r.timestamp, json.loads(r.value)["ts"]))
+                progress.set(len(out))
         if len(out) < n:
             log.warning("read %d of %d score records before the timeout", len(out), n)
         return out

@@ -148,8 +148,12 @@ def test_jump_and_level_signals_fire_without_the_network():
     values[400:] += 6.0  # a level shift of 6 sd
     scores = [engine.process([Event("s", {"value": float(v)})])[0] for v in values]
     before = max(s.score for s in scores[100:400])
+    # Noise seeds 0-7 (no network here, so numpy alone decides): the shift scores 0.9997 every
+    # time, the noise before it 0.982-0.9994; |x_400 - x_399| is 6 plus a difference of two
+    # noise draws, 3.43-8.69 (the old bound of 4 held for seed 0 but not for seeds 1, 2 and
+    # 6), and the level component 3.83-4.25.
     assert max(s.score for s in scores[400:410]) > max(before, 0.999)
-    assert scores[400].components["jump"] > 4  # |x_t - x_{t-1}|, in the stream's units
+    assert scores[400].components["jump"] > 2.5  # |x_t - x_{t-1}|, in the stream's units
     assert scores[405].components["level"] > 3  # short-run level 3+ long-run sd away
 
 
@@ -168,7 +172,8 @@ def test_a_season_makes_a_missing_daily_peak_stand_out(season_window):
     values[1800:1830] = 20 + 0.5 * rng.normal(size=30)
     scores = np.array([engine.process([Event("s", {"value": float(v)})])[0].score for v in values])
     period = engine.state.period[engine.state.slots_of("s")["value"]].tolist()
-    # measured: normal days peak at 0.923 (season) / 0.976 (none); the break 0.9998 / 0.0
+    # measured: normal days peak at 0.923 (season) / 0.976 (none); the break 0.9998 / 0.0.
+    # Noise seeds 0-7: normal days 0.923-0.940 / 0.970-0.983, the break 0.9998 / 0.0 each time
     assert scores[900:1790].max() < 0.99
     if season_window:
         assert period == [100]

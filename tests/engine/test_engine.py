@@ -143,26 +143,30 @@ def test_normaliser_is_scale_free(scale):
     )
 
 
-def test_constant_stream_then_change_is_flagged():
+def test_constant_stream_then_change_is_flagged(one_torch_thread):
     engine = StreamEngine(TINY, seed=0)
     scores = [s.score for s in feed(engine, [Event("c", {"value": 42.0}) for _ in range(300)])]
     # A fine-tune shifts the (tiny) error level of a constant stream, which the calibration
-    # sees as a mild rise; it must never reach an alert.
+    # sees as a mild rise; it must never reach an alert. Seeds 0-7 (one thread): highest score
+    # 0.0-0.9993; seed 0 gives 0.696, but seeds 1, 7 and 4 reach 0.957, 0.963 and 0.9993 for a
+    # few events after the second fine-tune (surprise steps up, the calibration reads it as an
+    # anomaly). That is an engine defect (reported), not a bound to loosen, so the bound stays.
     assert all(math.isfinite(s) for s in scores) and max(scores[50:]) < 0.95
     jump = engine.process([Event("c", {"value": 42.5})])[0]
-    assert jump.score > 0.99
+    assert jump.score > 0.99  # seeds 0-7: 1.0
     fc = engine.forecast(["c"])[0]
+    # seeds 0-7: 0.232-0.236 (half the step: the blend leans on the last value)
     assert np.all(np.isfinite(fc.mean)) and abs(fc.mean[0, 0] - 42.25) < 0.5
 
 
-def test_level_shift_is_followed():
+def test_level_shift_is_followed(one_torch_thread):
     engine = StreamEngine(TINY, seed=0)
     feed(engine, sine_events("s", 300))
     feed(engine, sine_events("s", 1500, start=300, offset=100.0))
-    assert abs(engine.forecast(["s"])[0].mean[0, 0] - 100.0) < 3.0
+    assert abs(engine.forecast(["s"])[0].mean[0, 0] - 100.0) < 3.0  # seeds 0-7: 0.28-0.40
 
 
-def test_multivariate_channels_and_joint():
+def test_multivariate_channels_and_joint(one_torch_thread):
     evs = [Event("m", {"cpu": math.sin(t / 4), "mem": 50 + 5 * math.cos(t / 9)}) for t in range(260)]
     for config in (TINY, EngineConfig(field_mode="joint", warmup_events=150, first_fit_steps=5).with_model(n_features=2, hidden_size=8)):
         engine = StreamEngine(config, seed=0)
@@ -170,7 +174,7 @@ def test_multivariate_channels_and_joint():
         assert engine.model_version >= 1
         fc = engine.forecast(["m"])[0]
         assert fc.fields == ["cpu", "mem"] and fc.mean.shape == (12, 2)
-        assert 40 < fc.mean[0, 1] < 60
+        assert 40 < fc.mean[0, 1] < 60  # seeds 0-7: 45.66-45.68 in both modes
         assert engine.generate("m", 7, 4).shape == (4, 7, 2)
         spike = engine.process([Event("m", {"cpu": 0.0, "mem": 500.0})])[0]
         assert spike.score > 0.99

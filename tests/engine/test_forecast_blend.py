@@ -46,15 +46,19 @@ def test_forecast_is_the_error_weighted_mix_of_network_and_last_value():
     np.testing.assert_allclose(mix, w * network + (1 - w) * values[-1], rtol=1e-6)
 
 
-def test_blend_on_a_random_walk_is_close_to_persistence_and_better_than_the_network():
+def test_blend_on_a_random_walk_is_close_to_persistence_and_better_than_the_network(
+    one_torch_thread,
+):
     # on a random walk the last value is the best forecast; a small network fitted on 150
     # points lags it, and the blend should learn to lean on persistence
     values = random_walk(700, seed=1)
     _, mae_blend = run(TINY, values, start=300)
     _, mae_network = run(replace(TINY, forecast_blend=False), values, start=300)
     mae_last = float(np.mean(np.abs(np.diff(values[299:]))))
+    # walk and engine seeds 0-7: blend / network 0.036-0.143, blend / last value 0.997-1.186
+    # (the old 1.25 left seed 1 a margin of 0.06); 1.4 still means "near persistence"
     assert mae_blend < mae_network
-    assert mae_blend < 1.25 * mae_last
+    assert mae_blend < 1.4 * mae_last
 
 
 def test_forecast_blend_must_be_a_bool():
@@ -74,7 +78,7 @@ def _multi_step_mae(config: EngineConfig, values: np.ndarray, origins: range) ->
     return float(np.mean(errors))
 
 
-def test_a_known_season_joins_the_blend_as_the_value_one_season_back():
+def test_a_known_season_joins_the_blend_as_the_value_one_season_back(one_torch_thread):
     # a square wave of period 40 with a little noise: the value one season back forecasts
     # every step ahead; neither the last value nor a network fitted on 150 points does
     rng = np.random.default_rng(0)
@@ -90,6 +94,8 @@ def test_a_known_season_joins_the_blend_as_the_value_one_season_back():
     for v in values[:700]:
         engine.process([Event("s", {"value": float(v)})])
     assert engine.state.period[engine.state.slots_of("s")["value"], 0] == 40
-    # measured: 0.097 with the season, 1.789 without, 0.097 for the seasonal-naive forecast
-    assert mae_season < 0.1 * mae_plain
+    # measured: 0.097 with the season, 1.789 without, 0.097 for the seasonal-naive forecast.
+    # Noise and engine seeds 0-7: with / without the season 0.054-0.073, with the season /
+    # seasonal-naive 0.995-1.008
+    assert mae_season < 0.12 * mae_plain
     assert mae_season < 1.2 * mae_snaive

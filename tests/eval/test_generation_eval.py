@@ -46,7 +46,7 @@ class _Noise:
         return self.rng.uniform(-1, 1, (n_samples, horizon)).tolist()
 
 
-def test_scores_separate_a_perfect_generator_from_a_bad_one():
+def test_scores_separate_a_perfect_generator_from_a_bad_one(one_torch_thread):
     y = gen.sines_series(1200, seed=0)
     perfect = gen.collect_windows(y, _Oracle(y), n_origins=150)
     noise = gen.collect_windows(y, _Noise(), n_origins=150)
@@ -55,10 +55,15 @@ def test_scores_separate_a_perfect_generator_from_a_bad_one():
     fast = {"steps": 100, "lr": 1e-2}
     d_perfect = gen.discriminative_score(scale(perfect.real), scale(perfect.synthetic), **fast)
     d_noise = gen.discriminative_score(scale(noise.real), scale(noise.synthetic), **fast)
-    assert d_perfect < 0.12  # identical sets: accuracy near chance
-    assert d_noise > 0.4
+    # The classifier is scored on a held-out 20% (30 windows), so each window moves the score
+    # by 0.033. Over data, noise and training seeds 0-7: identical sets 0.000-0.133 (seed 4:
+    # 4 windows off chance), uniform noise 0.367-0.500; the old bounds (0.12, 0.4) each failed
+    # some seeds. 0.25 and 0.3 keep two windows of margin and still never overlap.
+    assert d_perfect < 0.25  # identical sets: accuracy near chance
+    assert d_noise > 0.3
     p_perfect = gen.predictive_score(scale(perfect.synthetic), scale(perfect.real), **fast)
     p_noise = gen.predictive_score(scale(noise.synthetic), scale(noise.real), **fast)
+    # seeds 0-7: p_perfect / p_noise 0.278-0.379
     assert p_perfect < 0.5 * p_noise
 
 

@@ -10,16 +10,25 @@ import pytest
 
 @pytest.fixture(scope="module")
 def result(examples):
-    return examples.load("river_pipeline").main(fast=True, horizon=12, seed=0)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the seed sweep behind the bounds below
+    try:
+        return examples.load("river_pipeline").main(fast=True, horizon=12, seed=0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_detection_pipeline_finds_the_known_segments(result):
     det = result["detection"]
     assert det["n"] == 1268 and det["n_anomalous"] == 51
     assert det["segments_flagged"] == 4  # three low-flow spans and the pumping peak
-    assert det["roc_auc"] > 0.88  # measured 0.905 (seed 0)
-    assert det["flag_rate_in_segments"] > 0.8  # measured 0.98
-    assert det["flag_rate_elsewhere"] < 0.2  # measured 0.154; the filter's q=0.95 allows ~0.05
+    # measured over seeds 0-6: ROC AUC 0.8868-0.8891 (0.887 at seed 0), flag rates 0.980 in
+    # the segments and 0.150 elsewhere at every seed (the quantile filter sets them)
+    assert det["roc_auc"] > 0.87
+    assert det["flag_rate_in_segments"] > 0.8
+    assert det["flag_rate_elsewhere"] < 0.2  # the filter's q=0.95 alone would allow ~0.05
     assert det["model_version"] >= 4  # fitted at 200 events, then every 200
 
 
@@ -27,8 +36,9 @@ def test_forecaster_evaluated_with_river_evaluate(result):
     fc = result["forecasting"]
     assert fc["horizon"] == 12 and len(fc["mae"]) == len(fc["mae_persistence"]) == 12
     assert fc["model_version"] >= 5
-    # Persistence wins the first hours; 12 hours ahead the model is better (measured 4.73 vs
-    # 5.31 l/s) and over the whole horizon close (3.69 vs 3.53).
+    # Persistence wins the first hours; 12 hours ahead the model is better and over the whole
+    # horizon close. Seeds 0-6: model / persistence 0.958-0.964 at 12 hours, 0.977-0.980 over
+    # the horizon; the last forecast 103.50-103.74 l/s.
     assert fc["mae"][-1] < fc["mae_persistence"][-1]
     assert fc["mean_mae"] < 1.25 * fc["mean_mae_persistence"]
     # the last forecast lies in the usual band of the flow, 99-106 l/s

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from streamvgan.cli import main
-from streamvgan.service.demo import inject, load_sp500
+from streamvgan.service.demo import JUDGE_AFTER, Injection, _found, inject, load_sp500
 
 pytestmark = pytest.mark.kafka
 
@@ -28,6 +28,26 @@ def test_sp500_is_bundled_and_injections_land_where_said():
         assert changed == list(range(inj.start, inj.start + inj.length))
 
 
+def test_summary_judges_the_whole_injected_window_as_the_png_draws_it():
+    """A 40-day level shift whose scores pass the threshold only from its 10th day on is
+    flagged (the PNG draws those days red): the summary looks at every injected day and the
+    JUDGE_AFTER days after, not just the first 3 (which said "not flagged" before)."""
+    dates = [f"d{i}" for i in range(300)]
+    scores = {d: 0.2 for d in dates}
+    for day in range(110, 140):  # days 10-39 of the shift
+        scores[dates[day]] = 0.995
+    shift = Injection("XOM", 100, 40, "level_shift", 4.0)
+    spike = Injection("XOM", 200, 1, "spike", 8.0)
+    scores[dates[200 + JUDGE_AFTER]] = 0.999  # the score reacts on the last judged day
+    scores[dates[200 + JUDGE_AFTER + 1]] = 1.0  # and once more after it: not counted
+    (det_shift, det_spike) = _found({"XOM": list(scores.items())}, dates, [shift, spike], 0.99)
+    assert det_shift.flagged and det_shift.flagged_days == 30
+    assert det_shift.scored_days == 40 + JUDGE_AFTER
+    assert det_spike.flagged_days == 1 and det_spike.scored_days == 1 + JUDGE_AFTER
+    # only 0.999 and 1.0 (2 of 300 days, under 1%) are above the shift's best 0.995
+    assert det_shift.top and det_spike.top
+
+
 def test_demo_runs_end_to_end_on_its_own_broker(tmp_path, capsys):
     out = tmp_path / "demo.png"
     rc = main(["demo", "--days", "160", "--out", str(out), *CHEAP])
@@ -36,6 +56,9 @@ def test_demo_runs_end_to_end_on_its_own_broker(tmp_path, capsys):
     assert re.search(r"events scored\s+1,600 from 10 streams", text), text
     assert re.search(r"dead-lettered\s+3 malformed records", text), text
     assert re.search(r"injected anomalies \d/4 flagged", text), text
+    # one line per injection, judged on its whole window (the XOM shift lasts 160 // 30 days)
+    assert re.search(r"XOM\s+days \d+-\d+\s+level_shift\s+\+4 sd\s+(flagged on \d+ of 7 days|"
+                     r"not flagged on any of 7 days)", text), text
     assert out.stat().st_size > 20_000  # a real figure
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
