@@ -36,15 +36,23 @@ def _pretrain(args: argparse.Namespace) -> int:
         hidden_size=args.hidden_size, latent_size=args.latent_size, forecast_relative=True
     )
     config = PretrainConfig(series=args.series, steps=args.steps, seed=args.seed, model=model)
-    last: dict[str, int] = {}
+    from streamvgan.progress import Progress
+
+    bars: dict[str, Progress] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        # a line per ~5% of each stage: readable in a log and on a terminal
-        if done == total or done - last.get(stage, 0) >= max(total // 20, 1):
-            last[stage] = done
-            log.info("%s %d/%d", stage, done, total)
+        if stage not in bars:  # one bar per stage: replaying the corpus, then training
+            for bar in bars.values():
+                bar.close()
+            unit = "series" if stage == "replay" else "step"
+            bars[stage] = Progress(total, f"pretrain {stage}", unit=unit)
+        bars[stage].set(done)
 
-    report = pretrain(config, Path(args.out), progress=progress)
+    try:
+        report = pretrain(config, Path(args.out), progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
     log.info(
         "wrote %s (sha256 %s): %d windows, replay %.0fs, training %.0fs, losses %s",
         report.path, report.sha256, report.n_windows, report.replay_s, report.train_s,

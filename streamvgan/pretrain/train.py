@@ -140,14 +140,15 @@ def pretrain(
         done += part
         if progress is not None:
             progress("train", done, config.steps)
-        log.info("step %d/%d losses %s", done, config.steps,
+        log.debug("step %d/%d losses %s", done, config.steps,
                  {k: round(v, 3) for k, v in losses.items()})
     train_s = time.perf_counter() - start
     recipe = {
         "pretrain_config": asdict(config),
         "command": (
             f"streamvgan pretrain --out {out.name} --series {config.series} "
-            f"--steps {config.steps} --seed {config.seed}"
+            f"--steps {config.steps} --seed {config.seed} --hidden-size "
+            f"{config.model.hidden_size} --latent-size {config.model.latent_size}"
         ),
         "replay_s": round(replay_s, 1),
         "train_s": round(train_s, 1),

@@ -132,3 +132,18 @@ def test_forecast_errors_of_a_new_stream_count_once_its_scale_has_settled(weight
     expected = 0.25 * np.sqrt(2 / 1.9)
     assert expected * 0.7 < rms_last < expected * 1.3
     assert float(engine.state.err_model[slot][0]) < 1000
+
+
+def test_the_pretrain_command_writes_what_it_says(tmp_path: Path) -> None:
+    from streamvgan.cli import main
+
+    out = tmp_path / "cli.pt"
+    assert main(["pretrain", "--out", str(out), "--series", "2", "--steps", "2",
+                 "--hidden-size", "8", "--seed", "5"]) == 0
+    config, _, manifest = load_pretrained(out)
+    assert config.hidden_size == 8 and config.forecast_relative
+    assert manifest["command"] == (
+        "streamvgan pretrain --out cli.pt --series 2 --steps 2 --seed 5 --hidden-size 8 "
+        "--latent-size 4"
+    )
+    assert manifest["pretrain_config"]["seed"] == 5
