@@ -1,6 +1,7 @@
 """streamvgan: anomaly scores, forecasts and synthetic continuations for many time series at
 once, from an online recurrent VAE-GAN; as a Kafka service and as River models."""
 
+from streamvgan._version import __version__ as __version__
 from streamvgan.engine import EngineConfig, Event, Forecast, ModelConfig, Score, StreamEngine
 from streamvgan.errors import (
     CheckpointError,
@@ -9,8 +10,6 @@ from streamvgan.errors import (
     StreamVGANError,
 )
 from streamvgan.river import VAEGANDetector, VAEGANForecaster
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",

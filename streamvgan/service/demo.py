@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from streamvgan._optional import require
 from streamvgan.errors import BrokerError
 from streamvgan.service.wire import encode_event
 
@@ -117,6 +118,7 @@ DEMO_ENGINE_PARAMS = {"warmup_events": 400, "first_fit_steps": 60, "fit_steps": 
 def main(args: argparse.Namespace) -> int:
     from streamvgan.service.broker import EmbeddedBroker
 
+    require("matplotlib", extra="demo", purpose="the demo's plot")  # before a long replay
     if args.bootstrap_servers:
         return run_demo(args.bootstrap_servers, args)
     with EmbeddedBroker() as broker:
@@ -371,7 +373,7 @@ def plot(
 ) -> None:
     """Four streams: the whole series with flagged and injected anomalies (left), and the last
     60 days with the final forecast's 10-90% band and the sampled continuations (right)."""
-    import matplotlib
+    matplotlib = require("matplotlib", extra="demo", purpose="the demo's plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
