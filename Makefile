@@ -4,11 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install system-deps bench evaluate lint
+# The package asks for torch>=2.3 so that it never replaces a user's torch; this project's own
+# targets run on the CPU build of 2.13, installed before the package (pip takes it from the
+# file on disk on these machines), so the range is already met and pip pulls no CUDA build.
+TORCH := torch==2.13.*
+
+.PHONY: demo test install system-deps bench evaluate lint dist
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet '$(TORCH)'
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -33,3 +39,18 @@ bench: $(STAMP)
 
 evaluate: $(STAMP)
 	$(VENV)/bin/streamvgan evaluate all --out out/evaluation
+
+# ruff (lint and format) and mypy over the package; all three run, the target fails if any did.
+lint: $(STAMP)
+	@status=0; \
+	$(VENV)/bin/ruff check streamvgan || status=1; \
+	$(VENV)/bin/ruff format --check streamvgan || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	exit $$status
+
+# The sdist and the wheel under dist/, checked by twine. --no-isolation builds with the
+# setuptools of .venv (the dev extra brings it), so the build downloads nothing.
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --no-isolation --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from streamvgan._version import __version__ as __version__
 from streamvgan.errors import (
     CheckpointError,
     ConfigurationError,
@@ -19,8 +20,6 @@ from streamvgan.errors import (
 if TYPE_CHECKING:
     from streamvgan.engine import EngineConfig, Event, Forecast, ModelConfig, Score, StreamEngine
     from streamvgan.river import VAEGANDetector, VAEGANForecaster
-
-__version__ = "0.1.0"
 
 #: public name -> the module it is imported from on first use
 _LAZY = {

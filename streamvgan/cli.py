@@ -9,6 +9,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from streamvgan._version import __version__
+
 log = logging.getLogger("streamvgan")
 
 
@@ -18,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Anomaly scores, forecasts and synthetic continuations for many time "
         "series at once, from an online recurrent VAE-GAN.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level",
         default="INFO",

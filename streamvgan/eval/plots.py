@@ -7,13 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from streamvgan._optional import require
 from streamvgan.eval import nab_scorer
 
 __all__ = ["plot_forecasts", "plot_generation", "plot_nab_file"]
 
 
 def _plt() -> Any:
-    import matplotlib
+    matplotlib = require("matplotlib", extra="eval", purpose="the evaluation's plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

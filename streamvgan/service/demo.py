@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from streamvgan._optional import require
 from streamvgan.errors import BrokerError
 from streamvgan.progress import Progress
 
@@ -122,6 +123,7 @@ DEMO_ENGINE_PARAMS = {"warmup_events": 400, "first_fit_steps": 60, "fit_steps": 
 def main(args: argparse.Namespace) -> int:
     from streamvgan.service.broker import EmbeddedBroker
 
+    require("matplotlib", extra="demo", purpose="the demo's plot")  # before a long replay
     if args.bootstrap_servers:
         return run_demo(args.bootstrap_servers, args)
     with EmbeddedBroker() as broker:
@@ -400,7 +402,7 @@ def plot(
     and the judged window of each injection (left); the last 60 days with the final forecast's
     10-90% band and the last set of sampled synthetic continuations, labelled with the day
     they start from (right)."""
-    import matplotlib
+    matplotlib = require("matplotlib", extra="demo", purpose="the demo's plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -17,13 +17,14 @@ import pytest
 import yaml
 from promql_names import ALERTS, DEPLOY, PROMETHEUS_CONFIG, REPO
 
+from streamvgan._version import __version__
 from streamvgan.service.settings import CONFIG_ENV, ENV_PREFIX, Settings
 
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 # The project's version (a regex rather than tomllib, which Python 3.10 lacks).
-VERSION = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+VERSION = __version__  # the one place the version is written: streamvgan/_version.py
 IMAGE = f"streamvgan:{VERSION}"
 SETTINGS_ENV = {ENV_PREFIX + name.upper() for name in Settings.__dataclass_fields__} | {CONFIG_ENV}
 DEFAULTS = Settings()
