@@ -135,7 +135,10 @@ def loads(cls: type[StreamEngine], data: bytes, device, what: str = "engine byte
         engine.events_seen = int(payload["events_seen"])
         engine._last_fit_events = int(payload["last_fit_events"])
         engine._sample_gen.set_state(payload["sample_generator"])
-        _restore_streams(engine, payload["streams"], payload["fields"], payload["keys"], payload["arrays"])
+        restored = _restore_streams(
+            engine, payload["streams"], payload["fields"], payload["keys"], payload["arrays"]
+        )
+        engine._reset_nonfinite(restored)  # a state saved non-finite starts again as new
         engine.state.evictions = int(payload["evictions"])
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{data_path} is incomplete or inconsistent: {exc!r}") from exc
