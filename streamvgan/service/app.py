@@ -18,6 +18,7 @@ start. The structure follows Quix Streams' ``Application``: built from one froze
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -482,9 +483,19 @@ class Application:
             reason=reason, message=message, topic=record.topic, partition=record.partition,
             offset=record.offset, original_headers=tuple(record.headers or ()),
         )
-        producer.send(
-            s.dlq_topic, key=record.key, value=record.value, headers=letter.headers()
-        ).add_errback(self._send_errors.append)
+        # Kafka refuses a record with neither key nor value (a keyless tombstone): send an
+        # empty value; and a record the producer refuses (too large with the headers) goes
+        # without its value, so that a bad record can never stop the partition
+        value = record.value if record.value is not None or record.key is not None else b""
+        try:
+            future = producer.send(s.dlq_topic, key=record.key, value=value,
+                                   headers=letter.headers())
+        except Exception as exc:
+            letter = dataclasses.replace(letter, message=f"{message} (original value of "
+                                         f"{len(value or b'')} bytes not kept: {exc!r})")
+            future = producer.send(s.dlq_topic, key=record.key, value=b"",
+                                   headers=letter.headers())
+        future.add_errback(self._send_errors.append)
         self.metrics.dead_lettered.labels(topic=record.topic, reason=reason).inc()
         self.stats.dead_lettered += 1
         self._dlq_in_batch += 1
