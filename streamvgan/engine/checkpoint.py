@@ -238,5 +238,7 @@ def stream_from_bytes(engine: StreamEngine, stream: str, data: bytes) -> None:
             engine.state.remove_stream(stream)
             engine.fields_of.pop(stream, None)
         raise
+    # the state was written under that version: a fresh fit here must number above it
+    engine.raise_version_floor(int(header.get("model_version", 0)))
     if int(header.get("model_version", -1)) != engine.model_version and engine.model_version > 0:
         engine._rewarm(slots=slots)

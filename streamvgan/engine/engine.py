@@ -222,6 +222,7 @@ class StreamEngine:
         self.fields_of: dict[str, tuple[str, ...]] = {}
         self.model_version = 0
         self.events_seen = 0
+        self._version_floor = 0  # the next fit's version is above it (raise_version_floor)
         #: streams whose state turned non-finite and was reset (see :meth:`_reset_nonfinite`)
         self.streams_reset = 0
         self._last_fit_events = 0
@@ -250,6 +251,13 @@ class StreamEngine:
         """A number that changes whenever the engine's state or weights change (compare two
         readings to know whether a checkpoint would differ from the last one)."""
         return self._mutations
+
+    def raise_version_floor(self, version: int) -> None:
+        """Make the next fine-tune's version greater than ``version``: a process that lost its
+        weights (killed before its first checkpoint) learns from restored stream states which
+        versions it already published, and keeps version numbers monotonic."""
+        with self._lock:
+            self._version_floor = max(self._version_floor, int(version))
 
     def add_eviction_listener(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(stream)`` for each stream evicted as least recently seen (inside
@@ -809,7 +817,10 @@ class StreamEngine:
             self._mutations += 1
             self.model = new_model
             self._critic = new_model.critic.frozen() if new_model.critic is not None else None
-            self.model_version = self.model_version + 1 if version is None else int(version)
+            if version is None:
+                self.model_version = max(self.model_version, self._version_floor) + 1
+            else:
+                self.model_version = int(version)
             if was_cold:  # the components change meaning (fallback -> model): restart their
                 # statistics and the calibration history
                 used = self.state.used_slots()
