@@ -491,6 +491,9 @@ class Application:
             future = producer.send(s.dlq_topic, key=record.key, value=value,
                                    headers=letter.headers())
         except Exception as exc:
+            log.warning('the producer refused the dead letter of partition="%s[%d]" '
+                        'offset="%d"; sending it without its value', record.topic,
+                        record.partition, record.offset, exc_info=True)
             letter = dataclasses.replace(letter, message=f"{message} (original value of "
                                          f"{len(value or b'')} bytes not kept: {exc!r})")
             future = producer.send(s.dlq_topic, key=record.key, value=b"",

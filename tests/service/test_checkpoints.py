@@ -65,7 +65,7 @@ def _binary_latest(path):
 
 @pytest.mark.parametrize("corrupt", [_truncate, _flip_a_byte, _bad_manifest, _binary_latest])
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, corrupt, caplog):
-    first, second = _two_checkpoints(tmp_path)
+    _, second = _two_checkpoints(tmp_path)
     corrupt(second)
     skipped = []
     engine = checkpoints.load_checkpoint(tmp_path, on_fallback=lambda p, e: skipped.append(p))
