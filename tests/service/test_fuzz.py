@@ -145,14 +145,16 @@ def test_ten_thousand_generated_records_are_each_scored_or_dead_lettered(app, ka
     one_poll()
     n = BATCHES * PER_BATCH
     assert offset[0] == n == stats.consumed == stats.scored + stats.dead_lettered
-    # engine_error (a stream changing its fields) comes on top of the decoder's rejections
-    assert stats.dead_lettered >= expected_dead[0]
-    assert stats.scored >= 0.25 * n  # the mix is about 35 % valid events: enough were scored
     registry = application.metrics.registry
     by_reason = {r: registry.get_sample_value("streamvgan_consumer_records_dead_lettered_total",
                                               {"topic": s.input_topic, "reason": r}) or 0.0
                  for r in REASONS}
     assert by_reason["internal_error"] == 0 and sum(by_reason.values()) == stats.dead_lettered
+    # the decoder's rejections, plus the engine's (engine_error: a stream changing its fields)
+    assert stats.dead_lettered == expected_dead[0] + by_reason["engine_error"]
+    # about a quarter of the mix are valid events; far fewer would mean the generator stopped
+    # producing them and the engine path went untested
+    assert stats.scored >= 1000
     assert by_reason["out_of_range"] > 0 and by_reason["invalid_utf8"] > 0
 
     scores = kafka_session.read(s.scores_topic, stats.scored, timeout_s=60)
