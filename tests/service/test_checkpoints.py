@@ -146,3 +146,22 @@ def test_evicted_streams_leave_the_service_maps(tmp_path):
     assert app.engine.n_streams == 100
     live = set(app.engine.streams())
     assert set(app._counts) == set(app._stream_partition) == set(app._dirty) == live
+
+
+def test_a_format_1_checkpoint_still_loads():
+    """Format 2 keeps the stream ids in one JSON string; format 1 (three lists) still loads."""
+    import io
+
+    import torch
+
+    engine = _engine()
+    payload = torch.load(io.BytesIO(engine.to_bytes()), weights_only=True)
+    assert payload["format_version"] == 2
+    index = json.loads(payload.pop("index"))
+    payload.update(index, format_version=1)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    old = StreamEngine.from_bytes(buf.getvalue())
+    assert old.streams() == engine.streams() == ["s0", "s1", "s2"]
+    nxt = [Event("s2", {"value": -1.0})]
+    assert old.process(nxt) == engine.process(nxt)
