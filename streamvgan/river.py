@@ -6,13 +6,13 @@ turns River's calls into engine events, and fine-tunes inline when a fit is due.
 
 from __future__ import annotations
 
-import math
 import numbers
 
 from river import base as river_base
 from river.time_series.base import Forecaster
 
 from streamvgan.engine import DEFAULT_FIELD, EngineConfig, Event, StreamEngine
+from streamvgan.engine.values import check_value
 from streamvgan.errors import InvalidInputError
 
 _STREAM = "river"
@@ -120,6 +120,12 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
     short-run level. Until the first fit (``warmup_events``), the model signal falls back to
     the distance from the running mean and the jump from the previous value.
 
+    Values must be real numbers within +-1e30
+    (:data:`~streamvgan.engine.values.MAX_ABS_VALUE`): ``learn_one`` and ``score_one`` raise
+    :class:`~streamvgan.errors.InvalidInputError` naming the field and value for NaN, an
+    infinity, a larger magnitude or a non-number, and change no state. Raising, rather than
+    skipping silently, because a skipped point would shift every later score without a trace.
+
     Parameters
     ----------
     seed
@@ -194,6 +200,8 @@ class VAEGANForecaster(_EngineMixin, Forecaster):
     :meth:`forecast_quantiles` the quantile bands, and :meth:`generate` sampled trajectories.
     Until the first fit (``warmup_events``) it forecasts the last value (persistence), with
     bands from the running standard deviation. Exogenous ``x`` is accepted and ignored.
+    ``learn_one`` raises :class:`~streamvgan.errors.InvalidInputError` for a ``y`` that is not
+    a real number within +-1e30 (NaN, an infinity, 1e308), as the detector does.
 
     Parameters
     ----------
@@ -240,9 +248,12 @@ class VAEGANForecaster(_EngineMixin, Forecaster):
     def learn_one(self, y: float, x: dict | None = None) -> None:
         if x is not None and not isinstance(x, dict):
             raise InvalidInputError(f"x must be a dict or None, got {type(x).__name__}: {x!r}")
-        if isinstance(y, bool) or not isinstance(y, numbers.Real) or not math.isfinite(float(y)):
-            raise InvalidInputError(f"y must be a finite number, got {y!r}")
-        self._learn_event(Event(_STREAM, {DEFAULT_FIELD: float(y)}))
+        if isinstance(y, numbers.Real) and not isinstance(y, int | float):  # e.g. Fraction
+            try:
+                y = float(y)
+            except (OverflowError, ValueError):
+                pass  # check_value names the value
+        self._learn_event(Event(_STREAM, {DEFAULT_FIELD: check_value(y, "y")}))
 
     def _check_horizon(self, horizon: int) -> None:
         if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:

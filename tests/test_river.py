@@ -82,6 +82,9 @@ def test_field_changes_are_rejected_with_value_error(name):
         ({"value": float("inf")}, "'value' must be finite, got inf"),
         ({"value": None}, "'value' must be a number, got None"),
         ({"value": "high"}, "'value' must be a number, got 'high'"),
+        ({"value": 1e308}, "'value' must be within +-1e+30, got 1e+308"),  # issue 11
+        ({"value": -1e39}, "'value' must be within +-1e+30, got -1e+39"),  # beyond float32
+        ({"value": 10**400}, "'value' must be within +-1e+30, got an integer of about 401"),
         ({"value": 1.0, "other": 2.0}, "extra fields ['other']"),
         ([1.0], "x must be a dict"),
     ],
@@ -98,13 +101,13 @@ def test_detector_bad_input_raises_and_keeps_state(x, fragment):
     assert pickle.dumps(detector) == before
 
 
-@pytest.mark.parametrize("y", [float("nan"), float("inf"), None, "3", True])
+@pytest.mark.parametrize("y", [float("nan"), float("inf"), None, "3", True, 1e308, -10**400])
 def test_forecaster_bad_input_raises_and_keeps_state(y):
     model = streamvgan.VAEGANForecaster(**FAST)
     for t in range(50):
         model.learn_one(float(t))
     before = model.forecast(3)
-    with pytest.raises(ValueError, match="y must be a finite number"):
+    with pytest.raises(ValueError, match=r"^y must be (finite|a number|within \+-1e\+30), got"):
         model.learn_one(y)
     assert model.forecast(3) == before
     with pytest.raises(ValueError, match="horizon must be a positive int"):

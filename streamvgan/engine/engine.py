@@ -61,6 +61,7 @@ from streamvgan.engine.config import SIGNALS, EngineConfig
 from streamvgan.engine.state import StateTable
 from streamvgan.engine.training import FitReport, Trainer, TrainingWindows
 from streamvgan.engine.types import Event, Forecast, Score
+from streamvgan.engine.values import check_value
 from streamvgan.errors import CheckpointError, ConfigurationError, InvalidInputError
 from streamvgan.nn.model import ModelConfig, RecurrentVAEGAN
 from streamvgan.nn.pretrained import load_pretrained, shipped_path
@@ -71,6 +72,13 @@ COMPONENTS = ("surprise", "reconstruction", "critic", "jump", "level")
 _SIGNAL_WARMUP = 10  # events before the jump and level signals are computed
 _CAL_SD_FLOOR = 0.05  # calibration sd floor (see _compute)
 _Z_TAIL = float(ndtri(0.9995))  # 2 * Phi(z) - 1 = 0.999 here
+# the per-channel arrays one learning step writes, checked for NaN/inf after each step (the
+# replay ring gets the step's normalised value, checked on its own; see _reset_nonfinite)
+_STEP_ARRAYS = (
+    "h", "norm_mean", "norm_var", "last", "f_mean", "f_scale", "critic_mean", "critic_var",
+    "err_model", "err_last", "recent", "cal_mean", "cal_var", "lvl_mean", "lvl_var",
+    "lvl_short", "seen_min", "seen_max",
+)
 
 
 def calibrated_score(z: np.ndarray) -> np.ndarray:
@@ -251,9 +259,14 @@ class StreamEngine:
         # version 0 is the cold start (no network yet); pretrained weights serve from event one
         self.model_version = 1 if pretrained else 0
         self.events_seen = 0
+        self._version_floor = 0  # the next fit's version is above it (raise_version_floor)
+        #: streams whose state turned non-finite and was reset (see :meth:`_reset_nonfinite`)
+        self.streams_reset = 0
         self._last_fit_events = 0
         self._sample_gen = torch.Generator(device=self.device)
         self._sample_gen.manual_seed(seed + 2)
+        self._eviction_listeners: list[Callable[[str], None]] = []
+        self.state.on_evict = self._on_evicted
         self._lock = threading.RLock()
         self._train_lock = threading.Lock()
         self._z = {q: float(ndtri(q)) for q in cfg.quantiles}
@@ -269,6 +282,30 @@ class StreamEngine:
     @property
     def evictions(self) -> int:
         return self.state.evictions
+
+    @property
+    def revision(self) -> int:
+        """A number that changes whenever the engine's state or weights change (compare two
+        readings to know whether a checkpoint would differ from the last one)."""
+        return self._mutations
+
+    def raise_version_floor(self, version: int) -> None:
+        """Make the next fine-tune's version greater than ``version``: a process that lost its
+        weights (killed before its first checkpoint) learns from restored stream states which
+        versions it already published, and keeps version numbers monotonic."""
+        with self._lock:
+            self._version_floor = max(self._version_floor, int(version))
+
+    def add_eviction_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(stream)`` for each stream evicted as least recently seen (inside
+        :meth:`process`, under the engine's lock), so callers can drop what they keep per
+        stream and stay bounded by ``max_streams`` too."""
+        self._eviction_listeners.append(listener)
+
+    def _on_evicted(self, stream: str) -> None:
+        self.fields_of.pop(stream, None)
+        for listener in self._eviction_listeners:
+            listener(stream)
 
     def streams(self) -> list[str]:
         return list(self.state.streams)
@@ -297,14 +334,7 @@ class StreamEngine:
         for name, value in event.values.items():
             if not isinstance(name, str):
                 raise InvalidInputError(f"stream {stream!r}: field names must be strings, got {name!r}")
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise InvalidInputError(
-                    f"stream {stream!r}: field {name!r} must be a number, got {value!r}"
-                )
-            if not math.isfinite(float(value)):
-                raise InvalidInputError(
-                    f"stream {stream!r}: field {name!r} must be finite, got {value!r}"
-                )
+            check_value(value, f"stream {stream!r}: field {name!r}")
         names = tuple(sorted(event.values))
         known = seen.get(stream) or self.fields_of.get(stream)
         if known is not None and names != known:
@@ -416,7 +446,11 @@ class StreamEngine:
             self._memo = (key, c)
         if learn:
             self._learn(slots, values, c)
-        score, raw, comps = c["score"], c["raw"], c["comps"]
+            self._reset_nonfinite(slots, _STEP_ARRAYS, extra=~np.isfinite(c["xn"]).all(-1))
+        # published scores are numbers in [0, 1] whatever happened above
+        score = np.clip(np.nan_to_num(c["score"], nan=0.0), 0.0, 1.0)
+        raw = np.nan_to_num(c["raw"], nan=0.0, posinf=0.0, neginf=0.0)
+        comps = np.nan_to_num(c["comps"], nan=0.0, posinf=0.0, neginf=0.0)
         if len(slots) == len(members):
             best_rows = range(len(members))
         else:  # several channels per event: report the most anomalous
@@ -434,6 +468,32 @@ class StreamEngine:
             )
             for i, best in zip(members, best_rows)
         ]
+
+    def _reset_nonfinite(
+        self, slots: np.ndarray, names: Sequence[str] | None = None,
+        extra: np.ndarray | None = None,
+    ) -> int:
+        """Reset every stream with a channel in ``slots`` whose state (arrays ``names``, all
+        by default) holds a NaN or an infinity, or where ``extra`` is True; return how many.
+
+        Inputs are bounded (:data:`~streamvgan.engine.values.MAX_ABS_VALUE`), so this is a
+        guard against what should not happen (diverged weights, a corrupt restored state):
+        a stream left NaN would score NaN forever, a reset one starts again as new. Counted
+        in :attr:`streams_reset`."""
+        bad = self.state.nonfinite_rows(slots, names)
+        if extra is not None:
+            bad |= extra
+        if not bad.any():
+            return 0
+        owner = self.state.slot_owner
+        streams = sorted({owner[int(slot)][0] for slot in slots[bad] if int(slot) in owner})
+        for stream in streams:
+            self.state.reset_stream(stream)
+        self._mutations += 1
+        self.streams_reset += len(streams)
+        log.warning("reset the state of %d streams that turned non-finite (NaN or inf), e.g. "
+                    "%r; they start again as new streams", len(streams), streams[0])
+        return len(streams)
 
     def _compute(self, slots: np.ndarray, values: np.ndarray) -> dict:
         """Everything about events ``values`` (B, F) at channels ``slots`` that needs no state
@@ -807,7 +867,10 @@ class StreamEngine:
             self._mutations += 1
             self.model = new_model
             self._critic = new_model.critic.frozen() if new_model.critic is not None else None
-            self.model_version = self.model_version + 1 if version is None else int(version)
+            if version is None:
+                self.model_version = max(self.model_version, self._version_floor) + 1
+            else:
+                self.model_version = int(version)
             if was_cold:  # the components change meaning (fallback -> model): restart their
                 # statistics and the calibration history
                 used = self.state.used_slots()
@@ -831,6 +894,7 @@ class StreamEngine:
             st.h[part] = h.cpu().numpy()
             st.f_mean[part] = f_mean.cpu().numpy()
             st.f_scale[part] = f_scale.cpu().numpy()
+            self._reset_nonfinite(part, ("h", "f_mean", "f_scale"))
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -904,3 +968,4 @@ class StreamEngine:
         with self._lock:
             self._mutations += 1
             checkpoint.stream_from_bytes(self, stream, data)
+            self._reset_nonfinite(np.asarray(list(self.state.streams[stream].values())))

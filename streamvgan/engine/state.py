@@ -9,7 +9,7 @@ streams of a poll, and makes the bytes per stream easy to count.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -102,6 +102,8 @@ class StateTable:
         self._free: list[int] = []
         self._next = 0
         self.evictions = 0
+        #: called with the name of each stream evicted to make room (set by the engine)
+        self.on_evict: Callable[[str], None] | None = None
 
     # -- layout ------------------------------------------------------------------------------
     def _shape(self, name: str, rows: int) -> tuple[int, ...]:
@@ -147,6 +149,8 @@ class StateTable:
                 break
             self.remove_stream(victim)
             self.evictions += 1
+            if self.on_evict is not None:
+                self.on_evict(victim)
         slots = {}
         for key in keys:
             slot = self._free.pop() if self._free else self._take_new()
@@ -167,6 +171,21 @@ class StateTable:
         for arr in self.arrays.values():
             arr[slot] = 0
         self.arrays["norm_var"][slot] = 0.0
+
+    def reset_stream(self, stream: str) -> None:
+        """Zero every channel of ``stream`` in place (its slots stay), as if it were new."""
+        for slot in self.streams[stream].values():
+            self._reset(slot)
+
+    def nonfinite_rows(self, slots: np.ndarray, names: Iterable[str] | None = None) -> np.ndarray:
+        """A bool per slot of ``slots``: does any float array (or those in ``names``) hold a
+        NaN or an infinity in that slot's row?"""
+        bad = np.zeros(len(slots), dtype=bool)
+        for name in self.arrays if names is None else names:
+            arr = self.arrays[name]
+            if arr.dtype.kind == "f":
+                bad |= ~np.isfinite(arr[slots].reshape(len(slots), -1)).all(axis=1)
+        return bad
 
     def remove_stream(self, stream: str) -> None:
         for slot in self.streams.pop(stream).values():

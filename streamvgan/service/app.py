@@ -18,6 +18,7 @@ start. The structure follows Quix Streams' ``Application``: built from one froze
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -116,6 +117,7 @@ class Application:
             # Process-wide: spinning intra-op threads slow these small networks down.
             torch.set_num_threads(settings.torch_threads)
         self.metrics = ServiceMetrics(registry)
+        self._checkpointed_revision: int | None = None  # engine.revision of the last checkpoint
         self.engine = engine if engine is not None else self._load_or_build_engine()
         self.stats = Stats()
         self.metrics_port: int | None = None
@@ -126,7 +128,6 @@ class Application:
         self._lock = threading.Lock()
         self._assigned: set[TopicPartition] = set()
         self._counts: dict[str, int] = defaultdict(int)  # events per stream, for *_every
-        self._evictions_pruned = self.engine.evictions
         self._send_errors: list[BaseException] = []
         self._dlq_logged = 0
         self._dlq_log_window = 0.0
@@ -140,6 +141,8 @@ class Application:
         self._to_restore: set[int] = set()
         self._changelog: StateChangelog | None = None
         self._follower: ModelFollower | None = None
+        # every map above keyed by stream forgets evicted streams: bounded by --max-streams
+        self.engine.add_eviction_listener(self._forget_stream)
         self.exit_code: int | None = None
         self.metrics.model_version.set(self.engine.model_version)
         self.metrics.streams.set(self.engine.n_streams)
@@ -149,8 +152,12 @@ class Application:
     def _load_or_build_engine(self) -> StreamEngine:
         s = self.settings
         if s.checkpoint_dir:
-            engine = checkpoints.load_checkpoint(s.checkpoint_dir, device=s.device)
+            engine = checkpoints.load_checkpoint(
+                s.checkpoint_dir, device=s.device,
+                on_fallback=lambda path, exc: self.metrics.checkpoint_fallbacks.inc(),
+            )
             if engine is not None:
+                self._checkpointed_revision = engine.revision  # as on disk: nothing to rewrite
                 if engine.config.horizon != s.horizon:
                     log.warning(
                         "checkpoint horizon=%d differs from --horizon=%d; the checkpoint's "
@@ -342,6 +349,11 @@ class Application:
                     event = decode_event(record.value, record.key)
                 except DecodeError as exc:
                     self._dead_letter(producer, record, exc.reason, exc.message)
+                except Exception as exc:  # a bug in decoding must not block the partition
+                    log.exception('decoder failed partition="%s[%d]" offset="%d"',
+                                  record.topic, record.partition, record.offset)
+                    self._dead_letter(producer, record, "internal_error",
+                                      f"decoding raised {type(exc).__name__}: {exc}")
                 else:
                     events.append(event)
                     sources.append(record)
@@ -354,9 +366,11 @@ class Application:
         sent = defaultdict(int)
         last_ts: dict[str, Any] = {}
         if self._changelog is not None:
+            live = {event.stream for event, _ in scored}  # not streams the engine refused
             for event, record in zip(events, sources):
-                self._dirty[event.stream] = record.partition
-                self._stream_partition[event.stream] = record.partition
+                if event.stream in live:
+                    self._dirty[event.stream] = record.partition
+                    self._stream_partition[event.stream] = record.partition
         for event, score in scored:
             msg = ScoreMessage.from_score(score, event.ts, s.alert_threshold)
             producer.send(s.scores_topic, key=event.stream.encode("utf-8"),
@@ -469,9 +483,22 @@ class Application:
             reason=reason, message=message, topic=record.topic, partition=record.partition,
             offset=record.offset, original_headers=tuple(record.headers or ()),
         )
-        producer.send(
-            s.dlq_topic, key=record.key, value=record.value, headers=letter.headers()
-        ).add_errback(self._send_errors.append)
+        # Kafka refuses a record with neither key nor value (a keyless tombstone): send an
+        # empty value; and a record the producer refuses (too large with the headers) goes
+        # without its value, so that a bad record can never stop the partition
+        value = record.value if record.value is not None or record.key is not None else b""
+        try:
+            future = producer.send(s.dlq_topic, key=record.key, value=value,
+                                   headers=letter.headers())
+        except Exception as exc:
+            log.warning('the producer refused the dead letter of partition="%s[%d]" '
+                        'offset="%d"; sending it without its value', record.topic,
+                        record.partition, record.offset, exc_info=True)
+            letter = dataclasses.replace(letter, message=f"{message} (original value of "
+                                         f"{len(value or b'')} bytes not kept: {exc!r})")
+            future = producer.send(s.dlq_topic, key=record.key, value=b"",
+                                   headers=letter.headers())
+        future.add_errback(self._send_errors.append)
         self.metrics.dead_lettered.labels(topic=record.topic, reason=reason).inc()
         self.stats.dead_lettered += 1
         self._dlq_in_batch += 1
@@ -614,17 +641,25 @@ class Application:
                 )
 
     def _after_batch_housekeeping(self) -> None:
-        engine = self.engine
-        self.metrics.set_evictions(engine.evictions)
-        if engine.evictions != self._evictions_pruned:  # forget counters of evicted streams
-            live = set(engine.streams())
-            for stream in [k for k in self._counts if k not in live]:
-                del self._counts[stream]
-            self._evictions_pruned = engine.evictions
+        self.metrics.set_evictions(self.engine.evictions)
+        self.metrics.set_streams_reset(self.engine.streams_reset)
+
+    def _forget_stream(self, stream: str) -> None:
+        """The engine evicted ``stream``: drop what the service keeps for it (called inside
+        ``engine.process`` on the loop's thread)."""
+        self._counts.pop(stream, None)
+        self._stream_partition.pop(stream, None)
+        with self._lock:
+            self._dirty.pop(stream, None)
 
     def _checkpoint(self) -> None:
         s = self.settings
         if not s.checkpoint_dir:
+            return
+        revision = self.engine.revision  # read before saving: a change during the save counts
+        if revision == self._checkpointed_revision:
+            self.metrics.checkpoint_skipped.inc()
+            log.debug("checkpoint skipped: nothing changed since the last one")
             return
         start = time.monotonic()
         info = {
@@ -641,6 +676,7 @@ class Application:
             log.exception("checkpoint to %s failed; the previous one stays current",
                           s.checkpoint_dir)
             return
+        self._checkpointed_revision = revision
         self.stats.checkpoints += 1
         self.metrics.checkpoint_last_success.set(time.time())
         log.info("checkpoint %s written in %.2fs (model_version=%d, streams=%d)", path,

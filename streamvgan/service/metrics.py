@@ -139,7 +139,23 @@ class ServiceMetrics:
             "Model-topic records or versions rejected (bad headers, checksum, load), by reason.",
             ["reason"], registry=r,
         )
+        self.streams_reset = Counter(
+            "streamvgan_engine_streams_reset",
+            "Streams whose state turned non-finite (NaN or inf) and was reset to a new stream's.",
+            registry=r,
+        )
+        self.checkpoint_fallbacks = Counter(
+            "streamvgan_checkpoint_load_fallbacks",
+            "Checkpoints (or a LATEST pointer) skipped at start as unusable, for an older one.",
+            registry=r,
+        )
+        self.checkpoint_skipped = Counter(
+            "streamvgan_checkpoint_skipped_unchanged",
+            "Checkpoints not written because the engine had not changed since the last one.",
+            registry=r,
+        )
         self._evictions_seen = 0
+        self._resets_seen = 0
 
     def set_evictions(self, cumulative: int) -> None:
         """Advance the evictions counter to the engine's cumulative count."""
@@ -148,6 +164,13 @@ class ServiceMetrics:
             self._evictions_seen = cumulative
         elif cumulative < self._evictions_seen:  # engine replaced (e.g. loaded): follow it
             self._evictions_seen = cumulative
+
+
+    def set_streams_reset(self, cumulative: int) -> None:
+        """Advance the streams-reset counter to the engine's cumulative count."""
+        if cumulative > self._resets_seen:
+            self.streams_reset.inc(cumulative - self._resets_seen)
+        self._resets_seen = cumulative
 
 
 class MetricsServer:

@@ -3,7 +3,12 @@
 Input records follow ``streamvgan/schemas/event.schema.json`` (a JSON Schema, draft 2020-12),
 validated here in code so the hot path needs no schema library. A record that fails raises
 :class:`DecodeError` whose ``reason`` is one of :data:`REASONS`, the value of the ``reason``
-label of ``streamvgan_consumer_records_dead_lettered_total``.
+label of ``streamvgan_consumer_records_dead_lettered_total``. Numbers go through the same
+:func:`~streamvgan.engine.values.check_value` as the engine's and the River adapters' input:
+NaN and Infinity literals are ``non_finite``; numbers beyond
+:data:`~streamvgan.engine.values.MAX_ABS_VALUE` (1e30), however many digits they have, are
+``out_of_range``. Decoding never raises anything but :class:`DecodeError`; the service still
+dead-letters a record as ``internal_error`` should anything else escape.
 
 Dead-letter records keep the original key and value bytes unchanged and carry the cause and
 the source coordinates in headers, as Kafka Connect's dead-letter queue does
@@ -24,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from streamvgan.engine.types import DEFAULT_FIELD, Event, Forecast, Score
+from streamvgan.engine.values import MAX_ABS_VALUE, NOT_A_NUMBER, ValueRejected, check_value
 from streamvgan.errors import InvalidInputError
 
 #: Version of the output records' layout; bumped on any incompatible change.
@@ -35,8 +41,10 @@ REASONS = (
     "not_an_object",
     "schema",
     "non_finite",
+    "out_of_range",
     "missing_stream",
     "engine_error",
+    "internal_error",
 )
 
 #: Header names of dead-letter records.
@@ -77,6 +85,29 @@ class _Duplicate(Exception):
     pass
 
 
+class _OutOfRange(Exception):
+    pass
+
+
+#: Longest integer literal parsed: 40 digits are already beyond MAX_ABS_VALUE and MAX_TS_MS,
+#: and never converting longer ones keeps Python's 4,300-digit limit (a ValueError) and
+#: float()'s OverflowError out of decoding.
+_MAX_INT_CHARS = 41
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > _MAX_INT_CHARS:
+        raise _OutOfRange(f"an integer of {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: beyond float64 (float() rounds it to inf)
+        raise _OutOfRange(text if len(text) <= 40 else text[:37] + "...")
+    return value
+
+
 def _reject_constant(name: str) -> Any:
     raise _NonFinite(name)
 
@@ -92,11 +123,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-_decoder = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
-
-
-def _is_number(x: Any) -> bool:
-    return (isinstance(x, float) or isinstance(x, int)) and not isinstance(x, bool)
+_decoder = json.JSONDecoder(
+    parse_constant=_reject_constant, object_pairs_hook=_no_duplicates,
+    parse_int=_parse_int, parse_float=_parse_float,
+)
 
 
 def _check_ts(ts: Any) -> None:
@@ -129,12 +159,11 @@ def _check_ts(ts: Any) -> None:
 
 
 def _number(x: Any, where: str) -> float:
-    if not _is_number(x):
-        raise DecodeError("schema", f"{where} must be a number, got {type(x).__name__} {x!r}")
-    value = float(x)
-    if not math.isfinite(value):
-        raise DecodeError("non_finite", f"{where}={x!r} is not finite")
-    return value
+    try:
+        return check_value(x, where)
+    except ValueRejected as exc:
+        reason = "schema" if exc.reason == NOT_A_NUMBER else exc.reason
+        raise DecodeError(reason, str(exc)) from None
 
 
 def decode_event(value: bytes | None, key: bytes | None = None) -> Event:
@@ -170,6 +199,11 @@ def decode_event(value: bytes | None, key: bytes | None = None) -> Event:
         raise DecodeError("non_finite", f"record holds the non-finite number {exc}") from None
     except _Duplicate as exc:
         raise DecodeError("schema", f"property {str(exc)!r} appears twice") from None
+    except _OutOfRange as exc:
+        raise DecodeError(
+            "out_of_range",
+            f"record holds the number {exc}, beyond the accepted range +-{MAX_ABS_VALUE:g}",
+        ) from None
     except (json.JSONDecodeError, RecursionError) as exc:
         raise DecodeError("invalid_json", f"record value is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

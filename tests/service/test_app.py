@@ -38,6 +38,12 @@ MALFORMED = [
     (b"s5", b'{"stream": "s5", "ts": 5, "value": NaN}', "non_finite"),
     (None, b'{"ts": 5, "value": 1.0}', "missing_stream"),
     (b"s0", b'{"stream": "s0", "ts": 5, "values": {"a": 1.0, "b": 2.0}}', "engine_error"),
+    # issue 11's poison pills: each killed the service before (OverflowError / ValueError in
+    # decoding, or NaN scores forever after 1e39); now dead-lettered, the stream goes on
+    (b"s1", b'{"stream": "s1", "ts": 5, "value": 1' + b"0" * 400 + b"}", "out_of_range"),
+    (b"s2", b'{"stream": "s2", "ts": 5, "value": 1' + b"0" * 4400 + b"}", "out_of_range"),
+    (b"s3", b'{"stream": "s3", "ts": 5, "values": {"v": 1' + b"0" * 400 + b"}}", "out_of_range"),
+    (b"s4", b'{"stream": "s4", "ts": 5, "value": 1e39}', "out_of_range"),
 ]
 
 
@@ -173,9 +179,9 @@ def test_metrics_scraped_over_http_match_what_was_sent(run):
     assert consumed == n_valid + n_bad
     assert sample("streamvgan_producer_records_produced_total", topic=s.scores_topic) == n_valid
     assert sample("streamvgan_producer_records_produced_total", topic=s.dlq_topic) == n_bad
-    for _, _, reason in MALFORMED:
+    for reason, n in Counter(reason for _, _, reason in MALFORMED).items():
         assert sample("streamvgan_consumer_records_dead_lettered_total",
-                      reason=reason, topic=s.input_topic) == 1
+                      reason=reason, topic=s.input_topic) == n
     assert sample("streamvgan_scores_anomaly_score_count") == n_valid
     assert sample("streamvgan_pipeline_latency_seconds_count") == n_valid + n_bad
     assert sample("streamvgan_pipeline_batch_size_records_sum") == n_valid + n_bad

@@ -31,7 +31,7 @@ VALID = [
     (b'{"stream": "h", "ts": "2024-11-29T08:00:00Z", "values": {"cpu": 0.42, "mem": 7}}', None,
      "h", {"cpu": 0.42, "mem": 7.0}),
     (b'{"ts": 0, "value": -3}', b"from-key", "from-key", {"value": -3.0}),
-    (b'{"ts": "2024-02-29", "value": 1e300}', b"k", "k", {"value": 1e300}),
+    (b'{"ts": "2024-02-29", "value": 1e30}', b"k", "k", {"value": 1e30}),  # the largest accepted
     (b'{"ts": "2024-11-29 08:00:00.123+05:30", "value": 1}', b"k", "k", {"value": 1.0}),
 ]
 
@@ -52,7 +52,16 @@ BAD = [
     (b'{"stream": "a", "ts": 1, "value": NaN}', None, "non_finite"),
     (b'{"stream": "a", "ts": 1, "value": Infinity}', None, "non_finite"),
     (b'{"stream": "a", "ts": 1, "values": {"x": -Infinity}}', None, "non_finite"),
-    (b'{"stream": "a", "ts": 1, "value": 1e400}', None, "non_finite"),  # overflows a double
+    # beyond +-1e30 (MAX_ABS_VALUE), however written: a poison pill in issue 11 was a
+    # 401-digit integer (OverflowError in float()), another >4,300 digits (ValueError in int())
+    (b'{"stream": "a", "ts": 1, "value": 1e400}', None, "out_of_range"),  # overflows a double
+    (b'{"stream": "a", "ts": 1, "value": 1e39}', None, "out_of_range"),  # overflows a float32
+    (b'{"stream": "a", "ts": 1, "value": -1.5e30}', None, "out_of_range"),
+    (b'{"stream": "a", "ts": 1, "value": 1' + b"0" * 400 + b'}', None, "out_of_range"),
+    (b'{"stream": "a", "ts": 1, "value": -1' + b"0" * 5000 + b'}', None, "out_of_range"),
+    (b'{"stream": "a", "ts": 1, "values": {"x": 1' + b"0" * 400 + b'}}', None, "out_of_range"),
+    (b'{"stream": "a", "ts": 1' + b"0" * 5000 + b', "value": 1}', None, "out_of_range"),
+    (b'{"stream": "a", "ts": 1, "value": 1' + b"0" * 5000 + b'.5}', None, "out_of_range"),
     (b'{"ts": 1, "value": 1}', None, "missing_stream"),
     (b'{"ts": 1, "value": 1}', b"", "missing_stream"),
     (b'{"stream": "a", "ts": 1, "value": true}', None, "schema"),  # bools are not numbers
@@ -98,7 +107,15 @@ def test_each_bad_kind_has_its_reason(value, key, reason):
 
 def test_every_decode_reason_is_covered_by_a_case():
     covered = {reason for _, _, reason in BAD}
-    assert covered == set(REASONS) - {"engine_error"}  # engine_error comes from the engine
+    # engine_error comes from the engine; internal_error only from a bug in the decoder
+    assert covered == set(REASONS) - {"engine_error", "internal_error"}
+
+
+def test_values_at_the_range_limit_are_accepted():
+    event = decode_event(b'{"stream": "a", "ts": 1, "values": {"x": 1e30, "y": -1e30, "z": 1e-300}}')
+    assert event.values == {"x": 1e30, "y": -1e30, "z": 1e-300}
+    big = decode_event(b'{"stream": "a", "ts": 1, "value": ' + str(10**29).encode() + b'}')
+    assert big.values == {"value": 1e29}
 
 
 def test_long_stream_ids_are_rejected():
@@ -238,6 +255,10 @@ AGREEMENT = [
     {"stream": "x" * 257, "ts": 1, "value": 1},
     {"stream": 3, "ts": 1, "value": 1},
     {"stream": "h", "ts": 1, "value": 1, "unit": "ms"},
+    {"stream": "h", "ts": 1, "value": 1e30},
+    {"stream": "h", "ts": 1, "value": -1e39},
+    {"stream": "h", "ts": 1, "values": {"a": 1e300}},
+    {"stream": "h", "ts": 1, "value": 10**400},
 ]
 
 
