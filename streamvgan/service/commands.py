@@ -29,6 +29,9 @@ _KAFKA_ONLY = (
     "ssl_cafile",
     "ssl_certfile",
     "ssl_keyfile",
+    "ssl_password",
+    "ssl_check_hostname",
+    "sasl_oauth_token_file",
 )
 
 
@@ -141,6 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_mod.settings_from_args(args)
+        settings.check_files()  # before loading the model: a wrong path fails in a second
         app = Application(settings)
     except StreamVGANError as exc:
         return _fail(exc)
