@@ -146,6 +146,7 @@ class Application:
         self._phase = "created"  # created -> starting -> running -> stopping
         self._run_thread: threading.Thread | None = None
         self._input_partitions = 0
+        self._coordinator_ok = True  # the group coordinator is reachable (checked each second)
         self._tuner: BackgroundFineTuner | None = None
         # scale-out: stream -> input partition, streams changed since the last commit,
         # partitions whose changelog must be restored before their records are processed
@@ -200,7 +201,7 @@ class Application:
         producer = self._producer
         if producer is not None and not producer.healthy:
             return False
-        return clients.group_coordinator_known(self._consumer)
+        return self._coordinator_ok
 
     def stop(self) -> None:
         """Ask the loop to stop after the batch in hand; safe from signal handlers and threads."""
@@ -362,7 +363,7 @@ class Application:
 
         producer = self._producer = clients.ResendingProducer(
             lambda: retry(make_producer, f"connecting a producer to {s.bootstrap_servers}"),
-            self._stop,
+            self._stop, on_replaced=self.metrics.producer_replacements.inc,
         )
         consumer = self._consumer = retry(
             lambda: clients.make_consumer(
@@ -393,6 +394,12 @@ class Application:
                 self._handle(records, producer)
             now = time.monotonic()
             if now - last_lag >= 1.0:
+                ok = clients.group_coordinator_known(consumer)
+                if ok != self._coordinator_ok:
+                    log.warning("group coordinator %s", "reachable again" if ok else
+                                "unreachable: not ready until the broker is back")
+                    self._coordinator_ok = ok
+                    self._assigned_changed()
                 self._update_lag(consumer)
                 self._after_batch_housekeeping()
                 last_lag = now

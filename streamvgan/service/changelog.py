@@ -109,6 +109,10 @@ class StateChangelog:
         consumer = self._make_consumer()
         try:
             available = consumer.partitions_for_topic(self.topic) or set()
+            if not available:  # deleted, or lost with a broker that keeps no data
+                log.warning("state changelog topic %s does not exist: the streams of %s "
+                            "start cold", self.topic, tps)
+                return RestoreReport(0, 0, 0, time.perf_counter() - start)
             missing = sorted(tp.partition for tp in tps if tp.partition not in available)
             if missing:
                 raise ConfigurationError(

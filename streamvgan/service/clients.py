@@ -209,6 +209,9 @@ def make_consumer(
         # directly in the end-to-end latency tail when the input is quiet.
         "fetch_max_wait_ms": 100,
         "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+        # Never create the input topic by subscribing: it would get the broker's default
+        # partition count, not the one the changelog was laid out for (see wait_for_topic).
+        "allow_auto_create_topics": False,
         **dict(security or {}),
     }
     if group_id is not None:
@@ -404,13 +407,19 @@ class ResendingProducer:
         When set, a waiting :meth:`flush` gives up and raises :class:`Stopped`.
     stall_s
         A flush waiting longer than this marks the producer unhealthy (:attr:`healthy`).
+    replace_after_s
+        A flush waiting longer than this gives up on the producer: a new one resends what
+        was not acknowledged (duplicates are possible, losses are not).
     """
 
     def __init__(self, factory: Callable[[], Any], stop: threading.Event,
-                 stall_s: float = 5.0) -> None:
+                 stall_s: float = 5.0, replace_after_s: float = 15.0,
+                 on_replaced: Callable[[], None] | None = None) -> None:
         self._factory = factory
+        self._on_replaced = on_replaced or (lambda: None)
         self._stop = stop
         self.stall_s = stall_s
+        self.replace_after_s = replace_after_s
         self._producer = factory()
         self._unacked: list[_Sent] = []
         self.healthy = True
@@ -434,30 +443,47 @@ class ResendingProducer:
         """Return once every record sent so far was acknowledged or given up on (its errbacks
         called); replaces the producer and resends as often as needed, until ``stop``."""
         while self._unacked:
-            waited = 0.0
+            started = time.monotonic()
+            stalled = False
             while not all(s.future.is_done for s in self._unacked):
-                if self._stop.is_set():
+                # A stop waits for a healthy flush (the batch in hand completes) but not
+                # through an outage: unacknowledged records are not committed, so a restart
+                # reads them again.
+                if self._stop.is_set() and not self.healthy:
                     raise Stopped(f"{len(self._unacked)} records not acknowledged")
                 try:
                     self._producer.flush(timeout=0.5)
                 except KafkaError:  # KafkaTimeoutError: not all delivered within 0.5 s
-                    waited += 0.5
+                    waited = time.monotonic() - started
                     if waited >= self.stall_s and self.healthy:
                         log.warning("outputs not acknowledged for %.0f s: is the broker down?",
                                     waited)
                         self.healthy = False
-            failed = [s for s in self._unacked if s.future.failed()]
-            self._unacked = []
-            for s in failed:
-                if not recoverable(s.future.exception):
+                    if waited >= self.replace_after_s:
+                        # kafka-python may not reconnect to a restarted broker for minutes
+                        # (delivery_timeout_ms, reconnect backoff): a new producer does
+                        stalled = True
+                        break
+            pending, self._unacked = self._unacked, []
+            again = []
+            for s in pending:
+                if not s.future.is_done or recoverable(s.future.exception):
+                    if s.future.is_done and s.future.failed():
+                        again.append(s)
+                    elif not s.future.is_done:
+                        again.append(s)
+                elif s.future.failed():
                     for fn in s.errbacks:
                         fn(s.future.exception)
-            again = [s for s in failed if recoverable(s.future.exception)]
             if not again:
                 break
             self.healthy = False
-            log.warning("%d outputs failed with %r: replacing the producer and sending them "
-                        "again", len(again), again[0].future.exception)
+            first = next((s.future.exception for s in again if s.future.is_done), None)
+            log.warning(
+                "%d outputs not acknowledged (%s): replacing the producer and sending them again",
+                len(again),
+                f"no answer for {self.replace_after_s:.0f} s" if stalled else repr(first),
+            )
             self._replace()
             for s in again:
                 s.future = self._send(s.kwargs)
@@ -472,6 +498,7 @@ class ResendingProducer:
             log.debug("closing the failed producer: %r", exc)
         self._producer = self._factory()  # the factory retries while the broker is down
         self.replacements += 1
+        self._on_replaced()
 
     def close(self, timeout: float = 10) -> None:
         if self._producer is not None:

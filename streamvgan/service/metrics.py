@@ -60,6 +60,11 @@ class ServiceMetrics:
             "streamvgan_producer_records_produced", "Records acknowledged by the broker.",
             ["topic"], registry=r,
         )
+        self.producer_replacements = Counter(
+            "streamvgan_producer_replacements",
+            "Producers replaced after a broker outage or restart (their unacknowledged "
+            "records were sent again).", registry=r,
+        )
         self.dead_lettered = Counter(
             "streamvgan_consumer_records_dead_lettered",
             "Input records sent to the dead-letter topic, by source topic and reason.",
