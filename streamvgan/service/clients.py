@@ -346,9 +346,12 @@ def tls_preflight(bootstrap_servers: str, security: Mapping[str, Any], timeout_s
     for server in bootstrap_servers.split(","):
         host, _, port = server.strip().rpartition(":")
         try:
-            with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
-                with context.wrap_socket(sock, server_hostname=host):
-                    pass
+            sock = socket.create_connection((host, int(port)), timeout=timeout_s)
+        except (OSError, ValueError) as exc:
+            raise BrokerError(f"cannot reach {server} for a TLS handshake: {exc}") from exc
+        try:
+            with context.wrap_socket(sock, server_hostname=host):
+                pass
         except ssl.SSLCertVerificationError as exc:
             raise ConfigurationError(
                 f"the TLS certificate of {server} was not accepted: {exc.verify_message} "
@@ -356,13 +359,13 @@ def tls_preflight(bootstrap_servers: str, security: Mapping[str, Any], timeout_s
                 f"ssl_check_hostname={context.check_hostname}). Give the CA that signed the "
                 "broker's certificate in --ssl-cafile"
             ) from None
-        except ssl.SSLError as exc:
+        except (ssl.SSLError, OSError) as exc:  # no TLS answer, or a broken one
             raise ConfigurationError(
-                f"TLS handshake with {server} failed: {exc}. Is it a TLS listener "
+                f"TLS handshake with {server} failed: {exc!r}. Is it a TLS listener "
                 "(security_protocol=SSL/SASL_SSL needs one)?"
             ) from None
-        except (OSError, ValueError) as exc:
-            raise BrokerError(f"cannot reach {server} for a TLS handshake: {exc}") from exc
+        finally:
+            sock.close()
 
 
 #: Errors after which a fresh producer and a resend succeed: the broker restarted and forgot
