@@ -310,7 +310,9 @@ class Application:
                 self._follower.stop()
             if self._consumer is not None:
                 try:
-                    self._consumer.close(autocommit=False, timeout_ms=5000)  # leaves the group
+                    # leaves the group; briefly when the coordinator is gone (broker outage)
+                    self._consumer.close(autocommit=False,
+                                         timeout_ms=5000 if self._coordinator_ok else 1000)
                 except Exception:
                     log.exception("error while closing the consumer")
             if self._producer is not None:

@@ -504,5 +504,7 @@ class ResendingProducer:
         self._on_replaced()
 
     def close(self, timeout: float = 10) -> None:
+        """Close the producer, waiting up to ``timeout`` for records in flight; not at all
+        while the broker is unreachable (what is not acknowledged was not committed)."""
         if self._producer is not None:
-            self._producer.close(timeout=timeout)
+            self._producer.close(timeout=timeout if self.healthy else 0)

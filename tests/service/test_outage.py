@@ -65,6 +65,9 @@ def _read_scores(servers: str, topic: str, want: set[int]) -> set[int]:
     consumer = clients.make_consumer(servers, client_id="tests-reader")
     seen: set[int] = set()
     try:
+        deadline = time.monotonic() + WAIT_S
+        while not consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+            time.sleep(0.2)  # serve creates it once it started
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
@@ -175,3 +178,44 @@ def test_serve_survives_a_broker_restart(broker):
         app.stop()
         code = app.join(60)
     assert code == 0
+
+
+def test_sigterm_during_an_outage_exits_0_within_the_bound(broker, tmp_path):
+    """`serve` as a process: scoring, then the broker goes away, then SIGTERM. It must exit 0
+    within 10 s (issue 11, item 5) and must not commit what was not acknowledged."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    servers = broker.bootstrap_servers
+    topic = "term-in"
+    clients.ensure_topics(servers, [topic], partitions=1)
+    log_path = tmp_path / "serve.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamvgan.cli", "serve", "--bootstrap-servers", servers,
+         "--input-topic", topic, "--group-id", "term", "--metrics-port", "-1",
+         "--commit-interval-s", "0.5", "--engine-param", "warmup_events=1000000000"],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL,
+        stderr=open(log_path, "wb"),  # noqa: SIM115
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        _produce(servers, topic, _events(0, 30))
+        seen = _read_scores(servers, f"{topic}.scores", set(range(30)))
+        assert seen >= set(range(30)), log_path.read_text()[-3000:]
+        broker.stop()
+        time.sleep(3.0)  # the service notices (coordinator lost) and keeps polling
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("serve ignored SIGTERM during an outage for 10 s:\n"
+                                 + log_path.read_text()[-3000:]) from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert rc == 0, log_path.read_text()[-3000:]
