@@ -259,3 +259,18 @@ def test_changelog_with_another_partition_count_is_one_clear_error(kafka_broker,
     assert len(errors) == 1, errors
     assert "has 1 partition(s)" in errors[0] and "has 4" in errors[0]
     assert f"delete {changelog!r}" in errors[0] and "--no-state-changelog" in errors[0]
+
+
+@pytest.mark.kafka
+def test_restore_of_a_partition_the_changelog_lacks_is_a_clear_error(kafka_broker, kafka):
+    """Input partitions added while serve runs: the restore names the counts (was a KeyError
+    from kafka-python, on every restart)."""
+    from streamvgan.errors import ConfigurationError
+    from streamvgan.service.changelog import StateChangelog
+    from streamvgan.service.clients import make_consumer
+
+    changelog = kafka.topic("short-changelog", partitions=1)
+    store = StateChangelog(changelog, lambda: make_consumer(kafka_broker.bootstrap_servers))
+    with pytest.raises(ConfigurationError, match=r"input partition\(s\) \[1, 3\] were assigned"
+                       r".* has 1 partition\(s\) and the input topic at least 4"):
+        store.restore(engine=None, partitions=[0, 1, 3])
