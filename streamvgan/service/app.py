@@ -251,8 +251,8 @@ class Application:
         server = None
         tuner = None
         self._run_thread = threading.current_thread()
-        self._phase = "starting"
         try:
+            self._phase = "starting"  # inside the try: a signal from here on is handled
             if s.metrics_port >= 0:
                 # First of all: /healthz answers (and /readyz says 503) while the broker is
                 # still unreachable, so an orchestrator sees a live process that waits.
@@ -286,15 +286,19 @@ class Application:
             self._checkpoint()
             self.exit_code = 0
         except (clients.Stopped, _Interrupted) as exc:
+            self._phase = "stopping"  # (first in each handler: no second interruption)
             log.info("stopped during start-up (%s); nothing was consumed", exc)
             self.exit_code = 0
         except ConfigurationError as exc:
+            self._phase = "stopping"
             log.error("%s", exc)
             self.exit_code = 2
         except BrokerError as exc:
+            self._phase = "stopping"
             log.error("%s", exc)
             self.exit_code = 1
         except Exception:
+            self._phase = "stopping"
             log.exception("fatal error: stopping; outputs not acknowledged are not committed "
                           "and will be re-read after a restart")
             self.exit_code = 1

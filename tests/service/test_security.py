@@ -17,6 +17,7 @@ def test_oauthbearer_reads_the_token_file_at_every_authentication(tmp_path):
     s = Settings(security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER",
                  sasl_oauth_token_file=str(token))
     provider = s.kafka_security()["sasl_oauth_token_provider"]
+    assert isinstance(provider, FileTokenProvider)
     assert isinstance(provider, AbstractTokenProvider)  # what kafka-python requires
     assert provider.token() == "first.jwt.sig"
     token.write_text("rotated.jwt.sig")  # a sidecar refreshed it
