@@ -20,13 +20,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Prometheus' promtool and server back the deployment tests (Debian package `prometheus`).
+# Debian packages some tests use, installed as root via apt-get when missing: Prometheus'
+# promtool and server (deployment tests) and stunnel4, the TLS terminator of
+# tests/service/test_tls.py. Tests skip, saying why, where a package is absent.
+SYSTEM_PACKAGES := promtool:prometheus stunnel4:stunnel4
+
 system-deps:
-	@command -v promtool >/dev/null 2>&1 || { \
+	@for pair in $(SYSTEM_PACKAGES); do \
+	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+	  command -v $$cmd >/dev/null 2>&1 && continue; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
-	      || echo "warning: could not install prometheus; its tests will be skipped"; \
-	  else echo "note: promtool not found; install Debian's 'prometheus' to run the deployment tests"; fi; }
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkg >/dev/null) \
+	      || echo "warning: could not install $$pkg; its tests will be skipped"; \
+	  else echo "note: $$cmd not found; install Debian's '$$pkg' to run the tests that need it"; fi; \
+	done
 
 demo: $(STAMP)
 	$(VENV)/bin/streamvgan demo

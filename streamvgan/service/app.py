@@ -43,7 +43,12 @@ from streamvgan.engine import (
     Score,
     StreamEngine,
 )
-from streamvgan.errors import InvalidInputError, StreamVGANError
+from streamvgan.errors import (
+    BrokerError,
+    ConfigurationError,
+    InvalidInputError,
+    StreamVGANError,
+)
 from streamvgan.service.changelog import StateChangelog, changelog_topic
 from streamvgan.service.model_topic import ModelFollower, model_topic
 from streamvgan.service import checkpoints, clients
@@ -63,6 +68,11 @@ log = logging.getLogger(__name__)
 
 class ProduceError(StreamVGANError, RuntimeError):
     """The broker did not acknowledge some outputs; offsets were not committed."""
+
+
+class _Interrupted(BaseException):
+    """SIGTERM/SIGINT during start-up. A BaseException, so that no ``except Exception`` in a
+    client library swallows it on the way out of a blocking connect or handshake."""
 
 
 @dataclass
@@ -133,6 +143,11 @@ class Application:
         self._dlq_log_window = 0.0
         self._dlq_in_batch = 0
         self._consumer: Any = None
+        self._producer: clients.ResendingProducer | None = None
+        self._phase = "created"  # created -> starting -> running -> stopping
+        self._run_thread: threading.Thread | None = None
+        self._input_partitions = 0
+        self._coordinator_ok = True  # the group coordinator is reachable (checked each second)
         self._tuner: BackgroundFineTuner | None = None
         # scale-out: stream -> input partition, streams changed since the last commit,
         # partitions whose changelog must be restored before their records are processed
@@ -188,19 +203,28 @@ class Application:
     @property
     def ready(self) -> bool:
         """True while partitions are assigned and a model is loaded (what /readyz answers)."""
-        return bool(self._assigned) and self.engine is not None and not self._stop.is_set()
+        if not self._assigned or self.engine is None or self._stop.is_set():
+            return False
+        producer = self._producer
+        if producer is not None and not producer.healthy:
+            return False
+        return self._coordinator_ok
 
     def stop(self) -> None:
         """Ask the loop to stop after the batch in hand; safe from signal handlers and threads."""
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT stop the loop gracefully (main thread only)."""
+        """SIGTERM and SIGINT stop the loop gracefully (main thread only). During start-up
+        (connecting, waiting for topics, a TLS or SASL handshake, a restore) they interrupt
+        whatever the thread of :meth:`run` waits on, since nothing needs finishing then."""
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            log.info("received %s: finishing the batch, then shutting down",
-                     signal.Signals(signum).name)
+            name = signal.Signals(signum).name
             self.stop()
+            if self._phase == "starting" and threading.current_thread() is self._run_thread:
+                raise _Interrupted(f"received {name}")
+            log.info("received %s: finishing the batch, then shutting down", name)
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
@@ -228,40 +252,23 @@ class Application:
         return self.exit_code
 
     def run(self) -> int:
-        """Consume until stopped; returns 0 after a clean shutdown, 1 after a fatal error."""
+        """Consume until stopped; returns 0 after a clean shutdown (also when stopped during
+        start-up), 1 after a fatal error, 2 for settings that cannot work."""
         s = self.settings
-        security = s.kafka_security()
         server = None
         tuner = None
-        consumer = producer = None
+        self._run_thread = threading.current_thread()
         try:
-            if s.create_topics:
-                clients.ensure_topics(
-                    s.bootstrap_servers,
-                    [s.scores_topic, s.forecasts_topic, s.continuations_topic, s.dlq_topic],
-                    like=s.input_topic, security=security,
-                )
-            producer = clients.make_producer(
-                s.bootstrap_servers, client_id=s.client_id, security=security
-            )
-            consumer = clients.make_consumer(
-                s.bootstrap_servers,
-                group_id=s.group_id,
-                client_id=s.client_id,
-                session_timeout_ms=s.session_timeout_ms,
-                max_poll_interval_ms=s.max_poll_interval_ms,
-                max_poll_records=s.poll_max_records,
-                auto_offset_reset=s.auto_offset_reset,
-                security=security,
-            )
-            self._consumer, self._producer = consumer, producer
-            self._start_scale_out(security)
-            consumer.subscribe([s.input_topic], listener=_Rebalance(self))
+            self._phase = "starting"  # inside the try: a signal from here on is handled
             if s.metrics_port >= 0:
+                # First of all: /healthz answers (and /readyz says 503) while the broker is
+                # still unreachable, so an orchestrator sees a live process that waits.
                 server = MetricsServer(
                     self.metrics.registry, lambda: self.ready, s.metrics_host, s.metrics_port
                 ).start()
                 self.metrics_port = server.port
+            s.check_files()
+            consumer, producer = self._connect()
             if s.model_source == "local":
                 tuner = self._tuner = BackgroundFineTuner(
                     self.engine, on_fit=self._on_fit, interval_s=s.fine_tune_interval_s
@@ -271,16 +278,39 @@ class Application:
                 s.input_topic, s.group_id, s.scores_topic, s.forecasts_topic,
                 s.continuations_topic, s.dlq_topic,
             )
+            self._phase = "running"
             self._started.set()
-            self._loop(consumer, producer)
-            self._commit(consumer)
+            try:
+                self._loop(consumer, producer)
+            except clients.Stopped as exc:
+                # Stopped during a broker outage: the records of the batch in hand were not
+                # committed, so a restart reads them again; nothing is lost.
+                log.warning("stopped while the broker was unreachable (%s); their input "
+                            "records are not committed and will be read again", exc)
+            else:
+                self._commit(consumer)
+            self._phase = "stopping"
             self._checkpoint()
             self.exit_code = 0
+        except (clients.Stopped, _Interrupted) as exc:
+            self._phase = "stopping"  # (first in each handler: no second interruption)
+            log.info("stopped during start-up (%s); nothing was consumed", exc)
+            self.exit_code = 0
+        except ConfigurationError as exc:
+            self._phase = "stopping"
+            log.error("%s", exc)
+            self.exit_code = 2
+        except BrokerError as exc:
+            self._phase = "stopping"
+            log.error("%s", exc)
+            self.exit_code = 1
         except Exception:
+            self._phase = "stopping"
             log.exception("fatal error: stopping; outputs not acknowledged are not committed "
                           "and will be re-read after a restart")
             self.exit_code = 1
         finally:
+            self._phase = "stopping"
             self._stop.set()
             self._started.set()
             if tuner is not None:
@@ -289,14 +319,16 @@ class Application:
                 tuner.stop(timeout=5.0)
             if self._follower is not None:
                 self._follower.stop()
-            if consumer is not None:
+            if self._consumer is not None:
                 try:
-                    consumer.close(autocommit=False)  # leaves the group
+                    # leaves the group; briefly when the coordinator is gone (broker outage)
+                    self._consumer.close(autocommit=False,
+                                         timeout_ms=5000 if self._coordinator_ok else 1000)
                 except Exception:
                     log.exception("error while closing the consumer")
-            if producer is not None:
+            if self._producer is not None:
                 try:
-                    producer.close(timeout=10)
+                    self._producer.close(timeout=10)
                 except Exception:
                     log.exception("error while closing the producer")
             if server is not None:
@@ -308,6 +340,60 @@ class Application:
                 self.stats.commits, self.stats.checkpoints,
             )
         return self.exit_code
+
+    def _connect(self) -> tuple[Any, clients.ResendingProducer]:
+        """Topics, producer, consumer and scale-out, each retried with backoff while the broker
+        is unreachable (for ``broker_retry_s``, 0: for ever) and given up when stopped."""
+        s = self.settings
+        security = s.kafka_security()
+
+        def retry(action: Any, what: str) -> Any:
+            return clients.retry(action, what, self._stop, s.broker_retry_s)
+
+        retry(lambda: clients.tls_preflight(s.bootstrap_servers, security),
+              f"TLS handshake with {s.bootstrap_servers}")
+        # The input topic first: every topic serve creates takes its partition count.
+        partitions = retry(
+            lambda: clients.wait_for_topic(
+                s.bootstrap_servers, s.input_topic, self._stop,
+                create_partitions=s.partitions if s.create_topics else 0, security=security,
+            ),
+            f"looking up the input topic {s.input_topic!r}",
+        )
+        self._input_partitions = partitions
+        if s.create_topics:
+            retry(lambda: clients.ensure_topics(
+                s.bootstrap_servers,
+                [s.scores_topic, s.forecasts_topic, s.continuations_topic, s.dlq_topic],
+                partitions=partitions, security=security,
+            ), "creating the output topics")
+
+        def make_producer() -> Any:
+            # max_block_ms: a send waits at most 5 s for metadata during an outage (the
+            # ResendingProducer retries it) instead of blocking the loop for kafka-python's 60 s
+            return clients.make_producer(s.bootstrap_servers, client_id=s.client_id,
+                                         security=security, max_block_ms=5000)
+
+        producer = self._producer = clients.ResendingProducer(
+            lambda: retry(make_producer, f"connecting a producer to {s.bootstrap_servers}"),
+            self._stop, on_replaced=self.metrics.producer_replacements.inc,
+        )
+        consumer = self._consumer = retry(
+            lambda: clients.make_consumer(
+                s.bootstrap_servers,
+                group_id=s.group_id,
+                client_id=s.client_id,
+                session_timeout_ms=s.session_timeout_ms,
+                max_poll_interval_ms=s.max_poll_interval_ms,
+                max_poll_records=s.poll_max_records,
+                auto_offset_reset=s.auto_offset_reset,
+                security=security,
+            ),
+            f"connecting a consumer to {s.bootstrap_servers}",
+        )
+        retry(lambda: self._start_scale_out(security), "restoring the scale-out topics")
+        consumer.subscribe([s.input_topic], listener=_Rebalance(self))
+        return consumer, producer
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -321,6 +407,12 @@ class Application:
                 self._handle(records, producer)
             now = time.monotonic()
             if now - last_lag >= 1.0:
+                ok = clients.group_coordinator_known(consumer)
+                if ok != self._coordinator_ok:
+                    log.warning("group coordinator %s", "reachable again" if ok else
+                                "unreachable: not ready until the broker is back")
+                    self._coordinator_ok = ok
+                    self._assigned_changed()
                 self._update_lag(consumer)
                 self._after_batch_housekeeping()
                 last_lag = now
@@ -530,7 +622,7 @@ class Application:
         if not offsets:
             return
         try:
-            consumer.commit(offsets)
+            consumer.commit(offsets, timeout_ms=10_000)  # bounded: the broker may be down
         except Exception as exc:
             # A failed commit only means a restart re-reads these records (at-least-once).
             log.warning("offset commit failed (%r); the records will be re-read after a restart",
@@ -558,8 +650,13 @@ class Application:
         if s.state_changelog:
             topic = changelog_topic(s.group_id, s.input_topic)
             if s.create_topics:
-                clients.ensure_topics(s.bootstrap_servers, [topic], like=s.input_topic,
-                                      security=security, config={"cleanup.policy": "compact"})
+                clients.ensure_topics(s.bootstrap_servers, [topic],
+                                      partitions=self._input_partitions or None,
+                                      like=s.input_topic, security=security,
+                                      config={"cleanup.policy": "compact"})
+            if self._input_partitions:
+                clients.check_copartitioned(s.bootstrap_servers, s.input_topic,
+                                            self._input_partitions, topic, security=security)
             self._changelog = StateChangelog(
                 topic, reader, on_rejected=lambda: self.metrics.state_rejected.inc()
             )

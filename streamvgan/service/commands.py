@@ -29,6 +29,9 @@ _KAFKA_ONLY = (
     "ssl_cafile",
     "ssl_certfile",
     "ssl_keyfile",
+    "ssl_password",
+    "ssl_check_hostname",
+    "sasl_oauth_token_file",
 )
 
 
@@ -112,7 +115,7 @@ def register(subparsers: Any) -> None:
                         "else every other column)")
     replay.add_argument("--split-columns", action="store_true",
                         help="one univariate stream per value column, named STREAM/COLUMN")
-    replay.add_argument("--partitions", type=int, default=None,
+    replay.add_argument("--partitions", dest="topic_partitions", type=int, default=None,
                         help="create the topic with this many partitions if it is missing")
     settings_mod.add_arguments(replay, only=_KAFKA_ONLY)
     replay.set_defaults(func=_replay)
@@ -141,6 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_mod.settings_from_args(args)
+        settings.check_files()  # before loading the model: a wrong path fails in a second
         app = Application(settings)
     except StreamVGANError as exc:
         return _fail(exc)
@@ -260,9 +264,9 @@ def _replay(args: argparse.Namespace) -> int:
     try:
         settings = settings_mod.settings_from_args(args)
         security = settings.kafka_security()
-        if args.partitions:
+        if args.topic_partitions:
             clients.ensure_topics(settings.bootstrap_servers, [args.topic],
-                                  partitions=args.partitions, security=security)
+                                  partitions=args.topic_partitions, security=security)
         events = read_csv_events(
             args.file,
             stream=args.stream,

@@ -13,12 +13,15 @@ process runs) and ``/readyz`` (200 once partitions are assigned and a model is l
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+
+from streamvgan.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,11 @@ class ServiceMetrics:
         self.produced = Counter(
             "streamvgan_producer_records_produced", "Records acknowledged by the broker.",
             ["topic"], registry=r,
+        )
+        self.producer_replacements = Counter(
+            "streamvgan_producer_replacements",
+            "Producers replaced after a broker outage or restart (their unacknowledged "
+            "records were sent again).", registry=r,
         )
         self.dead_lettered = Counter(
             "streamvgan_consumer_records_dead_lettered",
@@ -202,7 +210,14 @@ class MetricsServer:
 
     def start(self) -> MetricsServer:
         handler = _make_handler(self.registry, self.ready)
-        self._server = ThreadingHTTPServer((self.host, self.port), handler)
+        server_class = _IPv6Server if ":" in self.host else ThreadingHTTPServer
+        try:
+            self._server = server_class((self.host, self.port), handler)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror}. Choose "
+                "another --metrics-host/--metrics-port (port 0: any free one, -1: off)"
+            ) from None
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
@@ -220,6 +235,10 @@ class MetricsServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 def _make_handler(

@@ -101,6 +101,18 @@ class Settings:
     ssl_cafile: str = _opt("CA bundle to verify the brokers' certificates", "")
     ssl_certfile: str = _opt("client certificate (PEM) for mutual TLS", "")
     ssl_keyfile: str = _opt("client private key (PEM) for mutual TLS", "")
+    ssl_password: str = _opt("password of an encrypted ssl_keyfile (prefer the environment "
+                             "variable)", "", secret=True)
+    ssl_check_hostname: bool = _opt("check that the broker's certificate names the host "
+                                    "connected to (turn off only for certificates issued to "
+                                    "another name)", True)
+    sasl_oauth_token_file: str = _opt("file holding the OAUTHBEARER token (a JWT), re-read at "
+                                      "every authentication, so a sidecar can rotate it", "")
+    broker_retry_s: float = _opt("how long start-up keeps retrying an unreachable broker, with "
+                                 "backoff, before giving up (0: forever)", 0.0)
+    partitions: int = _opt("partitions of the input topic if serve has to create it (0: wait "
+                           "until someone creates it); outputs and changelog follow the input",
+                           0)
     # -- outputs
     forecast_every: int = _opt("emit a forecast every N events of a stream (at most one per "
                                "stream per poll); 0 disables", 1)
@@ -181,7 +193,7 @@ class Settings:
         for name in positive:
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("forecast_every", "continuation_every", "poll_timeout_ms", "seed",
-                     "torch_threads"):
+                     "torch_threads", "partitions"):
             _check_int(name, getattr(self, name), minimum=0)
         _check_int("metrics_port", self.metrics_port, minimum=-1)
         if self.metrics_port > 65535:
@@ -190,6 +202,12 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ConfigurationError(f"{name} must be a number > 0, got {value!r}")
+        if isinstance(self.broker_retry_s, bool) or not (
+            isinstance(self.broker_retry_s, int | float) and self.broker_retry_s >= 0
+        ):
+            raise ConfigurationError(
+                f"broker_retry_s must be a number >= 0 (0: forever), got {self.broker_retry_s!r}"
+            )
         if isinstance(self.fine_tune_pause_s, bool) or not (
             isinstance(self.fine_tune_pause_s, int | float) and self.fine_tune_pause_s >= 0
         ):
@@ -224,6 +242,11 @@ class Settings:
                     f"sasl_mechanism={self.sasl_mechanism} needs sasl_username and "
                     "sasl_password (set STREAMVGAN_SASL_PASSWORD rather than a flag)"
                 )
+            if self.sasl_mechanism == "OAUTHBEARER" and not self.sasl_oauth_token_file:
+                raise ConfigurationError(
+                    "sasl_mechanism=OAUTHBEARER needs sasl_oauth_token_file, a file holding "
+                    "the token (kept fresh by your identity provider's sidecar)"
+                )
         elif self.sasl_mechanism:
             raise ConfigurationError(
                 f"sasl_mechanism={self.sasl_mechanism!r} is set but security_protocol is "
@@ -248,10 +271,40 @@ class Settings:
             config["sasl_plain_username"] = self.sasl_username
         if self.sasl_password:
             config["sasl_plain_password"] = self.sasl_password
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
             if getattr(self, name):
                 config[name] = getattr(self, name)
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            config["ssl_check_hostname"] = self.ssl_check_hostname
+        if self.sasl_mechanism == "OAUTHBEARER":
+            from streamvgan.service.clients import FileTokenProvider
+
+            config["sasl_oauth_token_provider"] = FileTokenProvider(self.sasl_oauth_token_file)
         return config
+
+    def check_files(self) -> None:
+        """Raise :class:`ConfigurationError` naming the first TLS or token file that cannot be
+        read (called at start, before any connection: kafka-python would otherwise retry a
+        missing CA file for ever)."""
+        names = ["sasl_oauth_token_file"]
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            names = ["ssl_cafile", "ssl_certfile", "ssl_keyfile", *names]
+        for name in names:
+            path = getattr(self, name)
+            if not path:
+                continue
+            if not os.path.isfile(path):
+                raise ConfigurationError(
+                    f"{name}={path!r} does not exist or is not a file; fix the path "
+                    f"(--{name.replace('_', '-')} or {ENV_PREFIX}{name.upper()})"
+                )
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"{name}={path!r} cannot be read ({exc.strerror}); check its permissions"
+                ) from None
 
     def engine_config_params(self) -> dict[str, Any]:
         """Parameters for ``EngineConfig.from_params``: the named settings, then the extras."""

@@ -97,6 +97,7 @@ def test_security_pass_through_and_password_hidden():
     assert s.kafka_security() == {
         "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "svc", "sasl_plain_password": "s3cret", "ssl_cafile": "/ca.pem",
+        "ssl_check_hostname": True,
     }
     assert "s3cret" not in repr(s)
 
