@@ -52,8 +52,10 @@ def configure_logging(level_name: str) -> None:
     application embedding the CLI)."""
     level = getattr(logging, str(level_name).upper(), None)
     if not isinstance(level, int):
-        raise SystemExit(f"streamvgan: --log-level {level_name!r} is not a logging level; "
-                         "use DEBUG, INFO, WARNING or ERROR")
+        raise SystemExit(
+            f"streamvgan: --log-level {level_name!r} is not a logging level; "
+            "use DEBUG, INFO, WARNING or ERROR"
+        )
     root = logging.getLogger()
     if root.handlers:
         return

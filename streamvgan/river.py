@@ -53,7 +53,6 @@ class _EngineMixin:
     def _is_stochastic(self) -> bool:
         return True
 
-
     seed: int
     warmup_events: int
     fit_every: int
@@ -80,7 +79,9 @@ class _EngineMixin:
         """The underlying engine (built on first use)."""
         if self._engine is None:
             self._engine = StreamEngine(
-                EngineConfig.from_params(**self._engine_params()), seed=self.seed, device=self.device
+                EngineConfig.from_params(**self._engine_params()),
+                seed=self.seed,
+                device=self.device,
             )
         return self._engine
 
@@ -176,7 +177,9 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
 
     def _event(self, x: dict) -> Event:
         if not isinstance(x, dict):
-            raise InvalidInputError(f"x must be a dict of field -> number, got {type(x).__name__}: {x!r}")
+            raise InvalidInputError(
+                f"x must be a dict of field -> number, got {type(x).__name__}: {x!r}"
+            )
         return Event(_STREAM, x)
 
     def learn_one(self, x: dict) -> None:
@@ -290,4 +293,7 @@ class VAEGANForecaster(_EngineMixin, Forecaster):
     def generate(self, horizon: int, n_samples: int) -> list[list[float]]:
         """``n_samples`` sampled continuations of the series, each ``horizon`` floats long."""
         self._check_horizon(horizon)
-        return [[float(v) for v in path[:, 0]] for path in self.engine.generate(_STREAM, horizon, n_samples)]
+        return [
+            [float(v) for v in path[:, 0]]
+            for path in self.engine.generate(_STREAM, horizon, n_samples)
+        ]

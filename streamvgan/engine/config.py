@@ -99,7 +99,9 @@ class EngineConfig:
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigurationError(f"EngineConfig.{name} must be a positive int, got {value!r}")
+                raise ConfigurationError(
+                    f"EngineConfig.{name} must be a positive int, got {value!r}"
+                )
         need = self.burn_in + max(self.model.horizon, self.model.critic_window) + 1
         if self.window < need:
             raise ConfigurationError(
@@ -138,7 +140,11 @@ class EngineConfig:
         if isinstance(signals, str):  # "jump,level", as --engine-param signals=jump,level gives
             signals = [name.strip() for name in signals.split(",") if name.strip()]
         signals = tuple(signals) if isinstance(signals, (list, tuple)) else ()
-        if not signals or any(s not in SIGNALS for s in signals) or len(set(signals)) != len(signals):
+        if (
+            not signals
+            or any(s not in SIGNALS for s in signals)
+            or len(set(signals)) != len(signals)
+        ):
             raise ConfigurationError(
                 f"EngineConfig.signals must be a non-empty selection of {SIGNALS} without "
                 f"repeats, got {self.signals!r}"
@@ -160,8 +166,9 @@ class EngineConfig:
                 f"{self.season_min_correlation!r}"
             )
         if isinstance(self.model_signal_weight, bool) or not (
-                isinstance(self.model_signal_weight, (int, float))
-                and 0.0 < self.model_signal_weight <= 10.0):
+            isinstance(self.model_signal_weight, (int, float))
+            and 0.0 < self.model_signal_weight <= 10.0
+        ):
             raise ConfigurationError(
                 "EngineConfig.model_signal_weight must be a number in (0, 10], got "
                 f"{self.model_signal_weight!r}; use signals=jump,level to leave the model out"

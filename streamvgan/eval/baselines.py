@@ -110,9 +110,7 @@ def make_hst(seed: int = 0, n_trees: int = 10, height: int = 8, window_size: int
     """
     return compose.Pipeline(
         preprocessing.MinMaxScaler(),
-        anomaly.HalfSpaceTrees(
-            n_trees=n_trees, height=height, window_size=window_size, seed=seed
-        ),
+        anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed),
     )
 
 

@@ -45,9 +45,7 @@ def expand_params(
     """
     params = params or {}
     base = params.get("streamvgan", {})
-    return {
-        n: {**(base if n.startswith("streamvgan") else {}), **params.get(n, {})} for n in names
-    }
+    return {n: {**(base if n.startswith("streamvgan") else {}), **params.get(n, {})} for n in names}
 
 
 def _f(v: float | None, digits: int = 2) -> str:
@@ -137,7 +135,12 @@ def run_all(
         detectors = variants + ["hst", "zscore"]
         t0 = time.perf_counter()
         nab_runs = nab.run_nab(
-            nab_data, out / "nab", detectors, nab_files, jobs, seed,
+            nab_data,
+            out / "nab",
+            detectors,
+            nab_files,
+            jobs,
+            seed,
             expand_params(detectors, params),
         )
         timings["nab"] = time.perf_counter() - t0
@@ -176,7 +179,11 @@ def run_all(
     gens = variants + ["randomwalk"]
     t0 = time.perf_counter()
     gen = generation.run_generation(
-        gens, generation_datasets, seed, expand_params(gens, params), generation_origins,
+        gens,
+        generation_datasets,
+        seed,
+        expand_params(gens, params),
+        generation_origins,
         steps=generation_steps,
     )
     timings["generation"] = time.perf_counter() - t0

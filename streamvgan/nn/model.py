@@ -69,7 +69,9 @@ class ModelConfig:
         for name in ("n_features", "hidden_size", "latent_size", "horizon", "critic_window"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigurationError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+                raise ConfigurationError(
+                    f"ModelConfig.{name} must be a positive int, got {value!r}"
+                )
         if not self.min_scale > 0:
             raise ConfigurationError(f"ModelConfig.min_scale must be > 0, got {self.min_scale!r}")
 
@@ -81,7 +83,9 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigurationError(f"unknown ModelConfig fields {unknown}; known: {sorted(known)}")
+            raise ConfigurationError(
+                f"unknown ModelConfig fields {unknown}; known: {sorted(known)}"
+            )
         return cls(**data)
 
 
@@ -190,9 +194,7 @@ class RecurrentVAEGAN(nn.Module):
         mean, raw_scale = self.decoder(torch.cat([z, h_prev], dim=-1)).chunk(2, dim=-1)
         return mean, self._scale(raw_scale)
 
-    def forecast(
-        self, h: torch.Tensor, x_last: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forecast(self, h: torch.Tensor, x_last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian forecast of the next ``horizon`` steps from state h (..., Hd) and the
         last value x_last (..., F) it has read."""
         out = self.forecaster(h)  # (..., 2*H*F)
@@ -206,7 +208,9 @@ class RecurrentVAEGAN(nn.Module):
         """h_t from x_t (B, F) and h_{t-1} (B, Hd)."""
         # the fused cell with the GRU's own weights: same maths as self.rnn, less overhead
         rnn = self.rnn
-        return torch.gru_cell(x, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        return torch.gru_cell(
+            x, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
+        )
 
     def critic_score(self, window: torch.Tensor) -> torch.Tensor:
         if self.critic is None:

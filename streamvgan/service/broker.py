@@ -178,8 +178,12 @@ class EmbeddedBroker:
                 )
             if kafka_api_ready(self.host, port, timeout=0.5):
                 self._bound_port = port
-                log.info("embedded Tansu broker %s listening on %s (pid %d)",
-                         os.path.basename(binary), self.bootstrap_servers, self._process.pid)
+                log.info(
+                    "embedded Tansu broker %s listening on %s (pid %d)",
+                    os.path.basename(binary),
+                    self.bootstrap_servers,
+                    self._process.pid,
+                )
                 return self
             time.sleep(0.05)
         tail = self._log_tail()
