@@ -6,6 +6,7 @@ turns River's calls into engine events, and fine-tunes inline when a fit is due.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 from river import base as river_base
@@ -252,10 +253,8 @@ class VAEGANForecaster(_EngineMixin, Forecaster):
         if x is not None and not isinstance(x, dict):
             raise InvalidInputError(f"x must be a dict or None, got {type(x).__name__}: {x!r}")
         if isinstance(y, numbers.Real) and not isinstance(y, int | float):  # e.g. Fraction
-            try:
+            with contextlib.suppress(OverflowError, ValueError):  # check_value names the value
                 y = float(y)
-            except (OverflowError, ValueError):
-                pass  # check_value names the value
         self._learn_event(Event(_STREAM, {DEFAULT_FIELD: check_value(y, "y")}))
 
     def _check_horizon(self, horizon: int) -> None:

@@ -667,7 +667,7 @@ class StreamEngine:
         cfg, st = self.config, self.state
         self._mutations += 1
         n, mean, var, std, xn = c["n"], c["mean"], c["var"], c["std"], c["xn"]
-        comps, raw, smoothed, score, out = c["comps"], c["raw"], c["smoothed"], c["score"], c["out"]
+        comps, smoothed, score, out = c["comps"], c["smoothed"], c["score"], c["out"]
         anomalous = c["likely"] >= cfg.anomaly_threshold
         weight = np.where(anomalous, cfg.anomalous_weight, 1.0)
         st.push(slots, xn.astype(np.float32), weight)

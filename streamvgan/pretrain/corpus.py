@@ -19,7 +19,8 @@ stream would show it.
 
 >>> corpus = SyntheticCorpus(CorpusConfig(min_length=64, max_length=128), seed=0)
 >>> series = corpus.sample()
->>> 64 <= len(series.values) <= 128, series.values.dtype.name, bool(np.isfinite(series.values).all())
+>>> finite = bool(np.isfinite(series.values).all())
+>>> 64 <= len(series.values) <= 128, series.values.dtype.name, finite
 (True, 'float64', True)
 >>> [s.family for s in SyntheticCorpus(CorpusConfig(), seed=0).take(3)] == [
 ...     s.family for s in SyntheticCorpus(CorpusConfig(), seed=0).take(3)]

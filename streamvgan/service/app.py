@@ -18,6 +18,7 @@ start. The structure follows Quix Streams' ``Application``: built from one froze
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -49,10 +50,10 @@ from streamvgan.errors import (
     InvalidInputError,
     StreamVGANError,
 )
-from streamvgan.service.changelog import StateChangelog, changelog_topic
-from streamvgan.service.model_topic import ModelFollower, model_topic
 from streamvgan.service import checkpoints, clients
+from streamvgan.service.changelog import StateChangelog, changelog_topic
 from streamvgan.service.metrics import MetricsServer, ServiceMetrics
+from streamvgan.service.model_topic import ModelFollower, model_topic
 from streamvgan.service.settings import Settings
 from streamvgan.service.wire import (
     ContinuationMessage,
@@ -924,10 +925,8 @@ class _Rebalance(AsyncConsumerRebalanceListener):
                 log.warning("commit on revocation failed (%r); those records will be re-read", exc)
         for tp in revoked:
             app._assigned.discard(tp)
-            try:
+            with contextlib.suppress(KeyError):  # no lag was recorded for it yet
                 app.metrics.lag.remove(tp.topic, str(tp.partition))
-            except KeyError:
-                pass
         if app._changelog is not None:
             app._drop_partitions(numbers)
         if revoked:

@@ -379,6 +379,7 @@ class PassThrough:
     def run(self) -> int:
         from kafka.structs import OffsetAndMetadata
 
+        from streamvgan.engine import Forecast
         from streamvgan.service import clients
         from streamvgan.service.wire import (
             ContinuationMessage,
@@ -387,7 +388,6 @@ class PassThrough:
             ScoreMessage,
             decode_event,
         )
-        from streamvgan.engine import Forecast
 
         s = self.settings
         horizon, n_samples = s.horizon, s.continuation_samples

@@ -144,7 +144,10 @@ class EmbeddedBroker:
         ]
         # The broker's own log goes to a temporary file: a pipe nobody reads would fill up
         # and block it, and the last lines explain a failed start.
-        self._log_file = tempfile.NamedTemporaryFile(prefix="streamvgan-tansu-", suffix=".log")
+        # It outlives this method (the broker writes to it until stop(), which closes it).
+        self._log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="streamvgan-tansu-", suffix=".log"
+        )
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
         env.setdefault("RUST_LOG", "warn")
         try:

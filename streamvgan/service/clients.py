@@ -510,9 +510,7 @@ class ResendingProducer:
             again = []
             for s in pending:
                 if not s.future.is_done or recoverable(s.future.exception):
-                    if s.future.is_done and s.future.failed():
-                        again.append(s)
-                    elif not s.future.is_done:
+                    if not s.future.is_done or s.future.failed():
                         again.append(s)
                 elif s.future.failed():
                     for fn in s.errbacks:

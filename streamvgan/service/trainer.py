@@ -18,6 +18,7 @@ trainer's partitions (partition 0 included) move to a standby at the next rebala
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -119,10 +120,9 @@ class TrainerRole:
                 events = []
                 for records in batch.values():
                     for record in records:
-                        try:
+                        # the replicas dead-letter a bad record; the trainer just skips it
+                        with contextlib.suppress(InvalidInputError):
                             events.append(decode_event(record.value, record.key))
-                        except InvalidInputError:
-                            pass  # the replicas dead-letter it; the trainer just skips it
                 if events:
                     self.engine.process(events)
                     self.metrics.consumed.labels(topic=s.input_topic).inc(len(events))
@@ -139,7 +139,8 @@ class TrainerRole:
                         self.metrics.model_version.set(report.version)
                     else:
                         log.info(
-                            "model_version=%d trained; not publishing (standby: partition 0 is elsewhere)",
+                            "model_version=%d trained; not publishing"
+                            " (standby: partition 0 is elsewhere)",
                             report.version,
                         )
                 if time.monotonic() - last_commit >= s.commit_interval_s:

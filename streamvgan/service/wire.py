@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -534,7 +534,7 @@ def ts_to_datetime(ts: Any) -> datetime | None:
     if ts is None:
         return None
     if isinstance(ts, int) and not isinstance(ts, bool):
-        return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ts)
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ts)
     text = str(ts)
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
