@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     try:
         from streamvgan.eval import commands as eval_commands
     except ImportError:  # evaluation not installed in this build
-        eval_commands = None
-    if eval_commands is not None:
+        pass
+    else:
         eval_commands.register(sub)
     return parser
 

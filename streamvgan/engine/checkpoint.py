@@ -55,7 +55,10 @@ def _arrays_to_tensors(engine: StreamEngine, slots: np.ndarray) -> dict[str, tor
 def dumps(engine: StreamEngine) -> bytes:
     """The whole engine (weights, optimiser, every stream's state) as bytes."""
     st = engine.state
-    names, fields, keys, order = [], [], [], []
+    names: list[str] = []
+    fields: list[list[str]] = []
+    keys: list[list[str]] = []
+    order: list[int] = []  # slots, stream by stream
     for stream, slots in st.streams.items():  # least recently seen first
         names.append(stream)
         fields.append(list(engine.fields_of[stream]))

@@ -460,29 +460,31 @@ class StreamEngine:
         cfg = self.config
         st = self.state
         # flatten events to channel rows; an event's channels are contiguous rows
-        slot_rows, value_rows, starts = [], [], []
+        slot_rows: list[int] = []
+        value_rows: list[list[float]] = []
+        starts: list[int] = []
         for i in members:
             event = events[i]
-            slots = st.streams[event.stream]
+            stream_slots = st.streams[event.stream]
             starts.append(len(slot_rows))
             if cfg.field_mode == "channels":
-                for key, slot in slots.items():
+                for key, slot in stream_slots.items():
                     slot_rows.append(slot)
                     value_rows.append([float(event.values[key])])
             else:
-                slot_rows.append(slots["*"])
+                slot_rows.append(stream_slots["*"])
                 value_rows.append([float(event.values[k]) for k in self.fields_of[event.stream]])
         if not slot_rows:
             return []
         slots = np.asarray(slot_rows, dtype=np.int64)
         values = np.asarray(value_rows, dtype=np.float64)  # (B, F)
         # score_one followed by learn_one of the same point (River's loop) computes once
-        key = (self._mutations, slots.tobytes(), values.tobytes())
-        if self._memo is not None and self._memo[0] == key:
+        memo_key = (self._mutations, slots.tobytes(), values.tobytes())
+        if self._memo is not None and self._memo[0] == memo_key:
             c = self._memo[1]
         else:
             c = self._compute(slots, values)
-            self._memo = (key, c)
+            self._memo = (memo_key, c)
         if learn:
             self._learn(slots, values, c)
             self._reset_nonfinite(slots, _STEP_ARRAYS, extra=~np.isfinite(c["xn"]).all(-1))
@@ -490,6 +492,7 @@ class StreamEngine:
         score = np.clip(np.nan_to_num(c["score"], nan=0.0), 0.0, 1.0)
         raw = np.nan_to_num(c["raw"], nan=0.0, posinf=0.0, neginf=0.0)
         comps = np.nan_to_num(c["comps"], nan=0.0, posinf=0.0, neginf=0.0)
+        best_rows: Sequence[int]  # the row reported for each member
         if len(slots) == len(members):
             best_rows = range(len(members))
         else:  # several channels per event: report the most anomalous

@@ -9,7 +9,7 @@ streams of a poll, and makes the bytes per stream easy to count.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 
 import numpy as np
 
@@ -142,7 +142,7 @@ class StateTable:
         self.streams.move_to_end(stream)
 
     def add_stream(
-        self, stream: str, keys: Iterable[str], protect: set[str] = frozenset()
+        self, stream: str, keys: Iterable[str], protect: Container[str] = frozenset()
     ) -> dict[str, int]:
         """Give ``stream`` one fresh slot per key, evicting the least recently seen streams
         (except those in ``protect``, which the current batch is using) when full."""

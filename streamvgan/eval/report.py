@@ -85,8 +85,8 @@ def _nab_plots(out: Path, runs: list[nab.DetectorRun], corpus: nab.NABCorpus) ->
     run_files = sorted({f.name for r in runs for f in r.files})
     wanted = [n for n in PLOTTED_NAB_FILES if n in run_files] or run_files[:1]
     for name in wanted:
-        by_det = {r.detector: next((f for f in r.files if f.name == name), None) for r in runs}
-        by_det = {d: f for d, f in by_det.items() if f is not None}
+        found = {r.detector: next((f for f in r.files if f.name == name), None) for r in runs}
+        by_det = {d: f for d, f in found.items() if f is not None}
         if not by_det:
             continue
         _, raw_values = nab.read_data_file(corpus.data_dir / name)

@@ -495,7 +495,7 @@ class Application:
             m.consumed.labels(topic=tp.topic).inc(len(batch))
         m.batch_size.observe(n_records)
         scored = self._score(events, sources, producer)
-        sent = defaultdict(int)
+        sent: defaultdict[str, int] = defaultdict(int)  # records sent per topic
         last_ts: dict[str, Any] = {}
         if self._changelog is not None:
             live = {event.stream for event, _ in scored}  # not streams the engine refused
@@ -516,16 +516,16 @@ class Application:
         forecast_streams, continuation_streams = self._due_streams([e for e, _ in scored])
         if forecast_streams:
             for fc in self.engine.forecast(forecast_streams):
-                msg = ForecastMessage.from_forecast(fc, last_ts[fc.stream])
+                fc_msg = ForecastMessage.from_forecast(fc, last_ts[fc.stream])
                 producer.send(
-                    s.forecasts_topic, key=fc.stream.encode("utf-8"), value=msg.to_bytes()
+                    s.forecasts_topic, key=fc.stream.encode("utf-8"), value=fc_msg.to_bytes()
                 ).add_errback(self._send_errors.append)
             sent[s.forecasts_topic] += len(forecast_streams)
         for stream in continuation_streams:
             samples = self.engine.generate(
                 stream, self.engine.config.horizon, s.continuation_samples
             )
-            msg = ContinuationMessage.from_array(
+            cont_msg = ContinuationMessage.from_array(
                 stream,
                 last_ts[stream],
                 self.engine.fields(stream),
@@ -533,7 +533,7 @@ class Application:
                 self.engine.model_version,
             )
             producer.send(
-                s.continuations_topic, key=stream.encode("utf-8"), value=msg.to_bytes()
+                s.continuations_topic, key=stream.encode("utf-8"), value=cont_msg.to_bytes()
             ).add_errback(self._send_errors.append)
         sent[s.continuations_topic] += len(continuation_streams)
         producer.flush()
@@ -798,6 +798,7 @@ class Application:
                     del self._dirty[k]
         if not dirty:
             return
+        assert self._producer is not None, "the changelog is written only while running"
         errors: list[BaseException] = []
         for future in self._changelog.write(self._producer, self.engine, dirty):
             future.add_errback(errors.append)

@@ -17,20 +17,13 @@ import argparse
 import json
 import os
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from streamvgan.errors import ConfigurationError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser under its PyPI name, if installed
-    try:
-        import tomli as tomllib  # type: ignore[no-redef]
-    except ModuleNotFoundError:
-        tomllib = None  # type: ignore[assignment]
 
 ENV_PREFIX = "STREAMVGAN_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -212,7 +205,7 @@ class Settings:
     def _validate(self) -> None:
         if not self.bootstrap_servers.strip():
             raise ConfigurationError("bootstrap_servers is empty; give HOST:PORT[,HOST:PORT]")
-        topics = {}
+        topics: dict[str, str] = {}  # topic -> the setting that names it
         for name in (
             "input_topic",
             "scores_topic",
@@ -467,10 +460,6 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    if tomllib is None:
-        raise ConfigurationError(
-            f"reading {str(path)!r} needs Python 3.11+ or the tomli package (`pip install tomli`)"
-        )
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
