@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     try:
         from streamvgan.eval import commands as eval_commands
     except ImportError:  # evaluation not installed in this build
-        eval_commands = None
-    if eval_commands is not None:
+        pass
+    else:
         eval_commands.register(sub)
     return parser
 
@@ -52,8 +52,10 @@ def configure_logging(level_name: str) -> None:
     application embedding the CLI)."""
     level = getattr(logging, str(level_name).upper(), None)
     if not isinstance(level, int):
-        raise SystemExit(f"streamvgan: --log-level {level_name!r} is not a logging level; "
-                         "use DEBUG, INFO, WARNING or ERROR")
+        raise SystemExit(
+            f"streamvgan: --log-level {level_name!r} is not a logging level; "
+            "use DEBUG, INFO, WARNING or ERROR"
+        )
     root = logging.getLogger()
     if root.handlers:
         return

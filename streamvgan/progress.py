@@ -82,8 +82,9 @@ class Progress:
             # log records written while the bar is drawn go above it, not through it
             self._redirect = logging_redirect_tqdm()
             self._redirect.__enter__()
-            self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", file=sys.stderr,
-                             dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, desc=desc, unit=f" {unit}", file=sys.stderr, dynamic_ncols=True
+            )
 
     def update(self, n: int = 1, note: str | None = None) -> None:
         """``n`` more units are done; ``note`` (e.g. the last item's result) is shown beside

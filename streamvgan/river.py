@@ -6,6 +6,7 @@ turns River's calls into engine events, and fine-tunes inline when a fit is due.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 from river import base as river_base
@@ -53,7 +54,6 @@ class _EngineMixin:
     def _is_stochastic(self) -> bool:
         return True
 
-
     seed: int
     warmup_events: int
     fit_every: int
@@ -80,7 +80,9 @@ class _EngineMixin:
         """The underlying engine (built on first use)."""
         if self._engine is None:
             self._engine = StreamEngine(
-                EngineConfig.from_params(**self._engine_params()), seed=self.seed, device=self.device
+                EngineConfig.from_params(**self._engine_params()),
+                seed=self.seed,
+                device=self.device,
             )
         return self._engine
 
@@ -176,7 +178,9 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
 
     def _event(self, x: dict) -> Event:
         if not isinstance(x, dict):
-            raise InvalidInputError(f"x must be a dict of field -> number, got {type(x).__name__}: {x!r}")
+            raise InvalidInputError(
+                f"x must be a dict of field -> number, got {type(x).__name__}: {x!r}"
+            )
         return Event(_STREAM, x)
 
     def learn_one(self, x: dict) -> None:
@@ -249,10 +253,8 @@ class VAEGANForecaster(_EngineMixin, Forecaster):
         if x is not None and not isinstance(x, dict):
             raise InvalidInputError(f"x must be a dict or None, got {type(x).__name__}: {x!r}")
         if isinstance(y, numbers.Real) and not isinstance(y, int | float):  # e.g. Fraction
-            try:
+            with contextlib.suppress(OverflowError, ValueError):  # check_value names the value
                 y = float(y)
-            except (OverflowError, ValueError):
-                pass  # check_value names the value
         self._learn_event(Event(_STREAM, {DEFAULT_FIELD: check_value(y, "y")}))
 
     def _check_horizon(self, horizon: int) -> None:
@@ -290,4 +292,7 @@ class VAEGANForecaster(_EngineMixin, Forecaster):
     def generate(self, horizon: int, n_samples: int) -> list[list[float]]:
         """``n_samples`` sampled continuations of the series, each ``horizon`` floats long."""
         self._check_horizon(horizon)
-        return [[float(v) for v in path[:, 0]] for path in self.engine.generate(_STREAM, horizon, n_samples)]
+        return [
+            [float(v) for v in path[:, 0]]
+            for path in self.engine.generate(_STREAM, horizon, n_samples)
+        ]

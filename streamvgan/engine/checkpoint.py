@@ -42,7 +42,9 @@ def load_bytes(data: bytes, what: str) -> dict[str, Any]:
     except Exception as exc:  # torch raises many types for truncated or foreign data
         raise CheckpointError(f"{what} is corrupt or not a streamvgan file: {exc}") from exc
     if not isinstance(payload, dict):
-        raise CheckpointError(f"{what} is not a streamvgan file (top level is {type(payload).__name__})")
+        raise CheckpointError(
+            f"{what} is not a streamvgan file (top level is {type(payload).__name__})"
+        )
     return payload
 
 
@@ -53,7 +55,10 @@ def _arrays_to_tensors(engine: StreamEngine, slots: np.ndarray) -> dict[str, tor
 def dumps(engine: StreamEngine) -> bytes:
     """The whole engine (weights, optimiser, every stream's state) as bytes."""
     st = engine.state
-    names, fields, keys, order = [], [], [], []
+    names: list[str] = []
+    fields: list[list[str]] = []
+    keys: list[list[str]] = []
+    order: list[int] = []  # slots, stream by stream
     for stream, slots in st.streams.items():  # least recently seen first
         names.append(stream)
         fields.append(list(engine.fields_of[stream]))
@@ -71,8 +76,9 @@ def dumps(engine: StreamEngine) -> bytes:
         "last_fit_events": engine._last_fit_events,
         "evictions": st.evictions,
         "sample_generator": engine._sample_gen.get_state(),
-        "index": json.dumps({"streams": names, "fields": fields, "keys": keys},
-                            separators=(",", ":")),
+        "index": json.dumps(
+            {"streams": names, "fields": fields, "keys": keys}, separators=(",", ":")
+        ),
         "arrays": _arrays_to_tensors(engine, np.asarray(order, dtype=np.int64)),
     }
     buf = io.BytesIO()
@@ -132,7 +138,9 @@ def loads(cls: type[StreamEngine], data: bytes, device, what: str = "engine byte
     try:
         config = EngineConfig.from_dict(payload["engine_config"])
     except (ConfigurationError, TypeError) as exc:
-        raise CheckpointError(f"{data_path} holds an engine configuration this version cannot use: {exc}") from exc
+        raise CheckpointError(
+            f"{data_path} holds an engine configuration this version cannot use: {exc}"
+        ) from exc
     # the weights come from the checkpoint: the initial ones need not be read (nor exist)
     engine = cls(replace(config, init="random"), seed=int(payload["seed"]), device=device)
     engine.config = config
@@ -153,14 +161,18 @@ def loads(cls: type[StreamEngine], data: bytes, device, what: str = "engine byte
     return engine
 
 
-def _restore_streams(engine: StreamEngine, names, fields, keys, arrays: dict[str, torch.Tensor]) -> np.ndarray:
+def _restore_streams(
+    engine: StreamEngine, names, fields, keys, arrays: dict[str, torch.Tensor]
+) -> np.ndarray:
     """Install the saved rows of every stream; all shapes are checked before any state changes,
     and each array is copied in one assignment (not per stream: 100,000 streams load in
     seconds, not a minute)."""
     st = engine.state
     expected = set(st.arrays)
     if set(arrays) != expected:
-        raise CheckpointError(f"stream state has arrays {sorted(arrays)}, expected {sorted(expected)}")
+        raise CheckpointError(
+            f"stream state has arrays {sorted(arrays)}, expected {sorted(expected)}"
+        )
     rows = sum(len(k) for k in keys)
     for name, tensor in arrays.items():
         want = (rows, *st.arrays[name].shape[1:])
@@ -215,8 +227,13 @@ def _parse_stream(data: bytes, stream: str) -> tuple[dict, dict[str, np.ndarray]
         header = json.loads(data[8 : 8 + size])
     except ValueError as exc:
         raise CheckpointError(f"{what} has a corrupt header: {exc}") from exc
-    if header.get("format") != STREAM_FORMAT or header.get("format_version") != STREAM_FORMAT_VERSION:
-        raise CheckpointError(f"{what} has format {header.get('format')!r} {header.get('format_version')!r}")
+    if (
+        header.get("format") != STREAM_FORMAT
+        or header.get("format_version") != STREAM_FORMAT_VERSION
+    ):
+        raise CheckpointError(
+            f"{what} has format {header.get('format')!r} {header.get('format_version')!r}"
+        )
     if header.get("stream") != stream:
         raise CheckpointError(f"{what} holds stream {header.get('stream')!r}")
     body = bytes(data[8 + size :])

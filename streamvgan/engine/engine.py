@@ -75,9 +75,24 @@ _Z_TAIL = float(ndtri(0.9995))  # 2 * Phi(z) - 1 = 0.999 here
 # the per-channel arrays one learning step writes, checked for NaN/inf after each step (the
 # replay ring gets the step's normalised value, checked on its own; see _reset_nonfinite)
 _STEP_ARRAYS = (
-    "h", "norm_mean", "norm_var", "last", "f_mean", "f_scale", "critic_mean", "critic_var",
-    "err_model", "err_last", "recent", "cal_mean", "cal_var", "lvl_mean", "lvl_var",
-    "lvl_short", "seen_min", "seen_max",
+    "h",
+    "norm_mean",
+    "norm_var",
+    "last",
+    "f_mean",
+    "f_scale",
+    "critic_mean",
+    "critic_var",
+    "err_model",
+    "err_last",
+    "recent",
+    "cal_mean",
+    "cal_var",
+    "lvl_mean",
+    "lvl_var",
+    "lvl_short",
+    "seen_min",
+    "seen_max",
 )
 
 
@@ -93,6 +108,8 @@ def calibrated_score(z: np.ndarray) -> np.ndarray:
     body = np.clip(2.0 * ndtr(z) - 1.0, 0.0, 1.0)
     tail = 0.999 + 0.001 * (1.0 - 1.0 / (1.0 + np.log1p(np.maximum(z - _Z_TAIL, 0.0))))
     return np.where(z > _Z_TAIL, tail, body)
+
+
 _LN2 = math.log(2.0)
 
 
@@ -160,9 +177,12 @@ def _initial_weights(config: EngineConfig) -> tuple[EngineConfig, dict[str, torc
     path = shipped_path() if config.init == "pretrained" else Path(config.init)
     stored, weights, _ = load_pretrained(path)
     asked = replace(config.model, horizon=stored.horizon)
-    if asked != stored and asked != ModelConfig(n_features=asked.n_features, horizon=stored.horizon):
+    if asked != stored and asked != ModelConfig(
+        n_features=asked.n_features, horizon=stored.horizon
+    ):
         differ = {
-            k: (v, getattr(stored, k)) for k, v in asked.to_dict().items()
+            k: (v, getattr(stored, k))
+            for k, v in asked.to_dict().items()
             if getattr(stored, k) != v
         }
         raise ConfigurationError(
@@ -220,7 +240,11 @@ class StreamEngine:
     """
 
     def __init__(
-        self, config: EngineConfig | None = None, *, seed: int = 0, device: str | torch.device = "cpu"
+        self,
+        config: EngineConfig | None = None,
+        *,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
     ) -> None:
         config = config or EngineConfig()
         pretrained = config.init != "random"
@@ -238,8 +262,13 @@ class StreamEngine:
             model.load_state_dict(weights)
         self.model = model.to(self.device).eval()
         self.trainer = Trainer(
-            self.model, cfg.learning_rate, cfg.critic_learning_rate, cfg.batch_size, cfg.burn_in,
-            seed, self.device,
+            self.model,
+            cfg.learning_rate,
+            cfg.critic_learning_rate,
+            cfg.batch_size,
+            cfg.burn_in,
+            seed,
+            self.device,
         )
         self.state = StateTable(
             n_features=mcfg.n_features,
@@ -333,7 +362,9 @@ class StreamEngine:
             )
         for name, value in event.values.items():
             if not isinstance(name, str):
-                raise InvalidInputError(f"stream {stream!r}: field names must be strings, got {name!r}")
+                raise InvalidInputError(
+                    f"stream {stream!r}: field names must be strings, got {name!r}"
+                )
             check_value(value, f"stream {stream!r}: field {name!r}")
         names = tuple(sorted(event.values))
         known = seen.get(stream) or self.fields_of.get(stream)
@@ -400,7 +431,15 @@ class StreamEngine:
                 self._validate(event, {})
             known = [i for i, e in enumerate(events) if e.stream in self.state]
             results = [
-                Score(e.stream, 0.0, 0.0, dict.fromkeys(COMPONENTS, 0.0), self.model_version, False, e.ts)
+                Score(
+                    e.stream,
+                    0.0,
+                    0.0,
+                    dict.fromkeys(COMPONENTS, 0.0),
+                    self.model_version,
+                    False,
+                    e.ts,
+                )
                 for e in events
             ]
             # score() never advances state, so events of the same stream are independent
@@ -421,29 +460,31 @@ class StreamEngine:
         cfg = self.config
         st = self.state
         # flatten events to channel rows; an event's channels are contiguous rows
-        slot_rows, value_rows, starts = [], [], []
+        slot_rows: list[int] = []
+        value_rows: list[list[float]] = []
+        starts: list[int] = []
         for i in members:
             event = events[i]
-            slots = st.streams[event.stream]
+            stream_slots = st.streams[event.stream]
             starts.append(len(slot_rows))
             if cfg.field_mode == "channels":
-                for key, slot in slots.items():
+                for key, slot in stream_slots.items():
                     slot_rows.append(slot)
                     value_rows.append([float(event.values[key])])
             else:
-                slot_rows.append(slots["*"])
+                slot_rows.append(stream_slots["*"])
                 value_rows.append([float(event.values[k]) for k in self.fields_of[event.stream]])
         if not slot_rows:
             return []
         slots = np.asarray(slot_rows, dtype=np.int64)
         values = np.asarray(value_rows, dtype=np.float64)  # (B, F)
         # score_one followed by learn_one of the same point (River's loop) computes once
-        key = (self._mutations, slots.tobytes(), values.tobytes())
-        if self._memo is not None and self._memo[0] == key:
+        memo_key = (self._mutations, slots.tobytes(), values.tobytes())
+        if self._memo is not None and self._memo[0] == memo_key:
             c = self._memo[1]
         else:
             c = self._compute(slots, values)
-            self._memo = (key, c)
+            self._memo = (memo_key, c)
         if learn:
             self._learn(slots, values, c)
             self._reset_nonfinite(slots, _STEP_ARRAYS, extra=~np.isfinite(c["xn"]).all(-1))
@@ -451,6 +492,7 @@ class StreamEngine:
         score = np.clip(np.nan_to_num(c["score"], nan=0.0), 0.0, 1.0)
         raw = np.nan_to_num(c["raw"], nan=0.0, posinf=0.0, neginf=0.0)
         comps = np.nan_to_num(c["comps"], nan=0.0, posinf=0.0, neginf=0.0)
+        best_rows: Sequence[int]  # the row reported for each member
         if len(slots) == len(members):
             best_rows = range(len(members))
         else:  # several channels per event: report the most anomalous
@@ -470,7 +512,9 @@ class StreamEngine:
         ]
 
     def _reset_nonfinite(
-        self, slots: np.ndarray, names: Sequence[str] | None = None,
+        self,
+        slots: np.ndarray,
+        names: Sequence[str] | None = None,
         extra: np.ndarray | None = None,
     ) -> int:
         """Reset every stream with a channel in ``slots`` whose state (arrays ``names``, all
@@ -491,8 +535,12 @@ class StreamEngine:
             self.state.reset_stream(stream)
         self._mutations += 1
         self.streams_reset += len(streams)
-        log.warning("reset the state of %d streams that turned non-finite (NaN or inf), e.g. "
-                    "%r; they start again as new streams", len(streams), streams[0])
+        log.warning(
+            "reset the state of %d streams that turned non-finite (NaN or inf), e.g. "
+            "%r; they start again as new streams",
+            len(streams),
+            streams[0],
+        )
         return len(streams)
 
     def _compute(self, slots: np.ndarray, values: np.ndarray) -> dict:
@@ -529,12 +577,18 @@ class StreamEngine:
 
         # surprise and reconstruction are already in units of the model's predicted scale; the
         # critic's output has no natural unit, so it is standardised by its running statistics
-        c_mean, c_var = st.critic_mean[slots].astype(np.float64), st.critic_var[slots].astype(np.float64)
+        c_mean, c_var = (
+            st.critic_mean[slots].astype(np.float64),
+            st.critic_var[slots].astype(np.float64),
+        )
         critic_z = np.clip((comps[:, 2] - c_mean) / np.sqrt(np.maximum(c_var, 1e-4)), -5.0, 20.0)
         critic_z[st.warm_n[slots] < 10] = 0.0  # weighted 0 anyway when cold or criticless
         critic_w = cfg.critic_weight if (warm and self._critic is not None) else 0.0
-        raw = (cfg.surprise_weight * comps[:, 0] + cfg.reconstruction_weight * comps[:, 1]
-               + critic_w * critic_z) / (cfg.surprise_weight + cfg.reconstruction_weight + critic_w)
+        raw = (
+            cfg.surprise_weight * comps[:, 0]
+            + cfg.reconstruction_weight * comps[:, 1]
+            + critic_w * critic_z
+        ) / (cfg.surprise_weight + cfg.reconstruction_weight + critic_w)
 
         # two model-free signals beside it, per field, in the stream's own units: the jump
         # |x_t - x_{t-1}|, and the level shift |short-run level - long-run level| / long-run sd
@@ -594,16 +648,29 @@ class StreamEngine:
         likely = score  # before the cooldown: decides the learning weight
         score = np.where(st.quiet[slots] > 0, np.minimum(score, cfg.cooldown_cap), score)
         return {
-            "n": n, "mean": mean, "var": var, "std": std, "xn": xn, "comps": comps, "raw": raw,
-            "signals": signals, "short": short, "fm": fm, "smoothed": smoothed, "z": z,
-            "likely": likely, "score": score, "out": out, "warm": warm,
+            "n": n,
+            "mean": mean,
+            "var": var,
+            "std": std,
+            "xn": xn,
+            "comps": comps,
+            "raw": raw,
+            "signals": signals,
+            "short": short,
+            "fm": fm,
+            "smoothed": smoothed,
+            "z": z,
+            "likely": likely,
+            "score": score,
+            "out": out,
+            "warm": warm,
         }
 
     def _learn(self, slots: np.ndarray, values: np.ndarray, c: dict) -> None:
         cfg, st = self.config, self.state
         self._mutations += 1
         n, mean, var, std, xn = c["n"], c["mean"], c["var"], c["std"], c["xn"]
-        comps, raw, smoothed, score, out = c["comps"], c["raw"], c["smoothed"], c["score"], c["out"]
+        comps, smoothed, score, out = c["comps"], c["smoothed"], c["score"], c["out"]
         anomalous = c["likely"] >= cfg.anomaly_threshold
         weight = np.where(anomalous, cfg.anomalous_weight, 1.0)
         st.push(slots, xn.astype(np.float32), weight)
@@ -612,12 +679,16 @@ class StreamEngine:
         cal_n = st.cal_n[slots]
         st.cal_n[slots] = cal_n + 1
         st.cal_mean[slots], st.cal_var[slots] = _ew_moments(
-            st.cal_mean[slots], st.cal_var[slots], smoothed - st.cal_mean[slots],
+            st.cal_mean[slots],
+            st.cal_var[slots],
+            smoothed - st.cal_mean[slots],
             _ew_alpha(cal_n, cfg.calibration_halflife),
         )
         quiet = st.quiet[slots]
         st.quiet[slots] = np.where(
-            (quiet == 0) & (score >= cfg.alert_threshold), cfg.alert_cooldown, np.maximum(quiet - 1, 0)
+            (quiet == 0) & (score >= cfg.alert_threshold),
+            cfg.alert_cooldown,
+            np.maximum(quiet - 1, 0),
         )
         first = (n == 0)[:, None]
         st.seen_min[slots] = np.where(first, values, np.minimum(st.seen_min[slots], values))
@@ -636,7 +707,10 @@ class StreamEngine:
             st.err_model[slots] += a_f * (e_model - st.err_model[slots])
             st.err_last[slots] += a_f * (e_last - st.err_last[slots])
         alpha_c = _ew_alpha(cn, cfg.score_halflife) * weight
-        c_mean, c_var = st.critic_mean[slots].astype(np.float64), st.critic_var[slots].astype(np.float64)
+        c_mean, c_var = (
+            st.critic_mean[slots].astype(np.float64),
+            st.critic_var[slots].astype(np.float64),
+        )
         c_sd = np.sqrt(np.maximum(c_var, 1e-4))
         dc = comps[:, 2] - c_mean
         dc = np.where(cn >= 10, np.clip(dc, -10 * c_sd, 10 * c_sd), dc)
@@ -666,7 +740,9 @@ class StreamEngine:
         # long- and short-run levels of the `level` signal (plain EW statistics, like the
         # normaliser's but neither winsorised nor re-levelled, so a shift stays visible)
         st.lvl_mean[slots], st.lvl_var[slots] = _ew_moments(
-            st.lvl_mean[slots], st.lvl_var[slots], values - st.lvl_mean[slots],
+            st.lvl_mean[slots],
+            st.lvl_var[slots],
+            values - st.lvl_mean[slots],
             _ew_alpha(n, cfg.normaliser_halflife)[:, None],
         )
         st.lvl_short[slots] = c["short"]
@@ -676,7 +752,8 @@ class StreamEngine:
             for row in np.flatnonzero((n + 1) % half == 0):  # look for a season now and then
                 ring = st.season_values(slots[row], n[row] + 1)
                 st.period[slots[row]] = [
-                    seasonal_period(ring[:, f], cfg.season_min_correlation) for f in range(ring.shape[1])
+                    seasonal_period(ring[:, f], cfg.season_min_correlation)
+                    for f in range(ring.shape[1])
                 ]
         st.last[slots] = values
         st.n[slots] = n + 1
@@ -713,29 +790,42 @@ class StreamEngine:
             if self.config.forecast_blend:
                 # inverse-MSE weights (Bates & Granger 1969) from the recent one-step errors;
                 # equal weights until both have been measured
-                e_m, e_l = st.err_model[slots].astype(np.float64), st.err_last[slots].astype(np.float64)
+                e_m, e_l = (
+                    st.err_model[slots].astype(np.float64),
+                    st.err_last[slots].astype(np.float64),
+                )
                 measured = (st.warm_n[slots] >= 2)[:, None] & (e_m + e_l > 0)
                 e_m, e_l = np.where(measured, e_m, 1.0), np.where(measured, e_l, 1.0)
                 # the last value's band: its own one-step error, growing as a random walk's
                 steps = np.arange(1, horizon + 1)[None, :, None]
                 walk = std[:, None, :] * np.sqrt(e_l[:, None, :] * steps)
-                last_spread = np.where((measured & (st.err_last[slots] > 0))[:, None, :], walk, last_spread)
+                last_spread = np.where(
+                    (measured & (st.err_last[slots] > 0))[:, None, :], walk, last_spread
+                )
                 # both errors grow with the horizon alike, so their weights do not depend on it
-                candidates = [(mean, spread, e_m[:, None, :] * steps),
-                              (last, last_spread, e_l[:, None, :] * steps)]
+                candidates = [
+                    (mean, spread, e_m[:, None, :] * steps),
+                    (last, last_spread, e_l[:, None, :] * steps),
+                ]
                 # and the value one season back, where a season is known: its error does
                 # not grow within a season, so it weighs more the further ahead
                 season = self._seasonal_naive(slots, std)
                 if season is not None:
                     s_mean, s_spread, s_mse = season
-                    candidates.append((s_mean, s_spread, np.where(measured[:, None, :], s_mse, np.inf)))
+                    candidates.append(
+                        (s_mean, s_spread, np.where(measured[:, None, :], s_mse, np.inf))
+                    )
                 mean, spread = _inverse_mse_blend(candidates)
         else:
             mean, spread = last, last_spread
         # (U, H, F) -> (H, fields): channels are one field each, joint is one row of F
-        to_fields = (lambda a: a[:, :, 0].T) if self.config.field_mode == "channels" else (lambda a: a[0])
+        to_fields = (
+            (lambda a: a[:, :, 0].T) if self.config.field_mode == "channels" else (lambda a: a[0])
+        )
         quantiles = {q: to_fields(mean + z * spread) for q, z in self._z.items()}
-        return Forecast(stream, names, to_fields(mean), quantiles, self.model_version, self.model_version > 0)
+        return Forecast(
+            stream, names, to_fields(mean), quantiles, self.model_version, self.model_version > 0
+        )
 
     def _seasonal_naive(self, slots: np.ndarray, std: np.ndarray) -> tuple | None:
         """The seasonal-naive forecast of channels ``slots`` (the value one season before each
@@ -785,8 +875,12 @@ class StreamEngine:
                 xn = xn.reshape(u, n_samples, horizon, f)
                 samples = mean[:, None, None, :] + std[:, None, None, :] * xn
             else:
-                noise = torch.randn((u, n_samples, horizon, f), generator=self._sample_gen, device=self.device)
-                samples = st.last[slots][:, None, None, :] + std[:, None, None, :] * noise.cpu().numpy()
+                noise = torch.randn(
+                    (u, n_samples, horizon, f), generator=self._sample_gen, device=self.device
+                )
+                samples = (
+                    st.last[slots][:, None, None, :] + std[:, None, None, :] * noise.cpu().numpy()
+                )
             if self.config.field_mode == "channels":
                 return np.moveaxis(samples[..., 0], 0, -1)  # (n, H, fields)
             return samples[0]
@@ -840,7 +934,10 @@ class StreamEngine:
             start = time.perf_counter()
             losses = self.trainer.train(windows, steps, should_stop)
             if losses is None:  # asked to stop: discard the partial fit
-                log.info("fine-tune interrupted after %.2fs; weights unchanged", time.perf_counter() - start)
+                log.info(
+                    "fine-tune interrupted after %.2fs; weights unchanged",
+                    time.perf_counter() - start,
+                )
                 return None
             duration = time.perf_counter() - start
             version = self.install_weights(self.trainer.weights())
@@ -848,12 +945,17 @@ class StreamEngine:
             report = FitReport(version, steps, duration, losses, len(windows))
             log.info(
                 "fine-tune -> model_version=%d steps=%d windows=%d %.2fs losses=%s",
-                version, steps, len(windows), duration,
+                version,
+                steps,
+                len(windows),
+                duration,
                 {k: round(v, 3) for k, v in losses.items()},
             )
             return report
 
-    def install_weights(self, weights: Mapping[str, torch.Tensor], version: int | None = None) -> int:
+    def install_weights(
+        self, weights: Mapping[str, torch.Tensor], version: int | None = None
+    ) -> int:
         """Swap ``weights`` in atomically, re-warm every stream's state from its replay buffer
         so it matches them, and return the new model version."""
         new_model = RecurrentVAEGAN(self.config.model).to(self.device)

@@ -9,7 +9,7 @@ streams of a poll, and makes the bytes per stream easy to count.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 
 import numpy as np
 
@@ -43,7 +43,6 @@ _LAYOUT = {
     "buf": (("R", "F"), np.float32),  # replay buffer of normalised values (ring)
     "buf_w": (("R",), np.float16),  # learning weight of each buffered point
 }
-
 
 
 class StateTable:
@@ -119,7 +118,9 @@ class StateTable:
         self.capacity = capacity
 
     def bytes_per_channel(self) -> int:
-        return sum(int(np.prod(self._shape(n, 1))) * np.dtype(d).itemsize for n, (_, d) in _LAYOUT.items())
+        return sum(
+            int(np.prod(self._shape(n, 1))) * np.dtype(d).itemsize for n, (_, d) in _LAYOUT.items()
+        )
 
     def __getattr__(self, name: str) -> np.ndarray:
         arrays = self.__dict__.get("arrays")
@@ -140,7 +141,9 @@ class StateTable:
     def touch(self, stream: str) -> None:
         self.streams.move_to_end(stream)
 
-    def add_stream(self, stream: str, keys: Iterable[str], protect: set[str] = frozenset()) -> dict[str, int]:
+    def add_stream(
+        self, stream: str, keys: Iterable[str], protect: Container[str] = frozenset()
+    ) -> dict[str, int]:
         """Give ``stream`` one fresh slot per key, evicting the least recently seen streams
         (except those in ``protect``, which the current batch is using) when full."""
         while len(self.streams) >= self.max_streams:
@@ -203,9 +206,7 @@ class StateTable:
         self.arrays["buf"][slots, pos] = values
         self.arrays["buf_w"][slots, pos] = weights
 
-    def _ring_tail(
-        self, ring: str, slots: np.ndarray, ends: np.ndarray, length: int
-    ) -> np.ndarray:
+    def _ring_tail(self, ring: str, slots: np.ndarray, ends: np.ndarray, length: int) -> np.ndarray:
         """The ``length`` rows of ring array ``ring`` written before write count ``ends`` (B,)
         at channels ``slots``, oldest first, as (B, length, ...); rows from before a channel's
         first write are zero."""
@@ -226,7 +227,11 @@ class StateTable:
         the left where a channel has fewer points."""
         return self._ring_tail("buf", slots, self.arrays["n"][slots], length)
 
-    def windows(self, slots: np.ndarray, ends: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    def windows(
+        self, slots: np.ndarray, ends: np.ndarray, length: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Windows of ``length`` points ending before event count ``ends`` (B,), with weights."""
-        return (self._ring_tail("buf", slots, ends, length),
-                self._ring_tail("buf_w", slots, ends, length))
+        return (
+            self._ring_tail("buf", slots, ends, length),
+            self._ring_tail("buf_w", slots, ends, length),
+        )

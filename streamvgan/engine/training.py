@@ -70,7 +70,9 @@ class Trainer:
         gen_params = [p for n, p in self.model.named_parameters() if not n.startswith("critic.")]
         self.optimizer = torch.optim.Adam(gen_params, lr=learning_rate)
         self.critic_optimizer = (
-            torch.optim.Adam(self.model.critic.parameters(), lr=critic_learning_rate, betas=(0.5, 0.9))
+            torch.optim.Adam(
+                self.model.critic.parameters(), lr=critic_learning_rate, betas=(0.5, 0.9)
+            )
             if self.model.critic is not None
             else None
         )
@@ -94,7 +96,9 @@ class Trainer:
             if should_stop is not None and should_stop():
                 model.eval()
                 return None
-            idx = torch.from_numpy(self.rng.integers(0, len(windows), self.batch_size)).to(self.device)
+            idx = torch.from_numpy(self.rng.integers(0, len(windows), self.batch_size)).to(
+                self.device
+            )
             x, w = x_all[idx], w_all[idx]
             out = model.losses(x, w, self.burn_in, self.generator)
             self.optimizer.zero_grad(set_to_none=True)

@@ -75,18 +75,19 @@ class RollingZScore(base.AnomalyDetector):
             )
         return float(next(iter(x.values())))
 
-    def learn_one(self, x: dict[str, Any]) -> None:
+    def learn_one(self, x: dict) -> None:
         v = self._value(x)
         self._mean.update(v)
         self._var.update(v)
         self._n += 1
 
-    def score_one(self, x: dict[str, Any]) -> float:
+    def score_one(self, x: dict) -> float:
         if self._n < self.min_samples:
             return 0.0
         v = self._value(x)
-        std = math.sqrt(max(self._var.get(), 0.0))
-        dev = abs(v - self._mean.get())
+        # .obj is the wrapped statistic: Rolling's attribute forwarding is typed as object
+        std = math.sqrt(max(self._var.obj.get(), 0.0))
+        dev = abs(v - self._mean.obj.get())
         if std == 0.0:
             # A constant history: any change is as surprising as it gets, no change is not.
             return 0.0 if dev == 0.0 else 1.0 - 1e-9
@@ -110,9 +111,7 @@ def make_hst(seed: int = 0, n_trees: int = 10, height: int = 8, window_size: int
     """
     return compose.Pipeline(
         preprocessing.MinMaxScaler(),
-        anomaly.HalfSpaceTrees(
-            n_trees=n_trees, height=height, window_size=window_size, seed=seed
-        ),
+        anomaly.HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window_size, seed=seed),
     )
 
 

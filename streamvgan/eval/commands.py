@@ -149,7 +149,7 @@ def _common(p: argparse.ArgumentParser, models_flag: str, default: str) -> None:
         "--params",
         type=_params,
         default={},
-        help='JSON {name: {kwarg: value}} passed to those models, e.g. '
+        help="JSON {name: {kwarg: value}} passed to those models, e.g. "
         '\'{"streamvgan": {"window": 64}}\'',
     )
     p.add_argument(
@@ -212,9 +212,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--steps", type=int, default=1000, help="training steps of the post-hoc GRUs. Default: 1000"
     )
-    p.add_argument(
-        "--repeats", type=int, default=3, help="post-hoc trainings averaged. Default: 3"
-    )
+    p.add_argument("--repeats", type=int, default=3, help="post-hoc trainings averaged. Default: 3")
     p.set_defaults(func=_generation)
 
     p = sub.add_parser("all", help="every benchmark and ablation; markdown tables and PNG plots")
@@ -223,11 +221,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--params", type=_params, default={})
-    p.add_argument(
-        "--files", type=_csv, default=None, help="NAB globs (default: all 58 files)"
-    )
-    p.add_argument(
-        "--baselines-only", action="store_true", help="skip the streamvgan variants"
-    )
+    p.add_argument("--files", type=_csv, default=None, help="NAB globs (default: all 58 files)")
+    p.add_argument("--baselines-only", action="store_true", help="skip the streamvgan variants")
     p.set_defaults(func=_all)
-

@@ -438,8 +438,11 @@ def run_forecasts(
                 row, example = evaluate_series(s, model, name, max_origins, first_points)
                 report.rows.append(row)
                 report.examples[s.name]["models"][name] = example
-                progress.update(1, note=f"{name} on {s.name}: MASE {row.mase:.3f}, coverage "
-                                f"{row.coverage:.2f} in {row.seconds:.1f}s")
+                progress.update(
+                    1,
+                    note=f"{name} on {s.name}: MASE {row.mase:.3f}, coverage "
+                    f"{row.coverage:.2f} in {row.seconds:.1f}s",
+                )
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -479,8 +482,11 @@ def relative_mase(report: ForecastReport, reference: str = "snaive") -> dict[str
             if row is None or ref is None or not ref.mase > 0:
                 continue
             ratios.append(row.mase / ref.mase)
-            others = [by[(s, o)].mase for o in models if o != model and (s, o) in by
-                      and not o.startswith("streamvgan")]
+            others = [
+                by[(s, o)].mase
+                for o in models
+                if o != model and (s, o) in by and not o.startswith("streamvgan")
+            ]
             if others:
                 worst.append(row.mase / min(others))
             coverage.append(row.coverage)

@@ -363,9 +363,12 @@ def run_generation(
                     "real": real[k].tolist(),
                     "synthetic": synth[k].tolist(),
                 }
-                progress.update(1, note=f"{name} on {ds}: discriminative {row.discriminative:.3f}, "
-                                f"predictive {row.predictive:.4f} ({ws.seconds:.0f}s + "
-                                f"{row.seconds_metrics:.0f}s)")
+                progress.update(
+                    1,
+                    note=f"{name} on {ds}: discriminative {row.discriminative:.3f}, "
+                    f"predictive {row.predictive:.4f} ({ws.seconds:.0f}s + "
+                    f"{row.seconds_metrics:.0f}s)",
+                )
     report.seconds = time.perf_counter() - t_all
     return report
 

@@ -178,7 +178,10 @@ def run_file(task: FileTask) -> FileRun:
         # NAB needs a finite score on every row; keep the run but make the fault visible.
         log.warning(
             "%s on %s: %d non-finite scores (first at row %d) written as 0.0",
-            task.detector, task.name, int(bad.sum()), int(np.flatnonzero(bad)[0]),
+            task.detector,
+            task.name,
+            int(bad.sum()),
+            int(np.flatnonzero(bad)[0]),
         )
         scores[bad] = 0.0
     labels = np.zeros(len(stamps), dtype=int)
@@ -287,14 +290,14 @@ def run_nab(
                     results.append(r)
                     progress.update(1, note=_done_note(r))
     wall = time.perf_counter() - t0
-    log.info("%d files x %d detectors in %.1fs wall, %d jobs", len(names), len(detectors), wall,
-             jobs)
+    log.info(
+        "%d files x %d detectors in %.1fs wall, %d jobs", len(names), len(detectors), wall, jobs
+    )
     runs = []
     for det in detectors:
         mine = sorted((r for r in results if r.detector == det), key=lambda r: r.name)
         prepared = [
-            nab_scorer.prepare_file(r.name, r.timestamps, r.scores, windows[r.name])
-            for r in mine
+            nab_scorer.prepare_file(r.name, r.timestamps, r.scores, windows[r.name]) for r in mine
         ]
         score = nab_scorer.score_corpus(prepared, profiles)
         run = DetectorRun(det, det_params[det], mine, wall, score)
@@ -304,7 +307,10 @@ def run_nab(
         (out / det / "details.json").write_text(json.dumps(_json_safe(summary), indent=2))
         log.info(
             "%s: %d files, %d rows, %.1fs in its files; standard %.2f",
-            det, len(mine), summary["n_rows"], summary["seconds_in_files"],
+            det,
+            len(mine),
+            summary["n_rows"],
+            summary["seconds_in_files"],
             score.profiles["standard"].normalised,
         )
         runs.append(run)
@@ -380,4 +386,3 @@ def format_tables(runs: list[DetectorRun], published: dict[str, dict[str, float]
 def details(run: DetectorRun) -> dict[str, Any]:
     """The JSON-ready summary of a run (as written to ``details.json``)."""
     return _json_safe(run.summary())
-

@@ -312,9 +312,7 @@ def optimise_threshold(files: Sequence[FileRows], profile: CostProfile) -> Profi
     )
 
 
-def score_corpus(
-    files: Sequence[FileRows], profiles: Mapping[str, CostProfile]
-) -> CorpusScore:
+def score_corpus(files: Sequence[FileRows], profiles: Mapping[str, CostProfile]) -> CorpusScore:
     """Optimise and normalise every profile, and break the result down by category.
 
     A category's normalised score uses the corpus-wide threshold and the null and perfect

@@ -45,9 +45,7 @@ def expand_params(
     """
     params = params or {}
     base = params.get("streamvgan", {})
-    return {
-        n: {**(base if n.startswith("streamvgan") else {}), **params.get(n, {})} for n in names
-    }
+    return {n: {**(base if n.startswith("streamvgan") else {}), **params.get(n, {})} for n in names}
 
 
 def _f(v: float | None, digits: int = 2) -> str:
@@ -87,8 +85,8 @@ def _nab_plots(out: Path, runs: list[nab.DetectorRun], corpus: nab.NABCorpus) ->
     run_files = sorted({f.name for r in runs for f in r.files})
     wanted = [n for n in PLOTTED_NAB_FILES if n in run_files] or run_files[:1]
     for name in wanted:
-        by_det = {r.detector: next((f for f in r.files if f.name == name), None) for r in runs}
-        by_det = {d: f for d, f in by_det.items() if f is not None}
+        found = {r.detector: next((f for f in r.files if f.name == name), None) for r in runs}
+        by_det = {d: f for d, f in found.items() if f is not None}
         if not by_det:
             continue
         _, raw_values = nab.read_data_file(corpus.data_dir / name)
@@ -137,7 +135,12 @@ def run_all(
         detectors = variants + ["hst", "zscore"]
         t0 = time.perf_counter()
         nab_runs = nab.run_nab(
-            nab_data, out / "nab", detectors, nab_files, jobs, seed,
+            nab_data,
+            out / "nab",
+            detectors,
+            nab_files,
+            jobs,
+            seed,
             expand_params(detectors, params),
         )
         timings["nab"] = time.perf_counter() - t0
@@ -176,7 +179,11 @@ def run_all(
     gens = variants + ["randomwalk"]
     t0 = time.perf_counter()
     gen = generation.run_generation(
-        gens, generation_datasets, seed, expand_params(gens, params), generation_origins,
+        gens,
+        generation_datasets,
+        seed,
+        expand_params(gens, params),
+        generation_origins,
         steps=generation_steps,
     )
     timings["generation"] = time.perf_counter() - t0

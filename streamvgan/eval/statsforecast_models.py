@@ -73,8 +73,12 @@ class StatsForecastModel:
         except Exception as exc:  # a failed fit at one origin: last value, counted and logged
             self._failures += 1
             if self._failures <= 3:
-                log.warning("%s failed to fit %d points (%s); forecasting the last value",
-                            self.kind, len(y), exc)
+                log.warning(
+                    "%s failed to fit %d points (%s); forecasting the last value",
+                    self.kind,
+                    len(y),
+                    exc,
+                )
             return out
         m = np.asarray(fc["mean"], dtype=np.float64)
         lo = np.asarray(fc["lo-80"], dtype=np.float64)

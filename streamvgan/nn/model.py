@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,9 @@ class ModelConfig:
         for name in ("n_features", "hidden_size", "latent_size", "horizon", "critic_window"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigurationError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+                raise ConfigurationError(
+                    f"ModelConfig.{name} must be a positive int, got {value!r}"
+                )
         if not self.min_scale > 0:
             raise ConfigurationError(f"ModelConfig.min_scale must be > 0, got {self.min_scale!r}")
 
@@ -81,7 +84,9 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigurationError(f"unknown ModelConfig fields {unknown}; known: {sorted(known)}")
+            raise ConfigurationError(
+                f"unknown ModelConfig fields {unknown}; known: {sorted(known)}"
+            )
         return cls(**data)
 
 
@@ -101,6 +106,17 @@ def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, n_hidden), nn.Tanh(), nn.Linear(n_hidden, n_out))
 
 
+_Layer = TypeVar("_Layer", bound=nn.Module)
+
+
+def _spectral(layer: _Layer, spectral: bool) -> _Layer:
+    """``layer``, with spectral normalisation of its weight registered in place when
+    ``spectral`` (torch returns the same module)."""
+    if spectral:
+        nn.utils.parametrizations.spectral_norm(layer)
+    return layer
+
+
 class WindowCritic(nn.Module):
     """Scores a window (B, W, F): high for windows that look real. Spectral norm keeps it
     1-Lipschitz-ish so the hinge game stays stable."""
@@ -109,10 +125,11 @@ class WindowCritic(nn.Module):
         super().__init__()
         self.config = config
         c = config.critic_channels
-        sn = nn.utils.parametrizations.spectral_norm if spectral else (lambda layer: layer)
-        self.conv1 = sn(nn.Conv1d(config.n_features, c, kernel_size=3, padding=1))
-        self.conv2 = sn(nn.Conv1d(c, c, kernel_size=3, padding=1, stride=2))
-        self.out = sn(nn.Linear(2 * c, 1))
+        # each layer is normalised as soon as it is built: the power iteration's random start
+        # vectors are drawn between the layers' initial weights, as they always were
+        self.conv1 = _spectral(nn.Conv1d(config.n_features, c, kernel_size=3, padding=1), spectral)
+        self.conv2 = _spectral(nn.Conv1d(c, c, kernel_size=3, padding=1, stride=2), spectral)
+        self.out = _spectral(nn.Linear(2 * c, 1), spectral)
 
     @torch.no_grad()
     def frozen(self) -> WindowCritic:
@@ -190,9 +207,7 @@ class RecurrentVAEGAN(nn.Module):
         mean, raw_scale = self.decoder(torch.cat([z, h_prev], dim=-1)).chunk(2, dim=-1)
         return mean, self._scale(raw_scale)
 
-    def forecast(
-        self, h: torch.Tensor, x_last: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forecast(self, h: torch.Tensor, x_last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian forecast of the next ``horizon`` steps from state h (..., Hd) and the
         last value x_last (..., F) it has read."""
         out = self.forecaster(h)  # (..., 2*H*F)
@@ -205,8 +220,10 @@ class RecurrentVAEGAN(nn.Module):
     def advance(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """h_t from x_t (B, F) and h_{t-1} (B, Hd)."""
         # the fused cell with the GRU's own weights: same maths as self.rnn, less overhead
-        rnn = self.rnn
-        return torch.gru_cell(x, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        # all_weights[0] is (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0), typed as
+        # tensors (attribute access on a Module is typed Tensor | Module)
+        w_ih, w_hh, b_ih, b_hh = self.rnn.all_weights[0]
+        return torch.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
 
     def critic_score(self, window: torch.Tensor) -> torch.Tensor:
         if self.critic is None:

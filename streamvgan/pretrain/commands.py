@@ -55,7 +55,11 @@ def _pretrain(args: argparse.Namespace) -> int:
             bar.close()
     log.info(
         "wrote %s (sha256 %s): %d windows, replay %.0fs, training %.0fs, losses %s",
-        report.path, report.sha256, report.n_windows, report.replay_s, report.train_s,
+        report.path,
+        report.sha256,
+        report.n_windows,
+        report.replay_s,
+        report.train_s,
         {k: round(v, 3) for k, v in report.losses.items()},
     )
     return 0
@@ -71,8 +75,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(SHA-256, model configuration, the recipe). Reproducible from --seed.",
     )
     p.add_argument("--out", required=True, help="weights file to write, e.g. pretrained.pt")
-    p.add_argument("--series", type=_positive_int, default=2000, help="corpus series (default 2000)")
-    p.add_argument("--steps", type=_positive_int, default=3000, help="optimiser steps (default 3000)")
+    p.add_argument(
+        "--series", type=_positive_int, default=2000, help="corpus series (default 2000)"
+    )
+    p.add_argument(
+        "--steps", type=_positive_int, default=3000, help="optimiser steps (default 3000)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the corpus and the training")
     p.add_argument("--hidden-size", type=_positive_int, default=32, help="GRU state size")
     p.add_argument("--latent-size", type=_positive_int, default=4, help="latent size")

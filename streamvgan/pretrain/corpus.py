@@ -19,7 +19,8 @@ stream would show it.
 
 >>> corpus = SyntheticCorpus(CorpusConfig(min_length=64, max_length=128), seed=0)
 >>> series = corpus.sample()
->>> 64 <= len(series.values) <= 128, series.values.dtype.name, bool(np.isfinite(series.values).all())
+>>> finite = bool(np.isfinite(series.values).all())
+>>> 64 <= len(series.values) <= 128, series.values.dtype.name, finite
 (True, 'float64', True)
 >>> [s.family for s in SyntheticCorpus(CorpusConfig(), seed=0).take(3)] == [
 ...     s.family for s in SyntheticCorpus(CorpusConfig(), seed=0).take(3)]
@@ -68,8 +69,7 @@ class CorpusConfig:
     def __post_init__(self) -> None:
         if not 16 <= self.min_length <= self.max_length:
             raise ConfigurationError(
-                f"need 16 <= min_length <= max_length, got {self.min_length} and "
-                f"{self.max_length}"
+                f"need 16 <= min_length <= max_length, got {self.min_length} and {self.max_length}"
             )
         if self.max_kernels < 1:
             raise ConfigurationError(f"max_kernels must be >= 1, got {self.max_kernels}")
@@ -220,7 +220,9 @@ class SyntheticCorpus:
         harmonics = int(rng.integers(1, 5))
         profile = np.zeros(length)
         for k in range(1, harmonics + 1):
-            profile += rng.normal(0, 1 / k) * np.sin(2 * np.pi * k * t / period + rng.uniform(0, 6.3))
+            profile += rng.normal(0, 1 / k) * np.sin(
+                2 * np.pi * k * t / period + rng.uniform(0, 6.3)
+            )
         return profile / (np.std(profile) + 1e-9), period
 
     def _draw_period(self, length: int) -> int:
@@ -272,8 +274,8 @@ def _rbf(length_scale: float) -> Kernel:
 
 def _rq(length_scale: float, alpha: float) -> Kernel:
     return lambda t: (
-        1 + ((t[:, None] - t[None, :]) ** 2) / (2 * alpha * length_scale**2)
-    ) ** -alpha
+        (1 + ((t[:, None] - t[None, :]) ** 2) / (2 * alpha * length_scale**2)) ** -alpha
+    )
 
 
 def _dot(c: float, length: int) -> Kernel:

@@ -30,6 +30,7 @@ from streamvgan.pretrain.corpus import CorpusConfig, SyntheticCorpus
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """How the shipped weights are made; stored in the weights file."""
@@ -49,7 +50,9 @@ class PretrainConfig:
         for name in ("series", "steps", "batch_size", "windows_per_series", "chunk"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigurationError(f"pretraining {name} must be a positive int, got {value!r}")
+                raise ConfigurationError(
+                    f"pretraining {name} must be a positive int, got {value!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,9 @@ def corpus_windows(
         # replay buffers hold a whole series, so windows come from anywhere in it
         cfg = replace(
             engine_config,
-            replay_size=config.corpus.max_length, max_streams=len(batch), season_window=0,
+            replay_size=config.corpus.max_length,
+            max_streams=len(batch),
+            season_window=0,
         )
         engine = StreamEngine(cfg, seed=config.seed + done)
         longest = max(len(s.values) for s in batch)
@@ -144,14 +149,23 @@ def pretrain(
         config, engine_config, (lambda d, n: progress("replay", d, n)) if progress else None
     )
     replay_s = time.perf_counter() - start
-    log.info("pretraining on %d windows of %d series (%.1fs to replay)", len(windows),
-             config.series, replay_s)
+    log.info(
+        "pretraining on %d windows of %d series (%.1fs to replay)",
+        len(windows),
+        config.series,
+        replay_s,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = RecurrentVAEGAN(config.model)
     trainer = Trainer(
-        model, config.learning_rate, config.critic_learning_rate, config.batch_size,
-        engine_config.burn_in, config.seed, torch.device("cpu"),
+        model,
+        config.learning_rate,
+        config.critic_learning_rate,
+        config.batch_size,
+        engine_config.burn_in,
+        config.seed,
+        torch.device("cpu"),
     )
     start = time.perf_counter()
     totals: dict[str, float] = {}
@@ -166,12 +180,12 @@ def pretrain(
         done += part
         if progress is not None:
             progress("train", done, config.steps)
-        log.debug("step %d/%d losses %s", done, config.steps,
-                 {k: round(v, 3) for k, v in losses.items()})
+        log.debug(
+            "step %d/%d losses %s", done, config.steps, {k: round(v, 3) for k, v in losses.items()}
+        )
     train_s = time.perf_counter() - start
     holdout = corpus_windows(
-        replace(config, series=max(config.series // 10, 1),
-                seed=config.seed + HOLDOUT_SEED_OFFSET),
+        replace(config, series=max(config.series // 10, 1), seed=config.seed + HOLDOUT_SEED_OFFSET),
         engine_config,
     )
     ratio = holdout_forecast_ratio(trainer.model, holdout, engine_config.burn_in)

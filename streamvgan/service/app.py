@@ -18,6 +18,7 @@ start. The structure follows Quix Streams' ``Application``: built from one froze
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -49,10 +50,10 @@ from streamvgan.errors import (
     InvalidInputError,
     StreamVGANError,
 )
-from streamvgan.service.changelog import StateChangelog, changelog_topic
-from streamvgan.service.model_topic import ModelFollower, model_topic
 from streamvgan.service import checkpoints, clients
+from streamvgan.service.changelog import StateChangelog, changelog_topic
 from streamvgan.service.metrics import MetricsServer, ServiceMetrics
+from streamvgan.service.model_topic import ModelFollower, model_topic
 from streamvgan.service.settings import Settings
 from streamvgan.service.wire import (
     ContinuationMessage,
@@ -168,7 +169,8 @@ class Application:
         s = self.settings
         if s.checkpoint_dir:
             engine = checkpoints.load_checkpoint(
-                s.checkpoint_dir, device=s.device,
+                s.checkpoint_dir,
+                device=s.device,
                 on_fallback=lambda path, exc: self.metrics.checkpoint_fallbacks.inc(),
             )
             if engine is not None:
@@ -176,7 +178,9 @@ class Application:
                 if engine.config.horizon != s.horizon:
                     log.warning(
                         "checkpoint horizon=%d differs from --horizon=%d; the checkpoint's "
-                        "architecture wins", engine.config.horizon, s.horizon,
+                        "architecture wins",
+                        engine.config.horizon,
+                        s.horizon,
                     )
                 return engine
             log.info("no checkpoint in %s yet: starting a fresh model", s.checkpoint_dir)
@@ -275,8 +279,12 @@ class Application:
                 ).start()
             log.info(
                 "serving topic %s as group %s -> %s, %s, %s (dead letters: %s)",
-                s.input_topic, s.group_id, s.scores_topic, s.forecasts_topic,
-                s.continuations_topic, s.dlq_topic,
+                s.input_topic,
+                s.group_id,
+                s.scores_topic,
+                s.forecasts_topic,
+                s.continuations_topic,
+                s.dlq_topic,
             )
             self._phase = "running"
             self._started.set()
@@ -285,8 +293,11 @@ class Application:
             except clients.Stopped as exc:
                 # Stopped during a broker outage: the records of the batch in hand were not
                 # committed, so a restart reads them again; nothing is lost.
-                log.warning("stopped while the broker was unreachable (%s); their input "
-                            "records are not committed and will be read again", exc)
+                log.warning(
+                    "stopped while the broker was unreachable (%s); their input "
+                    "records are not committed and will be read again",
+                    exc,
+                )
             else:
                 self._commit(consumer)
             self._phase = "stopping"
@@ -306,8 +317,10 @@ class Application:
             self.exit_code = 1
         except Exception:
             self._phase = "stopping"
-            log.exception("fatal error: stopping; outputs not acknowledged are not committed "
-                          "and will be re-read after a restart")
+            log.exception(
+                "fatal error: stopping; outputs not acknowledged are not committed "
+                "and will be re-read after a restart"
+            )
             self.exit_code = 1
         finally:
             self._phase = "stopping"
@@ -322,8 +335,9 @@ class Application:
             if self._consumer is not None:
                 try:
                     # leaves the group; briefly when the coordinator is gone (broker outage)
-                    self._consumer.close(autocommit=False,
-                                         timeout_ms=5000 if self._coordinator_ok else 1000)
+                    self._consumer.close(
+                        autocommit=False, timeout_ms=5000 if self._coordinator_ok else 1000
+                    )
                 except Exception:
                     log.exception("error while closing the consumer")
             if self._producer is not None:
@@ -336,8 +350,11 @@ class Application:
             self.metrics.ready.set(0)
             log.info(
                 "stopped: consumed=%d scored=%d dead_lettered=%d commits=%d checkpoints=%d",
-                self.stats.consumed, self.stats.scored, self.stats.dead_lettered,
-                self.stats.commits, self.stats.checkpoints,
+                self.stats.consumed,
+                self.stats.scored,
+                self.stats.dead_lettered,
+                self.stats.commits,
+                self.stats.checkpoints,
             )
         return self.exit_code
 
@@ -350,33 +367,44 @@ class Application:
         def retry(action: Any, what: str) -> Any:
             return clients.retry(action, what, self._stop, s.broker_retry_s)
 
-        retry(lambda: clients.tls_preflight(s.bootstrap_servers, security),
-              f"TLS handshake with {s.bootstrap_servers}")
+        retry(
+            lambda: clients.tls_preflight(s.bootstrap_servers, security),
+            f"TLS handshake with {s.bootstrap_servers}",
+        )
         # The input topic first: every topic serve creates takes its partition count.
         partitions = retry(
             lambda: clients.wait_for_topic(
-                s.bootstrap_servers, s.input_topic, self._stop,
-                create_partitions=s.partitions if s.create_topics else 0, security=security,
+                s.bootstrap_servers,
+                s.input_topic,
+                self._stop,
+                create_partitions=s.partitions if s.create_topics else 0,
+                security=security,
             ),
             f"looking up the input topic {s.input_topic!r}",
         )
         self._input_partitions = partitions
         if s.create_topics:
-            retry(lambda: clients.ensure_topics(
-                s.bootstrap_servers,
-                [s.scores_topic, s.forecasts_topic, s.continuations_topic, s.dlq_topic],
-                partitions=partitions, security=security,
-            ), "creating the output topics")
+            retry(
+                lambda: clients.ensure_topics(
+                    s.bootstrap_servers,
+                    [s.scores_topic, s.forecasts_topic, s.continuations_topic, s.dlq_topic],
+                    partitions=partitions,
+                    security=security,
+                ),
+                "creating the output topics",
+            )
 
         def make_producer() -> Any:
             # max_block_ms: a send waits at most 5 s for metadata during an outage (the
             # ResendingProducer retries it) instead of blocking the loop for kafka-python's 60 s
-            return clients.make_producer(s.bootstrap_servers, client_id=s.client_id,
-                                         security=security, max_block_ms=5000)
+            return clients.make_producer(
+                s.bootstrap_servers, client_id=s.client_id, security=security, max_block_ms=5000
+            )
 
         producer = self._producer = clients.ResendingProducer(
             lambda: retry(make_producer, f"connecting a producer to {s.bootstrap_servers}"),
-            self._stop, on_replaced=self.metrics.producer_replacements.inc,
+            self._stop,
+            on_replaced=self.metrics.producer_replacements.inc,
         )
         consumer = self._consumer = retry(
             lambda: clients.make_consumer(
@@ -409,8 +437,12 @@ class Application:
             if now - last_lag >= 1.0:
                 ok = clients.group_coordinator_known(consumer)
                 if ok != self._coordinator_ok:
-                    log.warning("group coordinator %s", "reachable again" if ok else
-                                "unreachable: not ready until the broker is back")
+                    log.warning(
+                        "group coordinator %s",
+                        "reachable again"
+                        if ok
+                        else "unreachable: not ready until the broker is back",
+                    )
                     self._coordinator_ok = ok
                     self._assigned_changed()
                 self._update_lag(consumer)
@@ -442,10 +474,18 @@ class Application:
                 except DecodeError as exc:
                     self._dead_letter(producer, record, exc.reason, exc.message)
                 except Exception as exc:  # a bug in decoding must not block the partition
-                    log.exception('decoder failed partition="%s[%d]" offset="%d"',
-                                  record.topic, record.partition, record.offset)
-                    self._dead_letter(producer, record, "internal_error",
-                                      f"decoding raised {type(exc).__name__}: {exc}")
+                    log.exception(
+                        'decoder failed partition="%s[%d]" offset="%d"',
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                    )
+                    self._dead_letter(
+                        producer,
+                        record,
+                        "internal_error",
+                        f"decoding raised {type(exc).__name__}: {exc}",
+                    )
                 else:
                     events.append(event)
                     sources.append(record)
@@ -455,7 +495,7 @@ class Application:
             m.consumed.labels(topic=tp.topic).inc(len(batch))
         m.batch_size.observe(n_records)
         scored = self._score(events, sources, producer)
-        sent = defaultdict(int)
+        sent: defaultdict[str, int] = defaultdict(int)  # records sent per topic
         last_ts: dict[str, Any] = {}
         if self._changelog is not None:
             live = {event.stream for event, _ in scored}  # not streams the engine refused
@@ -465,8 +505,9 @@ class Application:
                     self._stream_partition[event.stream] = record.partition
         for event, score in scored:
             msg = ScoreMessage.from_score(score, event.ts, s.alert_threshold)
-            producer.send(s.scores_topic, key=event.stream.encode("utf-8"),
-                          value=msg.to_bytes()).add_errback(self._send_errors.append)
+            producer.send(
+                s.scores_topic, key=event.stream.encode("utf-8"), value=msg.to_bytes()
+            ).add_errback(self._send_errors.append)
             m.scores.observe(msg.score)
             if msg.anomaly:
                 m.anomalies.inc()
@@ -475,19 +516,25 @@ class Application:
         forecast_streams, continuation_streams = self._due_streams([e for e, _ in scored])
         if forecast_streams:
             for fc in self.engine.forecast(forecast_streams):
-                msg = ForecastMessage.from_forecast(fc, last_ts[fc.stream])
-                producer.send(s.forecasts_topic, key=fc.stream.encode("utf-8"),
-                              value=msg.to_bytes()).add_errback(self._send_errors.append)
+                fc_msg = ForecastMessage.from_forecast(fc, last_ts[fc.stream])
+                producer.send(
+                    s.forecasts_topic, key=fc.stream.encode("utf-8"), value=fc_msg.to_bytes()
+                ).add_errback(self._send_errors.append)
             sent[s.forecasts_topic] += len(forecast_streams)
         for stream in continuation_streams:
-            samples = self.engine.generate(stream, self.engine.config.horizon,
-                                           s.continuation_samples)
-            msg = ContinuationMessage.from_array(
-                stream, last_ts[stream], self.engine.fields(stream), samples,
+            samples = self.engine.generate(
+                stream, self.engine.config.horizon, s.continuation_samples
+            )
+            cont_msg = ContinuationMessage.from_array(
+                stream,
+                last_ts[stream],
+                self.engine.fields(stream),
+                samples,
                 self.engine.model_version,
             )
-            producer.send(s.continuations_topic, key=stream.encode("utf-8"),
-                          value=msg.to_bytes()).add_errback(self._send_errors.append)
+            producer.send(
+                s.continuations_topic, key=stream.encode("utf-8"), value=cont_msg.to_bytes()
+            ).add_errback(self._send_errors.append)
         sent[s.continuations_topic] += len(continuation_streams)
         producer.flush()
         if self._send_errors:
@@ -517,9 +564,15 @@ class Application:
         m.model_version.set(self.engine.model_version)
         if log.isEnabledFor(logging.DEBUG):
             for tp, offset in next_offsets.items():
-                log.debug('batch partition="%s[%d]" offset="%d" records=%d events=%d %.1fms',
-                          tp.topic, tp.partition, offset - 1, n_records, len(scored),
-                          1000 * latency)
+                log.debug(
+                    'batch partition="%s[%d]" offset="%d" records=%d events=%d %.1fms',
+                    tp.topic,
+                    tp.partition,
+                    offset - 1,
+                    n_records,
+                    len(scored),
+                    1000 * latency,
+                )
 
     def _score(
         self, events: list[Event], sources: list[ConsumerRecord], producer: Any
@@ -541,8 +594,12 @@ class Application:
                 scored.append((event, self.engine.process([event])[0]))
             except Exception as exc:
                 if not isinstance(exc, InvalidInputError):
-                    log.exception('engine error partition="%s[%d]" offset="%d"',
-                                  record.topic, record.partition, record.offset)
+                    log.exception(
+                        'engine error partition="%s[%d]" offset="%d"',
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                    )
                 self._dead_letter(producer, record, "engine_error", str(exc))
         return scored
 
@@ -572,24 +629,36 @@ class Application:
     ) -> None:
         s = self.settings
         letter = DeadLetter(
-            reason=reason, message=message, topic=record.topic, partition=record.partition,
-            offset=record.offset, original_headers=tuple(record.headers or ()),
+            reason=reason,
+            message=message,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            original_headers=tuple(record.headers or ()),
         )
         # Kafka refuses a record with neither key nor value (a keyless tombstone): send an
         # empty value; and a record the producer refuses (too large with the headers) goes
         # without its value, so that a bad record can never stop the partition
         value = record.value if record.value is not None or record.key is not None else b""
         try:
-            future = producer.send(s.dlq_topic, key=record.key, value=value,
-                                   headers=letter.headers())
+            future = producer.send(
+                s.dlq_topic, key=record.key, value=value, headers=letter.headers()
+            )
         except Exception as exc:
-            log.warning('the producer refused the dead letter of partition="%s[%d]" '
-                        'offset="%d"; sending it without its value', record.topic,
-                        record.partition, record.offset, exc_info=True)
-            letter = dataclasses.replace(letter, message=f"{message} (original value of "
-                                         f"{len(value or b'')} bytes not kept: {exc!r})")
-            future = producer.send(s.dlq_topic, key=record.key, value=b"",
-                                   headers=letter.headers())
+            log.warning(
+                'the producer refused the dead letter of partition="%s[%d]" '
+                'offset="%d"; sending it without its value',
+                record.topic,
+                record.partition,
+                record.offset,
+                exc_info=True,
+            )
+            letter = dataclasses.replace(
+                letter,
+                message=f"{message} (original value of "
+                f"{len(value or b'')} bytes not kept: {exc!r})",
+            )
+            future = producer.send(s.dlq_topic, key=record.key, value=b"", headers=letter.headers())
         future.add_errback(self._send_errors.append)
         self.metrics.dead_lettered.labels(topic=record.topic, reason=reason).inc()
         self.stats.dead_lettered += 1
@@ -597,18 +666,26 @@ class Application:
         now = time.monotonic()
         if now - self._dlq_log_window > 10.0:
             if self._dlq_logged > 10:
-                log.warning("... %d more dead-lettered records in the last 10 s",
-                            self._dlq_logged - 10)
+                log.warning(
+                    "... %d more dead-lettered records in the last 10 s", self._dlq_logged - 10
+                )
             self._dlq_log_window, self._dlq_logged = now, 0
         self._dlq_logged += 1
         if self._dlq_logged <= 10:
-            log.warning('dead-lettered partition="%s[%d]" offset="%d" reason=%s: %s',
-                        record.topic, record.partition, record.offset, reason, message)
+            log.warning(
+                'dead-lettered partition="%s[%d]" offset="%d" reason=%s: %s',
+                record.topic,
+                record.partition,
+                record.offset,
+                reason,
+                message,
+            )
 
     # -- offsets, lag, checkpoints ------------------------------------------------------------
 
-    def _take_pending(self, partitions: Sequence[TopicPartition] | None = None
-                      ) -> dict[TopicPartition, OffsetAndMetadata]:
+    def _take_pending(
+        self, partitions: Sequence[TopicPartition] | None = None
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
         with self._lock:
             if partitions is None:
                 taken, self._pending = self._pending, {}
@@ -625,16 +702,19 @@ class Application:
             consumer.commit(offsets, timeout_ms=10_000)  # bounded: the broker may be down
         except Exception as exc:
             # A failed commit only means a restart re-reads these records (at-least-once).
-            log.warning("offset commit failed (%r); the records will be re-read after a restart",
-                        exc)
+            log.warning(
+                "offset commit failed (%r); the records will be re-read after a restart", exc
+            )
             with self._lock:
                 for tp, om in offsets.items():
                     self._pending.setdefault(tp, om.offset)
             return
         self.stats.commits += 1
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("committed %s", {f"{tp.topic}[{tp.partition}]": om.offset
-                                        for tp, om in offsets.items()})
+            log.debug(
+                "committed %s",
+                {f"{tp.topic}[{tp.partition}]": om.offset for tp, om in offsets.items()},
+            )
 
     # -- scale-out: changelog and model topic -------------------------------------------------
 
@@ -643,30 +723,48 @@ class Application:
 
         def reader() -> Any:
             return clients.make_consumer(
-                s.bootstrap_servers, client_id=f"{s.client_id}-restore", security=security,
+                s.bootstrap_servers,
+                client_id=f"{s.client_id}-restore",
+                security=security,
                 max_partition_fetch_bytes=8 * 1024 * 1024,
             )
 
         if s.state_changelog:
             topic = changelog_topic(s.group_id, s.input_topic)
             if s.create_topics:
-                clients.ensure_topics(s.bootstrap_servers, [topic],
-                                      partitions=self._input_partitions or None,
-                                      like=s.input_topic, security=security,
-                                      config={"cleanup.policy": "compact"})
+                clients.ensure_topics(
+                    s.bootstrap_servers,
+                    [topic],
+                    partitions=self._input_partitions or None,
+                    like=s.input_topic,
+                    security=security,
+                    config={"cleanup.policy": "compact"},
+                )
             if self._input_partitions:
-                clients.check_copartitioned(s.bootstrap_servers, s.input_topic,
-                                            self._input_partitions, topic, security=security)
+                clients.check_copartitioned(
+                    s.bootstrap_servers,
+                    s.input_topic,
+                    self._input_partitions,
+                    topic,
+                    security=security,
+                )
             self._changelog = StateChangelog(
                 topic, reader, on_rejected=lambda: self.metrics.state_rejected.inc()
             )
         if s.model_source == "topic":
             topic = model_topic(s.group_id, s.input_topic)
             if s.create_topics:
-                clients.ensure_topics(s.bootstrap_servers, [topic], partitions=1,
-                                      security=security, config={"cleanup.policy": "compact"})
+                clients.ensure_topics(
+                    s.bootstrap_servers,
+                    [topic],
+                    partitions=1,
+                    security=security,
+                    config={"cleanup.policy": "compact"},
+                )
             self._follower = ModelFollower(
-                self.engine, topic, reader,
+                self.engine,
+                topic,
+                reader,
                 on_installed=self.metrics.model_version.set,
                 on_rejected=lambda reason: self.metrics.model_rejected.labels(reason=reason).inc(),
             )
@@ -700,6 +798,7 @@ class Application:
                     del self._dirty[k]
         if not dirty:
             return
+        assert self._producer is not None, "the changelog is written only while running"
         errors: list[BaseException] = []
         for future in self._changelog.write(self._producer, self.engine, dirty):
             future.add_errback(errors.append)
@@ -708,8 +807,10 @@ class Application:
             with self._lock:
                 for k, p in dirty.items():
                     self._dirty.setdefault(k, p)
-            raise ProduceError(f"{len(errors)} changelog records were not acknowledged "
-                               f"(first: {errors[0]!r}); offsets stay uncommitted")
+            raise ProduceError(
+                f"{len(errors)} changelog records were not acknowledged "
+                f"(first: {errors[0]!r}); offsets stay uncommitted"
+            )
         self.metrics.state_written.inc(len(dirty))
 
     def _drop_partitions(self, partitions: set[int]) -> None:
@@ -720,8 +821,11 @@ class Application:
             del self._stream_partition[stream]
             self._counts.pop(stream, None)
         if gone:
-            log.info("dropped the state of %d streams of revoked partitions %s", len(gone),
-                     sorted(partitions))
+            log.info(
+                "dropped the state of %d streams of revoked partitions %s",
+                len(gone),
+                sorted(partitions),
+            )
 
     def _update_lag(self, consumer: Any) -> None:
         for tp in list(self._assigned):
@@ -770,14 +874,20 @@ class Application:
         try:
             path = checkpoints.save_checkpoint(self.engine, s.checkpoint_dir, info)
         except Exception:
-            log.exception("checkpoint to %s failed; the previous one stays current",
-                          s.checkpoint_dir)
+            log.exception(
+                "checkpoint to %s failed; the previous one stays current", s.checkpoint_dir
+            )
             return
         self._checkpointed_revision = revision
         self.stats.checkpoints += 1
         self.metrics.checkpoint_last_success.set(time.time())
-        log.info("checkpoint %s written in %.2fs (model_version=%d, streams=%d)", path,
-                 time.monotonic() - start, self.engine.model_version, self.engine.n_streams)
+        log.info(
+            "checkpoint %s written in %.2fs (model_version=%d, streams=%d)",
+            path,
+            time.monotonic() - start,
+            self.engine.model_version,
+            self.engine.n_streams,
+        )
 
     # -- rebalance callbacks (run on the consumer's IO thread) --------------------------------
 
@@ -813,14 +923,11 @@ class _Rebalance(AsyncConsumerRebalanceListener):
                 await app._consumer.commit_async(offsets)
                 app.stats.commits += 1
             except Exception as exc:
-                log.warning("commit on revocation failed (%r); those records will be re-read",
-                            exc)
+                log.warning("commit on revocation failed (%r); those records will be re-read", exc)
         for tp in revoked:
             app._assigned.discard(tp)
-            try:
+            with contextlib.suppress(KeyError):  # no lag was recorded for it yet
                 app.metrics.lag.remove(tp.topic, str(tp.partition))
-            except KeyError:
-                pass
         if app._changelog is not None:
             app._drop_partitions(numbers)
         if revoked:

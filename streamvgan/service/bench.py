@@ -37,28 +37,56 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bootstrap-servers", default=None,
-                        help="use this Kafka instead of starting the embedded broker")
-    parser.add_argument("--streams", default="1,1000,10000",
-                        help="comma-separated numbers of streams")
-    parser.add_argument("--events", type=int, default=20000,
-                        help="events of the throughput phase (at least 3 per stream)")
-    parser.add_argument("--latency-s", type=float, default=10.0,
-                        help="seconds of the paced latency phase")
-    parser.add_argument("--latency-load", type=float, default=0.5,
-                        help="paced rate as a fraction of the service's measured throughput")
-    parser.add_argument("--latency-rate", type=float, default=None,
-                        help="paced rate in events/s (default: --latency-load x the service's "
-                        "throughput)")
+    parser.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="use this Kafka instead of starting the embedded broker",
+    )
+    parser.add_argument(
+        "--streams", default="1,1000,10000", help="comma-separated numbers of streams"
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=20000,
+        help="events of the throughput phase (at least 3 per stream)",
+    )
+    parser.add_argument(
+        "--latency-s", type=float, default=10.0, help="seconds of the paced latency phase"
+    )
+    parser.add_argument(
+        "--latency-load",
+        type=float,
+        default=0.5,
+        help="paced rate as a fraction of the service's measured throughput",
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="paced rate in events/s (default: --latency-load x the service's throughput)",
+    )
     parser.add_argument("--partitions", type=int, default=3, help="partitions of the input topic")
-    parser.add_argument("--poll-max-records", type=int, default=500,
-                        help="records per poll for both contestants")
+    parser.add_argument(
+        "--poll-max-records", type=int, default=500, help="records per poll for both contestants"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of data and model")
-    parser.add_argument("--engine-param", dest="engine_params", action="append", default=None,
-                        metavar="KEY=VALUE", help="EngineConfig parameter for the service")
-    parser.add_argument("--setting", dest="settings", action="append", default=None,
-                        metavar="KEY=VALUE",
-                        help="service setting (a Settings field, e.g. state_changelog=false)")
+    parser.add_argument(
+        "--engine-param",
+        dest="engine_params",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="EngineConfig parameter for the service",
+    )
+    parser.add_argument(
+        "--setting",
+        dest="settings",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="service setting (a Settings field, e.g. state_changelog=false)",
+    )
 
 
 @dataclass
@@ -86,12 +114,19 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fixed_settings(bootstrap_servers: str, topic: str, args: argparse.Namespace,
-                    engine_params: dict[str, Any]) -> dict[str, Any]:
+def _fixed_settings(
+    bootstrap_servers: str, topic: str, args: argparse.Namespace, engine_params: dict[str, Any]
+) -> dict[str, Any]:
     """The settings the benchmark sets itself for both contestants (`--setting` may not)."""
-    return dict(bootstrap_servers=bootstrap_servers, input_topic=topic, group_id=topic,
-                metrics_port=-1, poll_max_records=args.poll_max_records, seed=args.seed,
-                engine_params=engine_params)
+    return dict(
+        bootstrap_servers=bootstrap_servers,
+        input_topic=topic,
+        group_id=topic,
+        metrics_port=-1,
+        poll_max_records=args.poll_max_records,
+        seed=args.seed,
+        engine_params=engine_params,
+    )
 
 
 def _check_settings(extra: dict[str, Any], args: argparse.Namespace) -> None:
@@ -111,19 +146,39 @@ def _check_settings(extra: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def run_bench(
-    bootstrap_servers: str, counts: Sequence[int], args: argparse.Namespace,
+    bootstrap_servers: str,
+    counts: Sequence[int],
+    args: argparse.Namespace,
     engine_params: dict[str, Any],
 ) -> list[tuple[int, int, Result, Result]]:
     rows = []
     for n_streams in counts:
         n_events = max(args.events, 3 * n_streams)
         log.info("bench: %d streams, %d events", n_streams, n_events)
-        service = _run_contestant("service", bootstrap_servers, n_streams, n_events, args,
-                                  engine_params, rate=args.latency_rate)
-        passthrough = _run_contestant("passthrough", bootstrap_servers, n_streams, n_events,
-                                      args, engine_params, rate=service.paced_rate)
-        log.info("bench %d streams: pass-through %.0f ev/s, service %.0f ev/s",
-                 n_streams, passthrough.events_per_s, service.events_per_s)
+        service = _run_contestant(
+            "service",
+            bootstrap_servers,
+            n_streams,
+            n_events,
+            args,
+            engine_params,
+            rate=args.latency_rate,
+        )
+        passthrough = _run_contestant(
+            "passthrough",
+            bootstrap_servers,
+            n_streams,
+            n_events,
+            args,
+            engine_params,
+            rate=service.paced_rate,
+        )
+        log.info(
+            "bench %d streams: pass-through %.0f ev/s, service %.0f ev/s",
+            n_streams,
+            passthrough.events_per_s,
+            service.events_per_s,
+        )
         rows.append((n_streams, n_events, passthrough, service))
     return rows
 
@@ -166,14 +221,20 @@ def _produce(
             delay = start + k / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-        producer.send(topic, key=stream.encode(),
-                      value=encode_event(stream, int(time.time() * 1000), value))
+        producer.send(
+            topic, key=stream.encode(), value=encode_event(stream, int(time.time() * 1000), value)
+        )
     producer.flush()
 
 
 def _run_contestant(
-    kind: str, bootstrap_servers: str, n_streams: int, n_events: int, args: argparse.Namespace,
-    engine_params: dict[str, Any], rate: float | None,
+    kind: str,
+    bootstrap_servers: str,
+    n_streams: int,
+    n_events: int,
+    args: argparse.Namespace,
+    engine_params: dict[str, Any],
+    rate: float | None,
 ) -> Result:
     from prometheus_client import CollectorRegistry
 
@@ -183,29 +244,34 @@ def _run_contestant(
 
     rng = np.random.default_rng(args.seed)
     topic = f"bench-{kind}-{n_streams}-{uuid.uuid4().hex[:6]}"
-    settings = Settings(**_fixed_settings(bootstrap_servers, topic, args, engine_params),
-                        **getattr(args, "extra_settings", {}))
+    settings = Settings(
+        **_fixed_settings(bootstrap_servers, topic, args, engine_params),
+        **getattr(args, "extra_settings", {}),
+    )
     clients.ensure_topics(bootstrap_servers, [topic], partitions=args.partitions)
     producer = clients.make_producer(bootstrap_servers, client_id="streamvgan-bench")
     _produce(producer, topic, _events(n_streams, 0, n_events, rng), rate=None)
     reader = _ScoreReader(bootstrap_servers, settings.scores_topic)
     if kind == "service":
-        runner: Any = Application(settings, engine=_fitted_engine(settings, args.seed),
-                                  registry=CollectorRegistry())
+        runner: Any = Application(
+            settings, engine=_fitted_engine(settings, args.seed), registry=CollectorRegistry()
+        )
     else:
         runner = PassThrough(settings)
     runner.start()
     try:
         label = f"bench {n_streams:,} streams, {kind}"
-        thr = reader.read(n_events, timeout_s=max(120.0, n_events / 200),
-                          desc=f"{label}, throughput phase")
+        thr = reader.read(
+            n_events, timeout_s=max(120.0, n_events / 200), desc=f"{label}, throughput phase"
+        )
         span_s = max(1e-3, (max(t for t, _ in thr) - min(t for t, _ in thr)) / 1000)
         events_per_s = len(thr) / span_s
         paced = rate or args.latency_load * events_per_s
         n_lat = max(50, int(paced * args.latency_s))
         _produce(producer, topic, _events(n_streams, n_events, n_lat, rng), rate=paced)
-        lat = reader.read(n_lat, timeout_s=max(60.0, 3 * args.latency_s),
-                          desc=f"{label}, latency phase")
+        lat = reader.read(
+            n_lat, timeout_s=max(60.0, 3 * args.latency_s), desc=f"{label}, latency phase"
+        )
     finally:
         runner.stop()
         runner.join(60)
@@ -228,8 +294,12 @@ def _fitted_engine(settings: Any, seed: int) -> Any:
     engine = StreamEngine(EngineConfig.from_params(**settings.engine_config_params()), seed=seed)
     rng = np.random.default_rng(seed)
     for t in range(engine.config.window + 8):
-        engine.process([Event(f"warmup-{k}", {"value": float(np.sin(t / 7) + 0.1 * rng.normal())})
-                        for k in range(8)])
+        engine.process(
+            [
+                Event(f"warmup-{k}", {"value": float(np.sin(t / 7) + 0.1 * rng.normal())})
+                for k in range(8)
+            ]
+        )
     engine.fine_tune(steps=5, force=True)
     return engine
 
@@ -309,6 +379,7 @@ class PassThrough:
     def run(self) -> int:
         from kafka.structs import OffsetAndMetadata
 
+        from streamvgan.engine import Forecast
         from streamvgan.service import clients
         from streamvgan.service.wire import (
             ContinuationMessage,
@@ -317,25 +388,28 @@ class PassThrough:
             ScoreMessage,
             decode_event,
         )
-        from streamvgan.engine import Forecast
 
         s = self.settings
         horizon, n_samples = s.horizon, s.continuation_samples
         rng = np.random.default_rng(0)
-        clients.ensure_topics(s.bootstrap_servers,
-                              [s.scores_topic, s.forecasts_topic, s.continuations_topic,
-                               s.dlq_topic], like=s.input_topic)
+        clients.ensure_topics(
+            s.bootstrap_servers,
+            [s.scores_topic, s.forecasts_topic, s.continuations_topic, s.dlq_topic],
+            like=s.input_topic,
+        )
         producer = clients.make_producer(s.bootstrap_servers, client_id="passthrough")
-        consumer = clients.make_consumer(s.bootstrap_servers, group_id=s.group_id,
-                                         max_poll_records=s.poll_max_records)
+        consumer = clients.make_consumer(
+            s.bootstrap_servers, group_id=s.group_id, max_poll_records=s.poll_max_records
+        )
         consumer.subscribe([s.input_topic])
         counts: dict[str, int] = {}
         pending: dict[Any, int] = {}
         last_commit = time.monotonic()
         try:
             while not self._stop.is_set():
-                records = consumer.poll(timeout_ms=s.poll_timeout_ms,
-                                        max_records=s.poll_max_records)
+                records = consumer.poll(
+                    timeout_ms=s.poll_timeout_ms, max_records=s.poll_max_records
+                )
                 last: dict[str, Any] = {}
                 for tp, batch in records.items():
                     for r in batch:
@@ -345,12 +419,24 @@ class PassThrough:
                             producer.send(s.dlq_topic, key=r.key, value=r.value)
                             continue
                         x = event.values["value"]
-                        comps = {"surprise": x * 0.37, "reconstruction": x * 0.11,
-                                 "critic": x * 0.05}
-                        msg = ScoreMessage(event.stream, event.ts, float(rng.random()), x * 0.5,
-                                           comps, 1, True, False)
-                        producer.send(s.scores_topic, key=event.stream.encode(),
-                                      value=msg.to_bytes())
+                        comps = {
+                            "surprise": x * 0.37,
+                            "reconstruction": x * 0.11,
+                            "critic": x * 0.05,
+                        }
+                        msg = ScoreMessage(
+                            event.stream,
+                            event.ts,
+                            float(rng.random()),
+                            x * 0.5,
+                            comps,
+                            1,
+                            True,
+                            False,
+                        )
+                        producer.send(
+                            s.scores_topic, key=event.stream.encode(), value=msg.to_bytes()
+                        )
                         before = counts.get(event.stream, 0)
                         counts[event.stream] = before + 1
                         last[event.stream] = (event.ts, x, before)
@@ -360,17 +446,26 @@ class PassThrough:
                     n = counts[stream]
                     if s.forecast_every and n // s.forecast_every > before // s.forecast_every:
                         mean = x + 0.01 * rng.standard_normal((horizon, 1))
-                        fc = Forecast(stream, ["value"], mean,
-                                      {q: mean + z for q, z in ((0.1, -1.28), (0.5, 0.0),
-                                                                (0.9, 1.28))}, 1, True)
-                        producer.send(s.forecasts_topic, key=stream.encode(),
-                                      value=ForecastMessage.from_forecast(fc, ts).to_bytes())
+                        fc = Forecast(
+                            stream,
+                            ["value"],
+                            mean,
+                            {q: mean + z for q, z in ((0.1, -1.28), (0.5, 0.0), (0.9, 1.28))},
+                            1,
+                            True,
+                        )
+                        producer.send(
+                            s.forecasts_topic,
+                            key=stream.encode(),
+                            value=ForecastMessage.from_forecast(fc, ts).to_bytes(),
+                        )
                     ce = s.continuation_every
                     if ce and n // ce > before // ce:
                         samples = x + rng.standard_normal((n_samples, horizon, 1))
                         cm = ContinuationMessage.from_array(stream, ts, ["value"], samples, 1)
-                        producer.send(s.continuations_topic, key=stream.encode(),
-                                      value=cm.to_bytes())
+                        producer.send(
+                            s.continuations_topic, key=stream.encode(), value=cm.to_bytes()
+                        )
                 producer.flush()
                 if pending and time.monotonic() - last_commit >= s.commit_interval_s:
                     consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in pending.items()})

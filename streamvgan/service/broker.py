@@ -144,7 +144,10 @@ class EmbeddedBroker:
         ]
         # The broker's own log goes to a temporary file: a pipe nobody reads would fill up
         # and block it, and the last lines explain a failed start.
-        self._log_file = tempfile.NamedTemporaryFile(prefix="streamvgan-tansu-", suffix=".log")
+        # It outlives this method (the broker writes to it until stop(), which closes it).
+        self._log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="streamvgan-tansu-", suffix=".log"
+        )
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
         env.setdefault("RUST_LOG", "warn")
         try:
@@ -178,8 +181,12 @@ class EmbeddedBroker:
                 )
             if kafka_api_ready(self.host, port, timeout=0.5):
                 self._bound_port = port
-                log.info("embedded Tansu broker %s listening on %s (pid %d)",
-                         os.path.basename(binary), self.bootstrap_servers, self._process.pid)
+                log.info(
+                    "embedded Tansu broker %s listening on %s (pid %d)",
+                    os.path.basename(binary),
+                    self.bootstrap_servers,
+                    self._process.pid,
+                )
                 return self
             time.sleep(0.05)
         tail = self._log_tail()

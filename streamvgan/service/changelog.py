@@ -98,7 +98,9 @@ class StateChangelog:
             self.records_written += 1
         return futures
 
-    def restore(self, engine: Any, partitions: Iterable[int], timeout_s: float = 60.0) -> RestoreReport:
+    def restore(
+        self, engine: Any, partitions: Iterable[int], timeout_s: float = 60.0
+    ) -> RestoreReport:
         """Install the last state per stream found in the changelog ``partitions``."""
         start = time.perf_counter()
         tps = [TopicPartition(self.topic, p) for p in sorted(set(partitions))]
@@ -110,8 +112,11 @@ class StateChangelog:
         try:
             available = consumer.partitions_for_topic(self.topic) or set()
             if not available:  # deleted, or lost with a broker that keeps no data
-                log.warning("state changelog topic %s does not exist: the streams of %s "
-                            "start cold", self.topic, tps)
+                log.warning(
+                    "state changelog topic %s does not exist: the streams of %s start cold",
+                    self.topic,
+                    tps,
+                )
                 return RestoreReport(0, 0, 0, time.perf_counter() - start)
             missing = sorted(tp.partition for tp in tps if tp.partition not in available)
             if missing:
@@ -138,7 +143,9 @@ class StateChangelog:
                 if caught_up and not batch:
                     break
             else:
-                log.warning("changelog restore of %s stopped after %.0fs before its end", tps, timeout_s)
+                log.warning(
+                    "changelog restore of %s stopped after %.0fs before its end", tps, timeout_s
+                )
         finally:
             consumer.close()
         restored = rejected = 0
@@ -157,6 +164,10 @@ class StateChangelog:
         report = RestoreReport(restored, rejected, records, time.perf_counter() - start)
         log.info(
             "restored %d stream states (%d rejected) from %d changelog records of %s in %.2fs",
-            restored, rejected, records, self.topic, report.seconds,
+            restored,
+            rejected,
+            records,
+            self.topic,
+            report.seconds,
         )
         return report

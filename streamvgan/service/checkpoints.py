@@ -46,8 +46,14 @@ def _pointer(root: Path) -> str | None:
         name = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
         name = None
-    if not name or name.startswith(".") or "/" in name or "\\" in name \
-            or not name.isprintable() or not (root / name).is_dir():
+    if (
+        not name
+        or name.startswith(".")
+        or "/" in name
+        or "\\" in name
+        or not name.isprintable()
+        or not (root / name).is_dir()
+    ):
         raise CheckpointError(
             f"{pointer} holds {raw[:64]!r}, which does not name a checkpoint directory in "
             f"{root}; remove the LATEST file (the newest complete ckpt-* directory is then "
@@ -75,10 +81,15 @@ def candidates(directory: str | os.PathLike[str]) -> list[Path]:
         name = _pointer(root)
     except CheckpointError:
         name = None
-    others = sorted(
-        (p for p in root.glob(_PREFIX + "*") if p.is_dir() and p.name != name),
-        key=lambda p: p.name, reverse=True,
-    ) if root.is_dir() else []
+    others = (
+        sorted(
+            (p for p in root.glob(_PREFIX + "*") if p.is_dir() and p.name != name),
+            key=lambda p: p.name,
+            reverse=True,
+        )
+        if root.is_dir()
+        else []
+    )
     return ([root / name] if name else []) + others
 
 
@@ -111,7 +122,7 @@ def save_checkpoint(
     # crash left without a manifest never count as one of them
     old = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
     complete = [p for p in old if (p / MANIFEST).is_file()]
-    kept = {p.name for p in complete[-max(keep, 1):]} | {name}
+    kept = {p.name for p in complete[-max(keep, 1) :]} | {name}
     for path in old:
         if path.name not in kept:
             shutil.rmtree(path, ignore_errors=True)
@@ -159,11 +170,15 @@ def load_checkpoint(
             continue
         log.info(
             "loaded checkpoint %s: model_version=%d streams=%d events_seen=%d",
-            path, engine.model_version, engine.n_streams, engine.events_seen,
+            path,
+            engine.model_version,
+            engine.n_streams,
+            engine.events_seen,
         )
         return engine
     raise CheckpointError(
-        f"no usable checkpoint in {root} ({len(tried)} tried): " + "; ".join(failures)
+        f"no usable checkpoint in {root} ({len(tried)} tried): "
+        + "; ".join(failures)
         + ". Restore a good checkpoint there, or move the directory away to start fresh"
     )
 

@@ -115,8 +115,7 @@ def wait_for_topic(
     partition count, which the output and changelog topics, created earlier, would not match.
     """
     if create_partitions > 0:
-        ensure_topics(bootstrap_servers, [topic], partitions=create_partitions,
-                      security=security)
+        ensure_topics(bootstrap_servers, [topic], partitions=create_partitions, security=security)
     last_log = 0.0
     while True:
         admin = make_admin(bootstrap_servers, security=security)
@@ -130,15 +129,22 @@ def wait_for_topic(
             return n
         now = time.monotonic()
         if now - last_log >= log_every_s:
-            log.warning("waiting for the input topic %r to exist on %s: create it, or pass "
-                        "--partitions N to let serve create it", topic, bootstrap_servers)
+            log.warning(
+                "waiting for the input topic %r to exist on %s: create it, or pass "
+                "--partitions N to let serve create it",
+                topic,
+                bootstrap_servers,
+            )
             last_log = now
         if stop.wait(1.0):
             raise Stopped(f"waiting for topic {topic!r}")
 
 
 def check_copartitioned(
-    bootstrap_servers: str, input_topic: str, input_partitions: int, changelog: str,
+    bootstrap_servers: str,
+    input_topic: str,
+    input_partitions: int,
+    changelog: str,
     security: Mapping[str, Any] | None = None,
 ) -> None:
     """Raise :class:`ConfigurationError` naming both counts and the fix when the changelog
@@ -257,13 +263,17 @@ def make_producer(
 
 
 def make_admin(
-    bootstrap_servers: str, *, client_id: str = "streamvgan",
+    bootstrap_servers: str,
+    *,
+    client_id: str = "streamvgan",
     security: Mapping[str, Any] | None = None,
 ) -> KafkaAdminClient:
     try:
         return KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers.split(","), client_id=client_id,
-            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS, **dict(security or {}),
+            bootstrap_servers=bootstrap_servers.split(","),
+            client_id=client_id,
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+            **dict(security or {}),
         )
     except KafkaError as exc:
         raise BrokerError(
@@ -303,8 +313,16 @@ def ensure_topics(
         created = []
         for topic in missing:
             try:
-                admin.create_topics([NewTopic(topic, num_partitions=n, replication_factor=-1,
-                                              topic_configs=dict(config or {}))])
+                admin.create_topics(
+                    [
+                        NewTopic(
+                            topic,
+                            num_partitions=n,
+                            replication_factor=-1,
+                            topic_configs=dict(config or {}),
+                        )
+                    ]
+                )
                 created.append(topic)
             except TopicAlreadyExistsError:  # another replica was faster
                 pass
@@ -320,8 +338,9 @@ def ensure_topics(
         admin.close()
 
 
-def tls_preflight(bootstrap_servers: str, security: Mapping[str, Any], timeout_s: float = 5.0
-                  ) -> None:
+def tls_preflight(
+    bootstrap_servers: str, security: Mapping[str, Any], timeout_s: float = 5.0
+) -> None:
     """For SSL and SASL_SSL: one TLS handshake with each bootstrap server, with the settings
     kafka-python will use. A certificate that does not verify is a configuration error, raised
     at once with the server, the CA file and the reason (kafka-python would only time out and
@@ -335,8 +354,11 @@ def tls_preflight(bootstrap_servers: str, security: Mapping[str, Any], timeout_s
     context.check_hostname = bool(security.get("ssl_check_hostname", True))
     if security.get("ssl_certfile"):
         try:
-            context.load_cert_chain(security["ssl_certfile"], security.get("ssl_keyfile"),
-                                    password=security.get("ssl_password"))
+            context.load_cert_chain(
+                security["ssl_certfile"],
+                security.get("ssl_keyfile"),
+                password=security.get("ssl_password"),
+            )
         except (ssl.SSLError, OSError) as exc:
             raise ConfigurationError(
                 f"cannot load the client certificate ssl_certfile={security['ssl_certfile']!r}"
@@ -370,8 +392,12 @@ def tls_preflight(bootstrap_servers: str, security: Mapping[str, Any], timeout_s
 
 #: Errors after which a fresh producer and a resend succeed: the broker restarted and forgot
 #: this producer's id or sequence numbers, or it was unreachable until the delivery timeout.
-_RECOVERABLE = ("UnknownProducerIdError", "OutOfOrderSequenceNumberError",
-                "InvalidProducerEpochError", "ProducerFencedError")
+_RECOVERABLE = (
+    "UnknownProducerIdError",
+    "OutOfOrderSequenceNumberError",
+    "InvalidProducerEpochError",
+    "ProducerFencedError",
+)
 
 
 def recoverable(exc: BaseException) -> bool:
@@ -415,9 +441,14 @@ class ResendingProducer:
         was not acknowledged (duplicates are possible, losses are not).
     """
 
-    def __init__(self, factory: Callable[[], Any], stop: threading.Event,
-                 stall_s: float = 5.0, replace_after_s: float = 15.0,
-                 on_replaced: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], Any],
+        stop: threading.Event,
+        stall_s: float = 5.0,
+        replace_after_s: float = 15.0,
+        on_replaced: Callable[[], None] | None = None,
+    ) -> None:
         self._factory = factory
         self._on_replaced = on_replaced or (lambda: None)
         self._stop = stop
@@ -428,8 +459,15 @@ class ResendingProducer:
         self.healthy = True
         self.replacements = 0
 
-    def send(self, topic: str, *, key: bytes | None = None, value: bytes | None = None,
-             headers: Any = None, partition: int | None = None) -> _Sent:
+    def send(
+        self,
+        topic: str,
+        *,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        headers: Any = None,
+        partition: int | None = None,
+    ) -> _Sent:
         kwargs = {"key": key, "value": value, "headers": headers, "partition": partition}
         sent = _Sent({"topic": topic, **kwargs}, None)
         sent.future = self._send(sent.kwargs)
@@ -459,8 +497,9 @@ class ResendingProducer:
                 except KafkaError:  # KafkaTimeoutError: not all delivered within 0.5 s
                     waited = time.monotonic() - started
                     if waited >= self.stall_s and self.healthy:
-                        log.warning("outputs not acknowledged for %.0f s: is the broker down?",
-                                    waited)
+                        log.warning(
+                            "outputs not acknowledged for %.0f s: is the broker down?", waited
+                        )
                         self.healthy = False
                     if waited >= self.replace_after_s:
                         # kafka-python may not reconnect to a restarted broker for minutes
@@ -471,9 +510,7 @@ class ResendingProducer:
             again = []
             for s in pending:
                 if not s.future.is_done or recoverable(s.future.exception):
-                    if s.future.is_done and s.future.failed():
-                        again.append(s)
-                    elif not s.future.is_done:
+                    if not s.future.is_done or s.future.failed():
                         again.append(s)
                 elif s.future.failed():
                     for fn in s.errbacks:

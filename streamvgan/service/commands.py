@@ -90,8 +90,7 @@ def register(subparsers: Any) -> None:
         "in-memory storage and print its address; stop it with Ctrl-C.",
         formatter_class=fmt,
     )
-    broker.add_argument("--port", type=int, default=None,
-                        help="TCP port (default: a free one)")
+    broker.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
     broker.set_defaults(func=_broker)
 
     replay = subparsers.add_parser(
@@ -103,20 +102,34 @@ def register(subparsers: Any) -> None:
     )
     replay.add_argument("file", metavar="FILE.csv", help="CSV file (.csv or .csv.gz)")
     replay.add_argument("--topic", required=True, help="topic to produce to")
-    replay.add_argument("--stream", default=None,
-                        help="stream id (default: the file name without extension)")
-    replay.add_argument("--rate", type=float, default=None,
-                        help="events per second (default: as fast as possible)")
-    replay.add_argument("--timestamp-column", default=None,
-                        help="name of the timestamp column (default: timestamp, ts, time, "
-                        "date or datetime)")
-    replay.add_argument("--value-columns", default=None,
-                        help="comma-separated value columns (default: 'value' if present, "
-                        "else every other column)")
-    replay.add_argument("--split-columns", action="store_true",
-                        help="one univariate stream per value column, named STREAM/COLUMN")
-    replay.add_argument("--partitions", dest="topic_partitions", type=int, default=None,
-                        help="create the topic with this many partitions if it is missing")
+    replay.add_argument(
+        "--stream", default=None, help="stream id (default: the file name without extension)"
+    )
+    replay.add_argument(
+        "--rate", type=float, default=None, help="events per second (default: as fast as possible)"
+    )
+    replay.add_argument(
+        "--timestamp-column",
+        default=None,
+        help="name of the timestamp column (default: timestamp, ts, time, date or datetime)",
+    )
+    replay.add_argument(
+        "--value-columns",
+        default=None,
+        help="comma-separated value columns (default: 'value' if present, else every other column)",
+    )
+    replay.add_argument(
+        "--split-columns",
+        action="store_true",
+        help="one univariate stream per value column, named STREAM/COLUMN",
+    )
+    replay.add_argument(
+        "--partitions",
+        dest="topic_partitions",
+        type=int,
+        default=None,
+        help="create the topic with this many partitions if it is missing",
+    )
     settings_mod.add_arguments(replay, only=_KAFKA_ONLY)
     replay.set_defaults(func=_replay)
 
@@ -243,10 +256,15 @@ def _broker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, handler)
     try:
         with EmbeddedBroker(port=args.port) as broker:
-            print(f"Kafka-compatible broker (Tansu, in-memory) on {broker.bootstrap_servers}",
-                  flush=True)
-            print(f"  try: streamvgan serve --bootstrap-servers {broker.bootstrap_servers} "
-                  "--input-topic events", flush=True)
+            print(
+                f"Kafka-compatible broker (Tansu, in-memory) on {broker.bootstrap_servers}",
+                flush=True,
+            )
+            print(
+                f"  try: streamvgan serve --bootstrap-servers {broker.bootstrap_servers} "
+                "--input-topic events",
+                flush=True,
+            )
             print("Press Ctrl-C to stop.", flush=True)
             while not done.wait(0.5):
                 if not broker.running:
@@ -265,8 +283,12 @@ def _replay(args: argparse.Namespace) -> int:
         settings = settings_mod.settings_from_args(args)
         security = settings.kafka_security()
         if args.topic_partitions:
-            clients.ensure_topics(settings.bootstrap_servers, [args.topic],
-                                  partitions=args.topic_partitions, security=security)
+            clients.ensure_topics(
+                settings.bootstrap_servers,
+                [args.topic],
+                partitions=args.topic_partitions,
+                security=security,
+            )
         events = read_csv_events(
             args.file,
             stream=args.stream,
@@ -274,8 +296,9 @@ def _replay(args: argparse.Namespace) -> int:
             value_columns=args.value_columns.split(",") if args.value_columns else None,
             split_columns=args.split_columns,
         )
-        producer = clients.make_producer(settings.bootstrap_servers, client_id="streamvgan-replay",
-                                         security=security)
+        producer = clients.make_producer(
+            settings.bootstrap_servers, client_id="streamvgan-replay", security=security
+        )
         try:
             n = produce_events(producer, args.topic, events, rate=args.rate)
         finally:

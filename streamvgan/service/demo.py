@@ -99,25 +99,45 @@ def inject(series: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[I
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bootstrap-servers", default=None,
-                        help="use this Kafka instead of starting the embedded broker")
+    parser.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="use this Kafka instead of starting the embedded broker",
+    )
     parser.add_argument("--out", default="streamvgan-demo.png", help="where to write the PNG")
     parser.add_argument("--partitions", type=int, default=3, help="partitions of the input topic")
-    parser.add_argument("--days", type=int, default=None,
-                        help="replay only the first N trading days (default: all 1,257)")
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=None,
+        help="replay only the first N trading days (default: all 1,257)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the model")
-    parser.add_argument("--timeout-s", type=float, default=300.0,
-                        help="give up if scoring has not finished after this long")
-    parser.add_argument("--engine-param", dest="engine_params", action="append", default=None,
-                        metavar="KEY=VALUE",
-                        help="EngineConfig/ModelConfig parameter, repeatable "
-                        "(default: a lighter fine-tune schedule that suits ~12,000 events)")
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=300.0,
+        help="give up if scoring has not finished after this long",
+    )
+    parser.add_argument(
+        "--engine-param",
+        dest="engine_params",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="EngineConfig/ModelConfig parameter, repeatable "
+        "(default: a lighter fine-tune schedule that suits ~12,000 events)",
+    )
 
 
 #: A fine-tune schedule that suits a short replay on two cores: the first fit after 400
 #: events, then one every 2,000 events, with fewer optimiser steps than the defaults.
-DEMO_ENGINE_PARAMS = {"warmup_events": 400, "first_fit_steps": 60, "fit_steps": 20,
-                      "fit_every": 2000}
+DEMO_ENGINE_PARAMS = {
+    "warmup_events": 400,
+    "first_fit_steps": 60,
+    "fit_steps": 20,
+    "fit_every": 2000,
+}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -167,24 +187,34 @@ def run_demo(bootstrap_servers: str, args: argparse.Namespace) -> int:
     )
     clients.ensure_topics(
         bootstrap_servers,
-        [topic, settings.scores_topic, settings.forecasts_topic, settings.continuations_topic,
-         settings.dlq_topic],
+        [
+            topic,
+            settings.scores_topic,
+            settings.forecasts_topic,
+            settings.continuations_topic,
+            settings.dlq_topic,
+        ],
         partitions=args.partitions,
     )
 
     # -- produce day by day, every ticker, plus three malformed records; the first
     # `warmup_days` go first, and the rest once the first fit is in (as after a warm-up)
     producer = clients.make_producer(bootstrap_servers, client_id="streamvgan-demo")
-    bad_at = {len(dates) // 4: b'{"stream": "AAPL", "ts": "2014-01-01", "value": NaN}',
-              len(dates) // 2: b"not json at all",
-              3 * len(dates) // 4: b'{"ts": 1, "value": 1.0}'}
+    bad_at = {
+        len(dates) // 4: b'{"stream": "AAPL", "ts": "2014-01-01", "value": NaN}',
+        len(dates) // 2: b"not json at all",
+        3 * len(dates) // 4: b'{"ts": 1, "value": 1.0}',
+    }
 
     def produce(days: range) -> int:
         n = 0
         for day in days:
             for ticker in tickers:
-                producer.send(topic, key=ticker.encode(),
-                              value=encode_event(ticker, dates[day], float(series[ticker][day])))
+                producer.send(
+                    topic,
+                    key=ticker.encode(),
+                    value=encode_event(ticker, dates[day], float(series[ticker][day])),
+                )
                 n += 1
             if day in bad_at:
                 producer.send(topic, key=None, value=bad_at[day])
@@ -202,32 +232,45 @@ def run_demo(bootstrap_servers: str, args: argparse.Namespace) -> int:
     app.start()
     try:
         n_sent = produce(range(warmup_days))
-        log.info("replayed the first %d days (%d events); waiting for the first fit",
-                 warmup_days, n_sent)
+        log.info(
+            "replayed the first %d days (%d events); waiting for the first fit", warmup_days, n_sent
+        )
         waited = last_wait_log = time.monotonic()
         while app.engine.model_version < 1 and warmup_days < len(dates):
             collector.poll(0.5)
             if app.exit_code is not None or time.monotonic() - waited > args.timeout_s:
-                log.error("no first fit within %.0f s (exit code %s)", args.timeout_s,
-                          app.exit_code)
+                log.error(
+                    "no first fit within %.0f s (exit code %s)", args.timeout_s, app.exit_code
+                )
                 return 1
             if time.monotonic() - last_wait_log >= 5.0:
                 log.info("waiting for the first fit (%.0f s so far)", time.monotonic() - waited)
                 last_wait_log = time.monotonic()
-        log.info("first fit done after %.1f s; replaying the remaining %d days",
-                 time.monotonic() - waited, len(dates) - warmup_days)
+        log.info(
+            "first fit done after %.1f s; replaying the remaining %d days",
+            time.monotonic() - waited,
+            len(dates) - warmup_days,
+        )
         start = time.monotonic()
         scored_before = collector.n_scores
         n_sent += produce(range(warmup_days, len(dates)))
         producer.close()
-        log.info("replayed %d events of %d streams (+%d malformed) into %s", n_sent,
-                 len(tickers), len(bad_at), topic)
+        log.info(
+            "replayed %d events of %d streams (+%d malformed) into %s",
+            n_sent,
+            len(tickers),
+            len(bad_at),
+            topic,
+        )
         with Progress(n_valid, "demo scoring", unit="event", interval_s=5.0) as progress:
             progress.set(collector.n_scores)
             while collector.n_scores < n_valid:
                 collector.poll(0.5)
-                progress.set(collector.n_scores, note=f"dead letters {app.stats.dead_lettered}, "
-                             f"model version {app.engine.model_version}")
+                progress.set(
+                    collector.n_scores,
+                    note=f"dead letters {app.stats.dead_lettered}, "
+                    f"model version {app.engine.model_version}",
+                )
                 if app.exit_code is not None:
                     log.error("the service stopped early with exit code %s", app.exit_code)
                     return 1
@@ -244,8 +287,9 @@ def run_demo(bootstrap_servers: str, args: argparse.Namespace) -> int:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
     found = _found(collector.scores, dates, injections, settings.alert_threshold)
-    flagged_share = float(np.mean([sc >= settings.alert_threshold
-                                   for v in collector.scores.values() for _, sc in v]))
+    flagged_share = float(
+        np.mean([sc >= settings.alert_threshold for v in collector.scores.values() for _, sc in v])
+    )
     summary = {
         "events": n_valid,
         "streams": len(tickers),
@@ -340,7 +384,9 @@ class Detection:
 
 
 def _found(
-    scores: dict[str, list[tuple[Any, float]]], dates: list[str], injections: list[Injection],
+    scores: dict[str, list[tuple[Any, float]]],
+    dates: list[str],
+    injections: list[Injection],
     threshold: float,
 ) -> list[Detection]:
     """For each injection, from its scores on every day of its judged window (``start`` to
@@ -357,8 +403,9 @@ def _found(
             continue
         best = max(window)
         higher = float(np.mean(np.array(list(by_day.values())) > best))  # ties count as top
-        found.append(Detection(sum(s >= threshold for s in window), len(window),
-                               higher < TOP_FRACTION))
+        found.append(
+            Detection(sum(s >= threshold for s in window), len(window), higher < TOP_FRACTION)
+        )
     return found
 
 
@@ -369,23 +416,32 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         "streamvgan demo: SP500Stocks through Kafka",
         f"  events scored      {summary['events']:,} from {summary['streams']} streams",
         f"  dead-lettered      {summary['dead_lettered']} malformed records",
-        (f"  throughput         {summary['throughput']:,.0f} events/s "
-         f"after the first fit ({summary['elapsed']:.1f} s, fine-tuning alongside)"),
+        (
+            f"  throughput         {summary['throughput']:,.0f} events/s "
+            f"after the first fit ({summary['elapsed']:.1f} s, fine-tuning alongside)"
+        ),
         f"  model version      {summary['model_version']}",
-        (f"  injected anomalies {sum(f.flagged for f in found)}/{len(found)} flagged (score >= "
-         f"{summary['threshold']} on an injected day or the {JUDGE_AFTER} after), "
-         f"{sum(f.top for f in found)}/{len(found)} among the top {TOP_FRACTION:.0%} scores of "
-         "their stream"),
+        (
+            f"  injected anomalies {sum(f.flagged for f in found)}/{len(found)} flagged (score >= "
+            f"{summary['threshold']} on an injected day or the {JUDGE_AFTER} after), "
+            f"{sum(f.top for f in found)}/{len(found)} among the top {TOP_FRACTION:.0%} scores of "
+            "their stream"
+        ),
         f"  flagged overall    {summary['flagged_share']:.1%} of all events",
     ]
     for inj, det in zip(injections, found):
-        judged = (f"flagged on {det.flagged_days} of {det.scored_days} days" if det.flagged
-                  else f"not flagged on any of {det.scored_days} days")
+        judged = (
+            f"flagged on {det.flagged_days} of {det.scored_days} days"
+            if det.flagged
+            else f"not flagged on any of {det.scored_days} days"
+        )
         last = inj.start + inj.length - 1
         where = f"day {inj.start}" if inj.length == 1 else f"days {inj.start}-{last}"
-        lines.append(f"    {inj.stream:5s} {where:14s} {inj.kind:11s} {inj.magnitude:+.0f} sd  "
-                     f"{judged}, "
-                     f"{'in' if det.top else 'not in'} top {TOP_FRACTION:.0%}")
+        lines.append(
+            f"    {inj.stream:5s} {where:14s} {inj.kind:11s} {inj.magnitude:+.0f} sd  "
+            f"{judged}, "
+            f"{'in' if det.top else 'not in'} top {TOP_FRACTION:.0%}"
+        )
     lines.append(f"  plot               {out}")
     print("\n".join(lines), flush=True)
 
@@ -409,25 +465,42 @@ def plot(
 
     streams = [inj.stream for inj in injections][:4] or list(series)[:4]
     index = {d: i for i, d in enumerate(dates)}
-    fig, axes = plt.subplots(len(streams), 2, figsize=(14, 2.9 * len(streams)),
-                             gridspec_kw={"width_ratios": [3, 1]}, squeeze=False)
+    fig, axes = plt.subplots(
+        len(streams),
+        2,
+        figsize=(14, 2.9 * len(streams)),
+        gridspec_kw={"width_ratios": [3, 1]},
+        squeeze=False,
+    )
     for row, stream in enumerate(streams):
         y = series[stream]
         ax = axes[row][0]
         ax.plot(np.arange(len(y)), y, lw=0.6, color="0.35")
         by_day = {index[ts]: s for ts, s in collector.scores.get(stream, []) if ts in index}
         flagged = [d for d, s in by_day.items() if s >= threshold]
-        ax.scatter(flagged, y[flagged], s=14, color="crimson", zorder=3,
-                   label=f"score >= {threshold}")
+        ax.scatter(
+            flagged, y[flagged], s=14, color="crimson", zorder=3, label=f"score >= {threshold}"
+        )
         for inj in injections:
             if inj.stream == stream:
                 end = inj.start + inj.length
-                ax.axvspan(inj.start - 0.5, end - 0.5, color="orange", alpha=0.3,
-                           label=f"injected {inj.kind} ({inj.magnitude:+.0f} sd)")
-                ax.axvspan(end - 0.5, end + JUDGE_AFTER - 0.5, color="orange", alpha=0.12,
-                           label=f"{JUDGE_AFTER} days after, judged with it")
-        ax.set_title(f"{stream}: daily return (%), flagged on {len(flagged)} days", fontsize=9,
-                     loc="left")
+                ax.axvspan(
+                    inj.start - 0.5,
+                    end - 0.5,
+                    color="orange",
+                    alpha=0.3,
+                    label=f"injected {inj.kind} ({inj.magnitude:+.0f} sd)",
+                )
+                ax.axvspan(
+                    end - 0.5,
+                    end + JUDGE_AFTER - 0.5,
+                    color="orange",
+                    alpha=0.12,
+                    label=f"{JUDGE_AFTER} days after, judged with it",
+                )
+        ax.set_title(
+            f"{stream}: daily return (%), flagged on {len(flagged)} days", fontsize=9, loc="left"
+        )
         ax.legend(fontsize=7, loc="upper left")
         ax = axes[row][1]
         tail = 60
@@ -442,8 +515,9 @@ def plot(
             q = fc["quantiles"]
             lo, hi = q.get("0.1", {}).get("value"), q.get("0.9", {}).get("value")
             if lo and hi:
-                ax.fill_between(steps, lo, hi, color="tab:blue", alpha=0.25,
-                                label="forecast 10-90%")
+                ax.fill_between(
+                    steps, lo, hi, color="tab:blue", alpha=0.25, label="forecast 10-90%"
+                )
             ax.plot(steps, fc["mean"]["value"], color="tab:blue", lw=1.2, label="forecast mean")
             made.append(f"forecast made at day {origin}")
         cont = collector.continuations.get(stream)
@@ -455,14 +529,25 @@ def plot(
             paths = cont["samples"]["value"]
             ax.axvline(origin + 0.5, color="tab:green", lw=0.6, ls=":")
             for k, path in enumerate(paths):
-                ax.plot(steps, path, color="tab:green", lw=0.6, alpha=0.6,
-                        label="sampled continuations" if k == 0 else None)
-            made.append(f"{len(paths)} synthetic continuations sampled\nat day {origin}, "
-                        "this stream's last sampling")
+                ax.plot(
+                    steps,
+                    path,
+                    color="tab:green",
+                    lw=0.6,
+                    alpha=0.6,
+                    label="sampled continuations" if k == 0 else None,
+                )
+            made.append(
+                f"{len(paths)} synthetic continuations sampled\nat day {origin}, "
+                "this stream's last sampling"
+            )
         ax.set_title("\n".join(["last 60 days", *made]), fontsize=8, loc="left")
         ax.legend(fontsize=6, loc="lower left", framealpha=0.6)
-    fig.suptitle(f"streamvgan demo: red points scored >= {threshold}; continuations are "
-                 "synthetic paths sampled by the model, not forecasts", fontsize=10)
+    fig.suptitle(
+        f"streamvgan demo: red points scored >= {threshold}; continuations are "
+        "synthetic paths sampled by the model, not forecasts",
+        fontsize=10,
+    )
     axes[-1][0].set_xlabel("trading day")
     axes[-1][1].set_xlabel("trading day")
     fig.tight_layout()

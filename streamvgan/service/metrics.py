@@ -56,31 +56,40 @@ class ServiceMetrics:
         self.registry = CollectorRegistry() if registry is None else registry
         r = self.registry
         self.consumed = Counter(
-            "streamvgan_consumer_records_consumed", "Records read from the input topic.",
-            ["topic"], registry=r,
+            "streamvgan_consumer_records_consumed",
+            "Records read from the input topic.",
+            ["topic"],
+            registry=r,
         )
         self.produced = Counter(
-            "streamvgan_producer_records_produced", "Records acknowledged by the broker.",
-            ["topic"], registry=r,
+            "streamvgan_producer_records_produced",
+            "Records acknowledged by the broker.",
+            ["topic"],
+            registry=r,
         )
         self.producer_replacements = Counter(
             "streamvgan_producer_replacements",
             "Producers replaced after a broker outage or restart (their unacknowledged "
-            "records were sent again).", registry=r,
+            "records were sent again).",
+            registry=r,
         )
         self.dead_lettered = Counter(
             "streamvgan_consumer_records_dead_lettered",
             "Input records sent to the dead-letter topic, by source topic and reason.",
-            ["topic", "reason"], registry=r,
+            ["topic", "reason"],
+            registry=r,
         )
         self.latency = Histogram(
             "streamvgan_pipeline_latency_seconds",
             "From the poll that returned a record to the broker's acknowledgement of its outputs.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "streamvgan_pipeline_batch_size_records", "Records per poll (one engine step).",
-            buckets=BATCH_BUCKETS, registry=r,
+            "streamvgan_pipeline_batch_size_records",
+            "Records per poll (one engine step).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.streams = Gauge("streamvgan_engine_streams", "Streams held in memory.", registry=r)
         self.evictions = Counter(
@@ -93,41 +102,53 @@ class ServiceMetrics:
             "streamvgan_finetune_steps", "Optimiser steps of fine-tuning.", registry=r
         )
         self.finetune_duration = Histogram(
-            "streamvgan_finetune_duration_seconds", "Wall time of one fine-tune.",
-            buckets=FINETUNE_BUCKETS, registry=r,
+            "streamvgan_finetune_duration_seconds",
+            "Wall time of one fine-tune.",
+            buckets=FINETUNE_BUCKETS,
+            registry=r,
         )
         self.finetune_loss = Gauge(
-            "streamvgan_finetune_loss", "Losses of the latest fine-tune, by component.",
-            ["component"], registry=r,
+            "streamvgan_finetune_loss",
+            "Losses of the latest fine-tune, by component.",
+            ["component"],
+            registry=r,
         )
         self.finetune_last_success = Gauge(
             "streamvgan_finetune_last_success_timestamp_seconds",
-            "Unix time of the latest successful fine-tune.", registry=r,
+            "Unix time of the latest successful fine-tune.",
+            registry=r,
         )
         self.checkpoint_last_success = Gauge(
             "streamvgan_checkpoint_last_success_timestamp_seconds",
-            "Unix time of the latest checkpoint written.", registry=r,
+            "Unix time of the latest checkpoint written.",
+            registry=r,
         )
         self.lag = Gauge(
             "streamvgan_consumer_lag_records",
             "Records behind the end of each assigned input partition.",
-            ["topic", "partition"], registry=r,
+            ["topic", "partition"],
+            registry=r,
         )
         self.scores = Histogram(
-            "streamvgan_scores_anomaly_score", "Anomaly scores of scored events.",
-            buckets=SCORE_BUCKETS, registry=r,
+            "streamvgan_scores_anomaly_score",
+            "Anomaly scores of scored events.",
+            buckets=SCORE_BUCKETS,
+            registry=r,
         )
         self.anomalies = Counter(
             "streamvgan_scores_anomalies",
-            "Scored events at or above the alert threshold.", registry=r,
+            "Scored events at or above the alert threshold.",
+            registry=r,
         )
         self.ready = Gauge(
-            "streamvgan_service_ready", "1 when partitions are assigned and a model is loaded.",
+            "streamvgan_service_ready",
+            "1 when partitions are assigned and a model is loaded.",
             registry=r,
         )
         self.state_written = Counter(
             "streamvgan_state_changelog_records_written",
-            "Stream states written to the changelog topic.", registry=r,
+            "Stream states written to the changelog topic.",
+            registry=r,
         )
         self.state_restored = Counter(
             "streamvgan_state_restored_streams",
@@ -136,16 +157,20 @@ class ServiceMetrics:
         )
         self.state_rejected = Counter(
             "streamvgan_state_rejected_records",
-            "Changelog records rejected as corrupt (those streams started cold).", registry=r,
+            "Changelog records rejected as corrupt (those streams started cold).",
+            registry=r,
         )
         self.restore_duration = Histogram(
             "streamvgan_state_restore_duration_seconds",
-            "Wall time of one changelog restore.", buckets=FINETUNE_BUCKETS, registry=r,
+            "Wall time of one changelog restore.",
+            buckets=FINETUNE_BUCKETS,
+            registry=r,
         )
         self.model_rejected = Counter(
             "streamvgan_model_rejected_versions",
             "Model-topic records or versions rejected (bad headers, checksum, load), by reason.",
-            ["reason"], registry=r,
+            ["reason"],
+            registry=r,
         )
         self.streams_reset = Counter(
             "streamvgan_engine_streams_reset",
@@ -172,7 +197,6 @@ class ServiceMetrics:
             self._evictions_seen = cumulative
         elif cumulative < self._evictions_seen:  # engine replaced (e.g. loaded): follow it
             self._evictions_seen = cumulative
-
 
     def set_streams_reset(self, cumulative: int) -> None:
         """Advance the streams-reset counter to the engine's cumulative count."""
@@ -266,6 +290,7 @@ def _make_handler(
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            log.debug("metrics http: " + format, *args)
+            # format is http.server's %-format string: prefixing it keeps the formatting lazy
+            log.debug("metrics http: " + format, *args)  # noqa: G003
 
     return Handler

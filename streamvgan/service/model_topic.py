@@ -37,7 +37,9 @@ def model_topic(group_id: str, input_topic: str) -> str:
     return f"{group_id}-{input_topic}-model"
 
 
-def publish(producer: Any, topic: str, blob: bytes, version: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+def publish(
+    producer: Any, topic: str, blob: bytes, version: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> int:
     """Send ``blob`` as model ``version`` (chunked) and wait for the acknowledgements; return
     the number of chunks."""
     digest = hashlib.sha256(blob).hexdigest().encode()
@@ -56,7 +58,13 @@ def publish(producer: Any, topic: str, blob: bytes, version: int, chunk_bytes: i
             ],
         )
     producer.flush()
-    log.info("published model_version=%d (%d bytes in %d chunks) to %s", version, len(blob), len(chunks), topic)
+    log.info(
+        "published model_version=%d (%d bytes in %d chunks) to %s",
+        version,
+        len(blob),
+        len(chunks),
+        topic,
+    )
     return len(chunks)
 
 
@@ -98,7 +106,9 @@ class ModelAssembler:
         blob = b"".join(pending.chunks[i] for i in range(count))
         del self._pending[version]
         if hashlib.sha256(blob).hexdigest() != sha:
-            log.error("rejected model_version=%d: checksum mismatch (truncated or corrupt)", version)
+            log.error(
+                "rejected model_version=%d: checksum mismatch (truncated or corrupt)", version
+            )
             self._reject(version, "checksum")
             return None
         return version, blob
@@ -179,8 +189,12 @@ class ModelFollower:
             try:
                 self.engine.import_weights(newest[1], version=newest[0])
             except CheckpointError as exc:
-                log.error("rejected model_version=%d: %s; keeping model_version=%d",
-                          newest[0], exc, self.engine.model_version)
+                log.error(
+                    "rejected model_version=%d: %s; keeping model_version=%d",
+                    newest[0],
+                    exc,
+                    self.engine.model_version,
+                )
                 self._on_rejected("load")
             else:
                 log.info("installed model_version=%d from %s", newest[0], self.topic)
@@ -190,7 +204,9 @@ class ModelFollower:
     def start(self) -> ModelFollower:
         if self._consumer is None:
             self._consumer = self._open()
-        self._thread = threading.Thread(target=self._run, name="streamvgan-model-follower", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="streamvgan-model-follower", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -146,8 +146,9 @@ def read_csv_events(
             else:
                 yield CsvEvent(name, ts, values)
     if skipped:
-        log.warning("%s: skipped %d rows with a missing or invalid timestamp or value", path,
-                    skipped)
+        log.warning(
+            "%s: skipped %d rows with a missing or invalid timestamp or value", path, skipped
+        )
 
 
 def produce_events(

@@ -17,20 +17,13 @@ import argparse
 import json
 import os
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from streamvgan.errors import ConfigurationError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser under its PyPI name, if installed
-    try:
-        import tomli as tomllib  # type: ignore[no-redef]
-    except ModuleNotFoundError:
-        tomllib = None  # type: ignore[assignment]
 
 ENV_PREFIX = "STREAMVGAN_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -70,90 +63,127 @@ class Settings:
     # -- Kafka
     bootstrap_servers: str = _opt("Kafka bootstrap servers, comma separated", "localhost:9092")
     input_topic: str = _opt("topic the JSON events are read from", "events")
-    group_id: str = _opt("consumer group id; replicas with the same id share partitions",
-                         "streamvgan")
+    group_id: str = _opt(
+        "consumer group id; replicas with the same id share partitions", "streamvgan"
+    )
     scores_topic: str = _opt("output topic of anomaly scores (empty: INPUT_TOPIC.scores)", "")
     forecasts_topic: str = _opt("output topic of forecasts (empty: INPUT_TOPIC.forecasts)", "")
     continuations_topic: str = _opt(
-        "output topic of sampled continuations (empty: INPUT_TOPIC.continuations)", "")
-    dlq_topic: str = _opt("dead-letter topic for records that cannot be processed "
-                          "(empty: INPUT_TOPIC.dlq)", "")
-    create_topics: bool = _opt("create missing output topics at start (needs the "
-                               "CreateTopics permission)", True)
-    auto_offset_reset: str = _opt("where a new group starts reading: earliest or latest",
-                                  "earliest")
+        "output topic of sampled continuations (empty: INPUT_TOPIC.continuations)", ""
+    )
+    dlq_topic: str = _opt(
+        "dead-letter topic for records that cannot be processed (empty: INPUT_TOPIC.dlq)", ""
+    )
+    create_topics: bool = _opt(
+        "create missing output topics at start (needs the CreateTopics permission)", True
+    )
+    auto_offset_reset: str = _opt(
+        "where a new group starts reading: earliest or latest", "earliest"
+    )
     client_id: str = _opt("Kafka client id, shown in broker logs", "streamvgan")
-    session_timeout_ms: int = _opt("consumer group session timeout; the heartbeat interval is "
-                                   "a third of it", 6000)
-    max_poll_interval_ms: int = _opt("longest time between polls before the group evicts "
-                                     "this member", 300000)
+    session_timeout_ms: int = _opt(
+        "consumer group session timeout; the heartbeat interval is a third of it", 6000
+    )
+    max_poll_interval_ms: int = _opt(
+        "longest time between polls before the group evicts this member", 300000
+    )
     poll_max_records: int = _opt("most records taken per poll (one batched engine step)", 500)
     poll_timeout_ms: int = _opt("how long one poll waits for records", 200)
-    commit_interval_s: float = _opt("seconds between offset commits (always after the outputs "
-                                    "are acknowledged)", 5.0)
+    commit_interval_s: float = _opt(
+        "seconds between offset commits (always after the outputs are acknowledged)", 5.0
+    )
     # -- Kafka security, passed through to kafka-python
     security_protocol: str = _opt("PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", "PLAINTEXT")
-    sasl_mechanism: str = _opt("PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER or GSSAPI "
-                               "(empty: none)", "")
+    sasl_mechanism: str = _opt(
+        "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER or GSSAPI (empty: none)", ""
+    )
     sasl_username: str = _opt("SASL username", "")
-    sasl_password: str = _opt("SASL password (prefer the environment variable)", "",
-                              secret=True)
+    sasl_password: str = _opt("SASL password (prefer the environment variable)", "", secret=True)
     ssl_cafile: str = _opt("CA bundle to verify the brokers' certificates", "")
     ssl_certfile: str = _opt("client certificate (PEM) for mutual TLS", "")
     ssl_keyfile: str = _opt("client private key (PEM) for mutual TLS", "")
-    ssl_password: str = _opt("password of an encrypted ssl_keyfile (prefer the environment "
-                             "variable)", "", secret=True)
-    ssl_check_hostname: bool = _opt("check that the broker's certificate names the host "
-                                    "connected to (turn off only for certificates issued to "
-                                    "another name)", True)
-    sasl_oauth_token_file: str = _opt("file holding the OAUTHBEARER token (a JWT), re-read at "
-                                      "every authentication, so a sidecar can rotate it", "")
-    broker_retry_s: float = _opt("how long start-up keeps retrying an unreachable broker, with "
-                                 "backoff, before giving up (0: forever)", 0.0)
-    partitions: int = _opt("partitions of the input topic if serve has to create it (0: wait "
-                           "until someone creates it); outputs and changelog follow the input",
-                           0)
+    ssl_password: str = _opt(
+        "password of an encrypted ssl_keyfile (prefer the environment variable)", "", secret=True
+    )
+    ssl_check_hostname: bool = _opt(
+        "check that the broker's certificate names the host "
+        "connected to (turn off only for certificates issued to "
+        "another name)",
+        True,
+    )
+    sasl_oauth_token_file: str = _opt(
+        "file holding the OAUTHBEARER token (a JWT), re-read at "
+        "every authentication, so a sidecar can rotate it",
+        "",
+    )
+    broker_retry_s: float = _opt(
+        "how long start-up keeps retrying an unreachable broker, with "
+        "backoff, before giving up (0: forever)",
+        0.0,
+    )
+    partitions: int = _opt(
+        "partitions of the input topic if serve has to create it (0: wait "
+        "until someone creates it); outputs and changelog follow the input",
+        0,
+    )
     # -- outputs
-    forecast_every: int = _opt("emit a forecast every N events of a stream (at most one per "
-                               "stream per poll); 0 disables", 1)
-    continuation_every: int = _opt("emit sampled continuations every N events of a stream; "
-                                   "0 disables", 100)
+    forecast_every: int = _opt(
+        "emit a forecast every N events of a stream (at most one per stream per poll); 0 disables",
+        1,
+    )
+    continuation_every: int = _opt(
+        "emit sampled continuations every N events of a stream; 0 disables", 100
+    )
     continuation_samples: int = _opt("continuations sampled each time", 8)
-    alert_threshold: float = _opt("scores at or above count as anomalies (metric and the "
-                                  "'anomaly' flag of score records)", 0.99)
+    alert_threshold: float = _opt(
+        "scores at or above count as anomalies (metric and the 'anomaly' flag of score records)",
+        0.99,
+    )
     # -- engine
     horizon: int = _opt("steps ahead of forecasts and continuations", 12)
     fine_tune_every: int = _opt("events between fine-tunes of the shared model", 1000)
     warmup_events: int = _opt("events seen before the first fit", 400)
-    max_streams: int = _opt("streams kept in memory; the least recently seen are evicted",
-                            100000)
+    max_streams: int = _opt("streams kept in memory; the least recently seen are evicted", 100000)
     seed: int = _opt("seed of the model and of the sampled continuations", 0)
     device: str = _opt("torch device, e.g. cpu or cuda", "cpu")
-    torch_threads: int = _opt("PyTorch intra-op threads for this process; its small networks "
-                              "run fastest on 1 (0: PyTorch's default)", 1)
+    torch_threads: int = _opt(
+        "PyTorch intra-op threads for this process; its small networks "
+        "run fastest on 1 (0: PyTorch's default)",
+        1,
+    )
     engine_params: Mapping[str, Any] = _opt(
         "further EngineConfig/ModelConfig parameters (TOML [engine] table or "
-        "--engine-param KEY=VALUE)", None)
+        "--engine-param KEY=VALUE)",
+        None,
+    )
     # -- state and operations
-    checkpoint_dir: str = _opt("directory of engine checkpoints (empty: no checkpoints, state "
-                               "is lost on restart)", "")
-    checkpoint_interval_s: float = _opt("seconds between checkpoints (and one at shutdown)",
-                                        60.0)
-    fine_tune_interval_s: float = _opt("seconds between checks whether a fine-tune is due",
-                                       1.0)
-    fine_tune_pause_s: float = _opt("seconds the trainer rests after each fine-tune, so that "
-                                    "training cannot take all the CPU from scoring "
-                                    "(0: back to back)", 10.0)
-    state_changelog: bool = _opt("write each stream's state to a compacted changelog topic "
-                                 "(GROUP-TOPIC-state-changelog) at every commit and restore it "
-                                 "when a partition is assigned, so state follows its partition",
-                                 True)
-    model_source: str = _opt("where the weights come from: 'local' (this process fine-tunes) or "
-                             "'topic' (load versions published by `streamvgan train` to "
-                             "GROUP-TOPIC-model; for several replicas)", "local")
+    checkpoint_dir: str = _opt(
+        "directory of engine checkpoints (empty: no checkpoints, state is lost on restart)", ""
+    )
+    checkpoint_interval_s: float = _opt("seconds between checkpoints (and one at shutdown)", 60.0)
+    fine_tune_interval_s: float = _opt("seconds between checks whether a fine-tune is due", 1.0)
+    fine_tune_pause_s: float = _opt(
+        "seconds the trainer rests after each fine-tune, so that "
+        "training cannot take all the CPU from scoring "
+        "(0: back to back)",
+        10.0,
+    )
+    state_changelog: bool = _opt(
+        "write each stream's state to a compacted changelog topic "
+        "(GROUP-TOPIC-state-changelog) at every commit and restore it "
+        "when a partition is assigned, so state follows its partition",
+        True,
+    )
+    model_source: str = _opt(
+        "where the weights come from: 'local' (this process fine-tunes) or "
+        "'topic' (load versions published by `streamvgan train` to "
+        "GROUP-TOPIC-model; for several replicas)",
+        "local",
+    )
     metrics_host: str = _opt("address the metrics/health HTTP server binds", "0.0.0.0")
-    metrics_port: int = _opt("port of /metrics, /healthz, /readyz (0: any free port, "
-                             "-1: off)", 8000)
+    metrics_port: int = _opt(
+        "port of /metrics, /healthz, /readyz (0: any free port, -1: off)", 8000
+    )
 
     def __post_init__(self) -> None:
         if self.model_source not in ("local", "topic"):
@@ -161,8 +191,12 @@ class Settings:
                 f"model_source must be 'local' or 'topic', got {self.model_source!r}"
             )
         base = self.input_topic
-        for name, suffix in (("scores_topic", "scores"), ("forecasts_topic", "forecasts"),
-                             ("continuations_topic", "continuations"), ("dlq_topic", "dlq")):
+        for name, suffix in (
+            ("scores_topic", "scores"),
+            ("forecasts_topic", "forecasts"),
+            ("continuations_topic", "continuations"),
+            ("dlq_topic", "dlq"),
+        ):
             if not getattr(self, name):
                 object.__setattr__(self, name, f"{base}.{suffix}")
         object.__setattr__(self, "engine_params", dict(self.engine_params or {}))
@@ -171,9 +205,14 @@ class Settings:
     def _validate(self) -> None:
         if not self.bootstrap_servers.strip():
             raise ConfigurationError("bootstrap_servers is empty; give HOST:PORT[,HOST:PORT]")
-        topics = {}
-        for name in ("input_topic", "scores_topic", "forecasts_topic", "continuations_topic",
-                     "dlq_topic"):
+        topics: dict[str, str] = {}  # topic -> the setting that names it
+        for name in (
+            "input_topic",
+            "scores_topic",
+            "forecasts_topic",
+            "continuations_topic",
+            "dlq_topic",
+        ):
             topic = getattr(self, name)
             if not _TOPIC_RE.match(topic):
                 raise ConfigurationError(
@@ -187,13 +226,26 @@ class Settings:
             topics[topic] = name
         if not self.group_id:
             raise ConfigurationError("group_id is empty; give a consumer group name")
-        positive = ("session_timeout_ms", "max_poll_interval_ms", "poll_max_records",
-                    "continuation_samples", "horizon", "fine_tune_every", "warmup_events",
-                    "max_streams")
+        positive = (
+            "session_timeout_ms",
+            "max_poll_interval_ms",
+            "poll_max_records",
+            "continuation_samples",
+            "horizon",
+            "fine_tune_every",
+            "warmup_events",
+            "max_streams",
+        )
         for name in positive:
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("forecast_every", "continuation_every", "poll_timeout_ms", "seed",
-                     "torch_threads", "partitions"):
+        for name in (
+            "forecast_every",
+            "continuation_every",
+            "poll_timeout_ms",
+            "seed",
+            "torch_threads",
+            "partitions",
+        ):
             _check_int(name, getattr(self, name), minimum=0)
         _check_int("metrics_port", self.metrics_port, minimum=-1)
         if self.metrics_port > 65535:
@@ -408,10 +460,6 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _read_toml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    if tomllib is None:
-        raise ConfigurationError(
-            f"reading {str(path)!r} needs Python 3.11+ or the tomli package (`pip install tomli`)"
-        )
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -494,14 +542,20 @@ def add_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = 
         kind = _field_type(name)
         if kind == "bool":
             parser.add_argument(
-                _flag(name), dest=name, action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS, help=help_text,
+                _flag(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
             )
         else:
             parser.add_argument(
-                _flag(name), dest=name, default=argparse.SUPPRESS,
+                _flag(name),
+                dest=name,
+                default=argparse.SUPPRESS,
                 type={"int": int, "float": float}.get(kind, str),
-                metavar=name.upper(), help=help_text,
+                metavar=name.upper(),
+                help=help_text,
             )
 
 

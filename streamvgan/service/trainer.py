@@ -18,6 +18,7 @@ trainer's partitions (partition 0 included) move to a standby at the next rebala
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -49,7 +50,9 @@ class TrainerRole:
         Prometheus registry for this role's metrics.
     """
 
-    def __init__(self, settings: Any, engine: StreamEngine | None = None, registry: Any = None) -> None:
+    def __init__(
+        self, settings: Any, engine: StreamEngine | None = None, registry: Any = None
+    ) -> None:
         self.settings = settings
         if engine is None:
             config = EngineConfig.from_params(**settings.engine_config_params())
@@ -75,24 +78,40 @@ class TrainerRole:
         clients.ensure_topics(s.bootstrap_servers, [self.topic], partitions=1, security=security)
         # resume from the newest published version so versions only grow
         follower = ModelFollower(
-            self.engine, self.topic,
-            lambda: clients.make_consumer(s.bootstrap_servers, client_id=f"{s.client_id}-trainer-init", security=security),
+            self.engine,
+            self.topic,
+            lambda: clients.make_consumer(
+                s.bootstrap_servers, client_id=f"{s.client_id}-trainer-init", security=security
+            ),
         )
         follower.catch_up()
         follower.stop()
         self.metrics.model_version.set(self.engine.model_version)
-        producer = clients.make_producer(s.bootstrap_servers, client_id=f"{s.client_id}-trainer", security=security)
+        producer = clients.make_producer(
+            s.bootstrap_servers, client_id=f"{s.client_id}-trainer", security=security
+        )
         consumer = clients.make_consumer(
-            s.bootstrap_servers, group_id=f"{s.group_id}-trainer", client_id=f"{s.client_id}-trainer",
-            session_timeout_ms=s.session_timeout_ms, max_poll_records=s.poll_max_records,
-            auto_offset_reset=s.auto_offset_reset, security=security,
+            s.bootstrap_servers,
+            group_id=f"{s.group_id}-trainer",
+            client_id=f"{s.client_id}-trainer",
+            session_timeout_ms=s.session_timeout_ms,
+            max_poll_records=s.poll_max_records,
+            auto_offset_reset=s.auto_offset_reset,
+            security=security,
         )
         server = None
         if s.metrics_port >= 0:
-            server = MetricsServer(self.metrics.registry, lambda: bool(self._assigned), s.metrics_host, s.metrics_port).start()
+            server = MetricsServer(
+                self.metrics.registry, lambda: bool(self._assigned), s.metrics_host, s.metrics_port
+            ).start()
             self.metrics_port = server.port
         consumer.subscribe([s.input_topic])
-        log.info("training on %s as group %s-trainer; publishing to %s", s.input_topic, s.group_id, self.topic)
+        log.info(
+            "training on %s as group %s-trainer; publishing to %s",
+            s.input_topic,
+            s.group_id,
+            self.topic,
+        )
         last_commit = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -101,10 +120,9 @@ class TrainerRole:
                 events = []
                 for records in batch.values():
                     for record in records:
-                        try:
+                        # the replicas dead-letter a bad record; the trainer just skips it
+                        with contextlib.suppress(InvalidInputError):
                             events.append(decode_event(record.value, record.key))
-                        except InvalidInputError:
-                            pass  # the replicas dead-letter it; the trainer just skips it
                 if events:
                     self.engine.process(events)
                     self.metrics.consumed.labels(topic=s.input_topic).inc(len(events))
@@ -120,7 +138,11 @@ class TrainerRole:
                         self.published.append(report.version)
                         self.metrics.model_version.set(report.version)
                     else:
-                        log.info("model_version=%d trained; not publishing (standby: partition 0 is elsewhere)", report.version)
+                        log.info(
+                            "model_version=%d trained; not publishing"
+                            " (standby: partition 0 is elsewhere)",
+                            report.version,
+                        )
                 if time.monotonic() - last_commit >= s.commit_interval_s:
                     consumer.commit()
                     last_commit = time.monotonic()

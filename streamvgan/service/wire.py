@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -124,8 +124,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _decoder = json.JSONDecoder(
-    parse_constant=_reject_constant, object_pairs_hook=_no_duplicates,
-    parse_int=_parse_int, parse_float=_parse_float,
+    parse_constant=_reject_constant,
+    object_pairs_hook=_no_duplicates,
+    parse_int=_parse_int,
+    parse_float=_parse_float,
 )
 
 
@@ -134,9 +136,7 @@ def _check_ts(ts: Any) -> None:
         raise DecodeError("schema", f"'ts' must be epoch milliseconds or ISO-8601, got {ts!r}")
     if isinstance(ts, int):
         if not 0 <= ts <= MAX_TS_MS:
-            raise DecodeError(
-                "schema", f"'ts'={ts} is outside 0..{MAX_TS_MS} (epoch milliseconds)"
-            )
+            raise DecodeError("schema", f"'ts'={ts} is outside 0..{MAX_TS_MS} (epoch milliseconds)")
         return
     if isinstance(ts, str):
         match = _ISO_RE.match(ts)
@@ -153,8 +153,7 @@ def _check_ts(ts: Any) -> None:
         return
     raise DecodeError(
         "schema",
-        f"'ts' must be an integer (epoch ms) or an ISO-8601 string, got {type(ts).__name__} "
-        f"{ts!r}",
+        f"'ts' must be an integer (epoch ms) or an ISO-8601 string, got {type(ts).__name__} {ts!r}",
     )
 
 
@@ -411,11 +410,19 @@ class ForecastMessage:
 
     def to_bytes(self) -> bytes:
         # not dataclasses.asdict: it deep-copies every list, which costs more than encoding
-        return _dumps({
-            "stream": self.stream, "ts": self.ts, "horizon": self.horizon, "fields": self.fields,
-            "mean": self.mean, "quantiles": self.quantiles, "model_version": self.model_version,
-            "warm": self.warm, "schema_version": self.schema_version,
-        })
+        return _dumps(
+            {
+                "stream": self.stream,
+                "ts": self.ts,
+                "horizon": self.horizon,
+                "fields": self.fields,
+                "mean": self.mean,
+                "quantiles": self.quantiles,
+                "model_version": self.model_version,
+                "warm": self.warm,
+                "schema_version": self.schema_version,
+            }
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ForecastMessage:
@@ -456,11 +463,18 @@ class ContinuationMessage:
         )
 
     def to_bytes(self) -> bytes:
-        return _dumps({
-            "stream": self.stream, "ts": self.ts, "horizon": self.horizon,
-            "n_samples": self.n_samples, "fields": self.fields, "samples": self.samples,
-            "model_version": self.model_version, "schema_version": self.schema_version,
-        })
+        return _dumps(
+            {
+                "stream": self.stream,
+                "ts": self.ts,
+                "horizon": self.horizon,
+                "n_samples": self.n_samples,
+                "fields": self.fields,
+                "samples": self.samples,
+                "model_version": self.model_version,
+                "schema_version": self.schema_version,
+            }
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ContinuationMessage:
@@ -520,7 +534,7 @@ def ts_to_datetime(ts: Any) -> datetime | None:
     if ts is None:
         return None
     if isinstance(ts, int) and not isinstance(ts, bool):
-        return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ts)
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ts)
     text = str(ts)
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
