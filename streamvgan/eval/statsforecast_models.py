@@ -39,8 +39,8 @@ def _model(kind: str, season: int) -> Any:
 class StatsForecastModel:
     """``learn_one`` keeps the history; ``forecast_quantiles`` refits and forecasts.
 
-    Before ``2 * season + 4`` points (too few to fit a seasonal model) it forecasts the last
-    value with a band of zero width.
+    Before ``2 * season + 4`` points (too few to fit a seasonal model) it fits the
+    non-seasonal model; before 8 points it forecasts the last value with a band of zero width.
     """
 
     def __init__(self, kind: str, season: int = 1) -> None:
@@ -62,12 +62,15 @@ class StatsForecastModel:
         last = float(y[-1]) if len(y) else 0.0
         flat = [last] * horizon
         out: dict[Any, list[float]] = {0.1: flat, 0.5: flat, 0.9: flat, "mean": flat}
-        if len(y) < 2 * self.season + 4:
+        # a seasonal fit needs two seasons and a few points; before that, the non-seasonal
+        # model, as a careful forecaster would fit; before 8 points, the last value
+        season = self.season if len(y) >= 2 * self.season + 4 else 1
+        if len(y) < 8:
             return out
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fc = _model(self.kind, self.season).forecast(y=y, h=horizon, level=[80])
+                fc = _model(self.kind, season).forecast(y=y, h=horizon, level=[80])
         except ConfigurationError:
             raise
         except Exception as exc:  # a failed fit at one origin: last value, counted and logged

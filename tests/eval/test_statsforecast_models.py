@@ -29,7 +29,7 @@ def test_forecasts_a_seasonal_series_better_than_the_last_value(kind: str) -> No
     assert np.all(np.asarray(q[0.5]) <= np.asarray(q[0.9]) + 1e-9)
 
 
-def test_too_short_a_history_forecasts_the_last_value() -> None:
+def test_a_very_short_history_forecasts_the_last_value() -> None:
     model = StatsForecastModel("autotheta", season=12)
     for v in [1.0, 2.0, 3.0]:
         model.learn_one(v)
