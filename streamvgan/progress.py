@@ -118,7 +118,8 @@ class Progress:
         text = f"{self.desc}: {self.done:,}"
         if self.total:
             text += f"/{self.total:,} ({self.done / self.total:.0%})"
-        text += f" {self.unit}s in {elapsed:.0f} s, {rate:,.1f} {self.unit}s/s"
+        units = self.unit if self.unit.endswith("s") else self.unit + "s"  # "series" stays
+        text += f" {units} in {elapsed:.0f} s, {rate:,.1f} {units}/s"
         if self.total and 0 < self.done < self.total and rate > 0:
             text += f", about {(self.total - self.done) / rate:.0f} s left"
         return f"{text}; {self.note}" if self.note else text

@@ -179,6 +179,8 @@ def test_built_wheel_installs_and_runs_in_a_fresh_venv(tmp_path: Path) -> None:
             whl.read(f"streamvgan-{__version__}.dist-info/METADATA").decode()
         )
     assert "streamvgan/schemas/event.schema.json" in names
+    assert "streamvgan/nn/weights/pretrained.pt" in names  # init="pretrained" works offline
+    assert "streamvgan/nn/weights/pretrained.json" in names
     assert not any(n.startswith(("tests/", "benchmarks/", "docs/")) for n in names)
     assert meta["Version"] == __version__
     assert "torch>=2.3" in meta.get_all("Requires-Dist")
@@ -212,6 +214,18 @@ def test_built_wheel_installs_and_runs_in_a_fresh_venv(tmp_path: Path) -> None:
         env=env,
     )
     assert int(schema) > 100
+    pretrained = _run(
+        [
+            str(py),
+            "-c",
+            "from streamvgan.engine import EngineConfig, StreamEngine\n"
+            "e = StreamEngine(EngineConfig(init='pretrained'))\n"
+            "print(e.model_version, e.config.model.forecast_relative)",
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
+    assert pretrained.split() == ["1", "True"]  # the shipped weights load from the wheel
     assert "serve" in _run([str(env_dir / "bin" / "streamvgan"), "--help"], cwd=tmp_path, env=env)
     version = _run([str(env_dir / "bin" / "streamvgan"), "--version"], cwd=tmp_path, env=env)
     assert version.strip() == f"streamvgan {__version__}"
