@@ -122,7 +122,11 @@ class Application:
         *,
         engine: StreamEngine | None = None,
         registry: CollectorRegistry | None = None,
+        metrics_server: MetricsServer | None = None,
     ) -> None:
+        # `metrics_server`: one already answering /healthz for `registry` (``streamvgan
+        # serve`` starts it before torch and the model load); run() then uses it and stops it
+        self._metrics_server = metrics_server
         self.settings = settings
         if settings.torch_threads > 0:
             # Process-wide: spinning intra-op threads slow these small networks down.
@@ -264,7 +268,10 @@ class Application:
         self._run_thread = threading.current_thread()
         try:
             self._phase = "starting"  # inside the try: a signal from here on is handled
-            if s.metrics_port >= 0:
+            if self._metrics_server is not None:
+                server = self._metrics_server
+                self.metrics_port = server.port
+            elif s.metrics_port >= 0:
                 # First of all: /healthz answers (and /readyz says 503) while the broker is
                 # still unreachable, so an orchestrator sees a live process that waits.
                 server = MetricsServer(

@@ -153,13 +153,31 @@ def _fail(exc: BaseException) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from streamvgan.service.app import Application
+    from prometheus_client import CollectorRegistry
 
+    from streamvgan.service.metrics import MetricsServer
+
+    server = None
     try:
         settings = settings_mod.settings_from_args(args)
         settings.check_files()  # before loading the model: a wrong path fails in a second
-        app = Application(settings)
+        registry = CollectorRegistry()
+        started: list[Any] = []  # the Application, once built: /readyz is 503 until then
+        if settings.metrics_port >= 0:
+            # /healthz answers within the first second, before torch and the model load
+            server = MetricsServer(
+                registry,
+                lambda: bool(started) and started[0].ready,
+                settings.metrics_host,
+                settings.metrics_port,
+            ).start()
+        from streamvgan.service.app import Application
+
+        app = Application(settings, registry=registry, metrics_server=server)
+        started.append(app)
     except StreamVGANError as exc:
+        if server is not None:
+            server.stop()
         return _fail(exc)
     app.install_signal_handlers()
     code = app.run()

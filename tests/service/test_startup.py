@@ -274,3 +274,42 @@ def test_restore_of_a_partition_the_changelog_lacks_is_a_clear_error(kafka_broke
     with pytest.raises(ConfigurationError, match=r"input partition\(s\) \[1, 3\] were assigned"
                        r".* has 1 partition\(s\) and the input topic at least 4"):
         store.restore(engine=None, partitions=[0, 1, 3])
+
+
+def test_healthz_answers_before_the_model_loads(monkeypatch):
+    """`serve` starts /healthz before it imports torch and builds the engine (seconds on a
+    loaded machine): an orchestrator's liveness probe passes from the first second, and
+    /readyz says 503 until the service has connected."""
+    import threading
+
+    from streamvgan.cli import main
+
+    building = threading.Event()
+    release = threading.Event()
+    real_init = Application.__init__
+
+    def slow_init(self, *args, **kwargs):  # stands for loading torch and the model
+        building.set()
+        assert release.wait(60)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Application, "__init__", slow_init)
+    monkeypatch.setattr(Application, "install_signal_handlers", lambda self: None)
+    port = free_port()
+    codes: list[int] = []
+    serve = threading.Thread(target=lambda: codes.append(main([
+        "serve", "--bootstrap-servers", f"127.0.0.1:{free_port()}", "--metrics-host",
+        "127.0.0.1", "--metrics-port", str(port), "--broker-retry-s", "1",
+    ])))
+    serve.start()
+    try:
+        assert building.wait(60)
+        # the engine is not built yet, and the probes already answer
+        assert _status(port, "/healthz") == 200
+        assert _status(port, "/readyz") == 503
+    finally:
+        release.set()
+        serve.join(120)
+    assert not serve.is_alive()
+    assert codes and codes[0] != 0  # no broker within --broker-retry-s: it gives up
+    assert _status(port, "/healthz") is None  # and its server is gone
