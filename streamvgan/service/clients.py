@@ -405,6 +405,22 @@ def recoverable(exc: BaseException) -> bool:
     return bool(getattr(exc, "retriable", False)) or type(exc).__name__ in _RECOVERABLE
 
 
+def _fatal_error(producer: Any) -> BaseException | None:
+    """The error that put kafka-python ``producer`` in its fatal state, which aborts every
+    batch with it; None when healthy. Reads a private attribute (no public accessor)."""
+    manager = getattr(producer, "_transaction_manager", None)
+    try:
+        if manager is not None and manager.has_fatal_error():
+            return manager.last_error
+    except Exception:  # a kafka-python without these: no producer-level failures seen
+        pass
+    return None
+
+
+def _same_error(exc: BaseException, other: BaseException) -> bool:
+    return exc is other or (type(exc) is type(other) and str(exc) == str(other))
+
+
 class _Sent:
     """One record given to :class:`ResendingProducer`, kept until the broker acknowledged it."""
 
@@ -507,14 +523,21 @@ class ResendingProducer:
                         stalled = True
                         break
             pending, self._unacked = self._unacked, []
+            # Records aborted because their producer entered a fatal state (e.g. a restarted
+            # Tansu answering the epoch bump after OutOfOrderSequenceNumber with UnknownError)
+            # failed through no fault of their own: a new producer sends them.
+            dead = _fatal_error(self._producer)
             again = []
             for s in pending:
-                if not s.future.is_done or recoverable(s.future.exception):
-                    if not s.future.is_done or s.future.failed():
-                        again.append(s)
+                if not s.future.is_done:
+                    again.append(s)
                 elif s.future.failed():
-                    for fn in s.errbacks:
-                        fn(s.future.exception)
+                    exc = s.future.exception
+                    if recoverable(exc) or (dead is not None and _same_error(exc, dead)):
+                        again.append(s)
+                    else:
+                        for fn in s.errbacks:
+                            fn(exc)
             if not again:
                 break
             self.healthy = False

@@ -5,24 +5,38 @@ producer) is recovered by a new producer that resends what was not acknowledged.
 
 The embedded Tansu broker keeps its data in memory only (its other storage engines are
 Postgres and S3), so a restart loses every topic. The test restores the input log as a durable
-broker would keep it (same records, same offsets) before it produces new ones; what it checks is
-the service's side: no exit, no lost record, readiness that tells the truth.
+broker would keep it (same records, same offsets, same single partition) before it produces new
+ones; what it checks is the service's side: no exit, no lost record, readiness that tells the
+truth.
+
+The restore must happen before the service's clients reach the restarted broker: Tansu creates
+any topic a metadata request names, with 4 partitions (it ignores the clients'
+``allow_auto_topic_creation=False``), so a consumer that reconnects first re-creates the input
+topic with 4 partitions. The restored records then spread over partitions 0-1 (by key hash) and
+the service's committed offset 30 on partition 0 skips every record of "s0" there: on a loaded
+machine the test failed with the scores of ts 30, 33, ... 87 missing (issue 11). So the service
+reaches the broker through :class:`_Gate`, which lets only the restoring clients through until
+the log is back, as a durable broker would have had it all along.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+from kafka.admin import NewTopic
 from prometheus_client import CollectorRegistry
 
 from streamvgan.service import clients
 from streamvgan.service.app import Application
 from streamvgan.service.broker import EmbeddedBroker, free_port
+from streamvgan.service.changelog import changelog_topic
 from streamvgan.service.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -43,14 +57,122 @@ def broker():
         b.stop()
 
 
+RESTORER = "tests-restore"  # client id prefix the closed gate lets through
+
+
+class _Gate:
+    """A TCP forwarder in front of the broker, which advertises the gate's address, so every
+    client connects through it. :meth:`down` refuses connections as a stopped broker does;
+    :meth:`up` with ``only_restorers`` listens again but holds each new connection whose first
+    request carries a client id not starting with :data:`RESTORER` until :meth:`up` without it,
+    as a broker still loading its log would. (Dropping them instead resets connections in the
+    middle of kafka-python's handshake, which a real restart does not do.)"""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.only_restorers = False
+        self.held = 0  # connections held by only_restorers, for the failure message
+        self._opened = threading.Event()
+        self._server: socket.socket | None = None
+        self.up()
+
+    def up(self, only_restorers: bool = False) -> None:
+        self.only_restorers = only_restorers
+        if only_restorers:
+            self._opened.clear()
+        else:
+            self._opened.set()
+        if self._server is None:
+            self._server = socket.create_server(("127.0.0.1", self.port))
+            threading.Thread(target=self._accept, args=(self._server,), daemon=True).start()
+
+    def down(self) -> None:
+        if self._server is not None:
+            with contextlib.suppress(OSError):  # shutdown wakes the thread blocked in accept
+                self._server.shutdown(socket.SHUT_RDWR)
+            self._server.close()
+            self._server = None
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                down, _ = server.accept()
+            except OSError:  # down()
+                return
+            threading.Thread(target=self._forward, args=(down,), daemon=True).start()
+
+    def _forward(self, down: socket.socket) -> None:
+        up = None
+        try:
+            # request size, api key, api version, correlation id, client id length: every
+            # request header version starts so (KIP-482 kept client_id a non-compact string)
+            head = _recv_exactly(down, 14)
+            n = int.from_bytes(head[12:14], "big", signed=True) if head else -1
+            client_id = _recv_exactly(down, max(n, 0))
+            if head is None or client_id is None:
+                return
+            if self.only_restorers and not client_id.startswith(RESTORER.encode()):
+                self.held += 1
+                if not self._opened.wait(WAIT_S):
+                    return
+            up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            up.settimeout(None)
+            up.sendall(head + client_id)
+            back = threading.Thread(target=_pump, args=(up, down), daemon=True)
+            back.start()
+            _pump(down, up)
+            back.join()
+        except OSError:
+            pass  # the broker is down or a side hung up: the client sees a closed connection
+        finally:
+            down.close()
+            if up is not None:
+                up.close()
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while chunk := src.recv(65536):
+            dst.sendall(chunk)
+    except OSError:
+        pass
+    for sock in (src, dst):  # wakes the pump of the other direction
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def gated_broker():
+    """Like :func:`broker`, behind a :class:`_Gate`; bootstrap through ``gate.port``."""
+    gate = _Gate(free_port())
+    b = EmbeddedBroker(port=gate.upstream_port, advertised=f"127.0.0.1:{gate.port}")
+    b.start()
+    try:
+        yield b, gate
+    finally:
+        b.stop()
+        gate.down()
+
+
 def _events(start: int, stop: int) -> list[tuple[bytes, bytes]]:
     return [(f"s{i % 3}".encode(),
              json.dumps({"stream": f"s{i % 3}", "ts": i, "value": float(i % 7)}).encode())
             for i in range(start, stop)]
 
 
-def _produce(servers: str, topic: str, records) -> None:
-    producer = clients.make_producer(servers, client_id="tests")
+def _produce(servers: str, topic: str, records, client_id: str = "tests") -> None:
+    producer = clients.make_producer(servers, client_id=client_id)
     try:
         for key, value in records:
             producer.send(topic, key=key, value=value)
@@ -78,6 +200,14 @@ def _read_scores(servers: str, topic: str, want: set[int]) -> set[int]:
     finally:
         consumer.close()
     return seen
+
+
+def _layout(servers: str, topics: list[str]) -> dict[str, int | None]:
+    admin = clients.make_admin(servers, client_id="tests-layout")
+    try:
+        return {t: clients.partition_count(admin, t) for t in topics}
+    finally:
+        admin.close()
 
 
 def _status(port: int, path: str) -> int | None:
@@ -138,8 +268,9 @@ def test_resending_producer_recovers_unknown_producer_id_after_a_restart(broker)
     assert got >= {str(i).encode() for i in range(50)}  # all 50, duplicates allowed
 
 
-def test_serve_survives_a_broker_restart(broker):
-    servers = broker.bootstrap_servers
+def test_serve_survives_a_broker_restart(gated_broker):
+    broker, gate = gated_broker
+    servers = f"127.0.0.1:{gate.port}"
     topic = "outage-in"
     settings = Settings(
         bootstrap_servers=servers, input_topic=topic, group_id="outage", partitions=1,
@@ -147,6 +278,8 @@ def test_serve_survives_a_broker_restart(broker):
         forecast_every=0, continuation_every=0, engine_params={"warmup_events": 10**9},
     )
     part_a, part_b = _events(0, 30), _events(30, 90)
+    changelog = changelog_topic(settings.group_id, topic)
+    topics = [topic, settings.scores_topic, changelog]
     registry = CollectorRegistry()
     app = Application(settings, registry=registry).start()
     try:
@@ -157,18 +290,32 @@ def test_serve_survives_a_broker_restart(broker):
         _wait(lambda: _status(port, "/readyz") == 200, "ready")
         assert _read_scores(servers, settings.scores_topic, set(range(30))) >= set(range(30))
 
+        gate.down()  # new connections refused, as by a stopped broker
         broker.stop()
         _wait(lambda: _status(port, "/readyz") == 503, "/readyz 503 while the broker is down")
         assert _status(port, "/healthz") == 200
         assert app.exit_code is None  # still running
 
         broker.start()
-        # the durable log a real broker would have kept: part A at offsets 0-29 again
-        clients.ensure_topics(servers, [topic, settings.scores_topic], partitions=1)
-        _produce(servers, topic, part_a + part_b)
+        gate.up(only_restorers=True)  # the service's clients wait until the log is back
+        # the durable log a real broker would have kept: part A at offsets 0-29 again, and the
+        # topics serve had created with the partition count of the input
+        admin = clients.make_admin(servers, client_id=RESTORER)
+        try:
+            admin.create_topics([
+                NewTopic(t, num_partitions=1, replication_factor=-1,
+                         topic_configs={"cleanup.policy": "compact"} if t == changelog else {})
+                for t in topics])  # the changelog's records are not restored: not checked here
+        finally:
+            admin.close()
+        _produce(servers, topic, part_a, client_id=RESTORER)
+        gate.up()
+        _produce(servers, topic, part_b)
         want = set(range(30, 90))
         seen = _read_scores(servers, settings.scores_topic, want)
-        assert want <= seen, sorted(want - seen)
+        assert want <= seen, (sorted(want - seen), _layout(servers, topics), gate.held)
+        # nothing re-created a topic with the broker's default 4 partitions behind the restore
+        assert _layout(servers, topics) == dict.fromkeys(topics, 1)
         _wait(lambda: _status(port, "/readyz") == 200, "ready again after the restart")
         assert app.exit_code is None
         # the producer that knew the old broker was replaced (UnknownProducerId or
