@@ -158,6 +158,20 @@ def _serve(args: argparse.Namespace) -> int:
     from streamvgan.service.metrics import MetricsServer
 
     server = None
+    if threading.current_thread() is threading.main_thread():
+        # until the Application installs its own handlers: the model is still loading and
+        # nothing has been consumed, so a stop request ends the process at once, exit 0
+        def before_start(signum: int, frame: Any) -> None:
+            log.info(
+                "received %s while loading the model: stopped during start-up, nothing "
+                "was consumed",
+                signal.Signals(signum).name,
+            )
+            logging.shutdown()
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, before_start)
+        signal.signal(signal.SIGINT, before_start)
     try:
         settings = settings_mod.settings_from_args(args)
         settings.check_files()  # before loading the model: a wrong path fails in a second

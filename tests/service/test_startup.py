@@ -313,3 +313,20 @@ def test_healthz_answers_before_the_model_loads(monkeypatch):
     assert not serve.is_alive()
     assert codes and codes[0] != 0  # no broker within --broker-retry-s: it gives up
     assert _status(port, "/healthz") is None  # and its server is gone
+
+
+def test_sigterm_while_the_model_loads_exits_0(tmp_path):
+    """/healthz answers before torch and the model load, so an orchestrator may stop the
+    process in that window: nothing was consumed, it exits 0 at once (not killed, -15)."""
+    log_path = tmp_path / "serve.log"
+    port = free_port()
+    proc = _serve(["--bootstrap-servers", f"127.0.0.1:{free_port()}",
+                   "--metrics-port", str(port)], log_path)
+    try:
+        _wait_for(lambda: _status(port, "/healthz") == 200, "/healthz", proc, log_path)
+        # at once: still importing torch / building the engine on most machines, otherwise
+        # already retrying the broker; both phases must end with 0 within the bound
+        assert _terminate(proc, log_path) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
