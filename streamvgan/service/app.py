@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from kafka import AsyncConsumerRebalanceListener, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
@@ -153,6 +154,7 @@ class Application:
         self._run_thread: threading.Thread | None = None
         self._input_partitions = 0
         self._coordinator_ok = True  # the group coordinator is reachable (checked each second)
+        self._poll_ok = True  # the last poll did not raise (a connection reset, a timeout)
         self._tuner: BackgroundFineTuner | None = None
         # scale-out: stream -> input partition, streams changed since the last commit,
         # partitions whose changelog must be restored before their records are processed
@@ -216,7 +218,7 @@ class Application:
         producer = self._producer
         if producer is not None and not producer.healthy:
             return False
-        return self._coordinator_ok
+        return self._coordinator_ok and self._poll_ok
 
     def stop(self) -> None:
         """Ask the loop to stop after the batch in hand; safe from signal handlers and threads."""
@@ -436,8 +438,23 @@ class Application:
         s = self.settings
         now = time.monotonic()
         last_commit = last_checkpoint = last_lag = now
+        failures = 0  # polls in a row that raised a retriable error
         while not self._stop.is_set():
-            records = consumer.poll(timeout_ms=s.poll_timeout_ms, max_records=s.poll_max_records)
+            try:
+                records = consumer.poll(
+                    timeout_ms=s.poll_timeout_ms, max_records=s.poll_max_records
+                )
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise
+                failures += 1
+                self._poll_failed(exc, failures)
+                continue
+            if failures:
+                log.warning("polling again after %d failed polls", failures)
+                failures = 0
+                self._poll_ok = True
+                self._assigned_changed()
             if records:
                 self._handle(records, producer)
             now = time.monotonic()
@@ -462,6 +479,26 @@ class Application:
             elif now - last_commit >= s.commit_interval_s:
                 self._commit(consumer)
                 last_commit = now
+
+    def _poll_failed(self, exc: KafkaError, failures: int) -> None:
+        """A poll raised a retriable error: kafka-python gives up on a connection reset while
+        connecting (a proxy or load balancer in front of the broker, a broker restarting) with
+        ``KafkaConnectionError``, or on a timeout. Nothing of a batch is lost (offsets are
+        committed only after the outputs are acknowledged), so: not ready, back off (0.5 s,
+        doubling to 5 s; a stop ends the wait), poll again."""
+        delay = min(0.5 * 2 ** min(failures - 1, 4), 5.0)
+        if failures == 1:
+            log.warning(
+                "poll failed (%r): not ready; polling again every %.1f-5 s until the broker "
+                "answers",
+                exc,
+                delay,
+            )
+        else:
+            log.debug("poll failed again (%d in a row): %r", failures, exc)
+        self._poll_ok = False
+        self._assigned_changed()
+        self._stop.wait(delay)
 
     def _handle(
         self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], producer: Any

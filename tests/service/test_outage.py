@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import struct
 import threading
 import time
 import urllib.error
@@ -73,11 +74,16 @@ class _Gate:
         self.port = free_port()
         self.only_restorers = False
         self.held = 0  # connections held by only_restorers, for the failure message
+        self.resetting = False  # reset(): new connections are reset after their first request
+        self.resets = 0  # connections reset so, for the failure message
+        self._live: set[socket.socket] = set()  # client sides of the forwarded connections
+        self._live_lock = threading.Lock()
         self._opened = threading.Event()
         self._server: socket.socket | None = None
         self.up()
 
     def up(self, only_restorers: bool = False) -> None:
+        self.resetting = False
         self.only_restorers = only_restorers
         if only_restorers:
             self._opened.clear()
@@ -93,6 +99,17 @@ class _Gate:
                 self._server.shutdown(socket.SHUT_RDWR)
             self._server.close()
             self._server = None
+
+    def reset(self) -> None:
+        """Reset every forwarded connection, then accept new ones but reset each after its
+        first request (kafka-python's ApiVersions handshake), as a proxy or load balancer in
+        front of a restarting broker does, until :meth:`up`. Clients whose id starts with
+        :data:`RESTORER` pass."""
+        self.resetting = True
+        with self._live_lock:
+            live = list(self._live)
+        for sock in live:
+            _abort(sock)
 
     def _accept(self, server: socket.socket) -> None:
         while True:
@@ -112,6 +129,12 @@ class _Gate:
             client_id = _recv_exactly(down, max(n, 0))
             if head is None or client_id is None:
                 return
+            if self.resetting and not client_id.startswith(RESTORER.encode()):
+                self.resets += 1
+                _abort(down)
+                return
+            with self._live_lock:
+                self._live.add(down)
             if self.only_restorers and not client_id.startswith(RESTORER.encode()):
                 self.held += 1
                 if not self._opened.wait(WAIT_S):
@@ -126,9 +149,18 @@ class _Gate:
         except OSError:
             pass  # the broker is down or a side hung up: the client sees a closed connection
         finally:
+            with self._live_lock:
+                self._live.discard(down)
             down.close()
             if up is not None:
                 up.close()
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close ``sock`` with a TCP reset (SO_LINGER 0), not an orderly FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)  # wakes the pumps; their close() sends the RST
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
@@ -366,3 +398,53 @@ def test_sigterm_during_an_outage_exits_0_within_the_bound(broker, tmp_path):
             proc.kill()
             proc.wait(10)
     assert rc == 0, log_path.read_text()[-3000:]
+
+
+def test_serve_survives_connections_reset_while_connecting(gated_broker):
+    """Something between `serve` and the broker (a proxy, a load balancer, a restarting broker)
+    resets its connections, the new ones too, partway through kafka-python's handshake, so
+    ``consumer.poll`` raises ``KafkaConnectionError`` (issue 11, item 4). The service must log,
+    say 503 on /readyz, keep polling and, once connections go through again, score every event,
+    including those produced while it could not connect; it did exit 1 ("fatal error")."""
+    broker, gate = gated_broker
+    servers = f"127.0.0.1:{gate.port}"
+    topic = "reset-in"
+    settings = Settings(
+        bootstrap_servers=servers, input_topic=topic, group_id="reset", partitions=1,
+        # a poll of 3 s, not 200 ms: the coordinator lookup fails on a reset, kafka-python
+        # then waits inside poll for a metadata refresh, and that refresh fails on the next
+        # reset within the poll's timeout (as on a loaded machine), so poll raises
+        poll_timeout_ms=3000, metrics_host="127.0.0.1", metrics_port=0, commit_interval_s=0.5,
+        forecast_every=0, continuation_every=0, engine_params={"warmup_events": 10**9},
+    )
+    part_a, part_b = _events(0, 30), _events(30, 90)
+    app = Application(settings, registry=CollectorRegistry()).start()
+    try:
+        assert app.wait_started(WAIT_S)
+        port = app.metrics_port
+        _produce(servers, topic, part_a)
+        _wait(lambda: app.stats.scored >= len(part_a), "part A scored")
+        _wait(lambda: _status(port, "/readyz") == 200, "ready")
+
+        gate.reset()
+        _wait(lambda: _status(port, "/readyz") == 503 or app.exit_code is not None,
+              "/readyz 503 while connections are reset")
+        assert app.exit_code is None, f"serve stopped (exit {app.exit_code}) on a reset"
+        # produced meanwhile by a client the gate lets through: the log goes on without serve
+        _produce(servers, topic, part_b, client_id=RESTORER)
+        resets = gate.resets
+        _wait(lambda: gate.resets >= resets + 3 or app.exit_code is not None,
+              "serve to retry through the resets")  # it keeps trying, not once and gives up
+        assert app.exit_code is None, f"serve stopped (exit {app.exit_code}) on a reset"
+        assert _status(port, "/readyz") == 503 and _status(port, "/healthz") == 200
+
+        gate.up()
+        want = set(range(90))
+        seen = _read_scores(servers, settings.scores_topic, want)
+        assert want <= seen, (sorted(want - seen), gate.resets)
+        _wait(lambda: _status(port, "/readyz") == 200, "ready again once connections go through")
+        assert app.exit_code is None
+    finally:
+        app.stop()
+        code = app.join(60)
+    assert code == 0
