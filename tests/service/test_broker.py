@@ -53,19 +53,22 @@ def test_nothing_listening_is_not_ready():
 
 
 @pytest.mark.kafka
-def test_group_join_takes_about_three_seconds(kafka):
-    """With a 6 s session timeout Tansu answers a JoinGroup after ~3 s (23 s with
-    kafka-python's defaults); this guards the settings every group in the suite uses."""
-    from streamvgan.service.clients import make_consumer
+def test_consumers_join_with_the_short_session_timeout(kafka):
+    """With a 6 s session timeout Tansu answers a JoinGroup after ~3 s on an idle machine
+    (23 s with kafka-python's defaults); every group in the suite relies on these settings.
+    Checked on the consumer's configuration, not by timing the join (9.1 s once on a busy
+    CI machine): the join itself only has to happen within a generous bound."""
+    from streamvgan.service.clients import DEFAULT_SESSION_TIMEOUT_MS, make_consumer
 
     topic = kafka.topic("join")
     consumer = make_consumer(kafka.bootstrap_servers, group_id=kafka.group("join"))
     try:
+        assert consumer.config["session_timeout_ms"] == DEFAULT_SESSION_TIMEOUT_MS == 6000
+        assert consumer.config["heartbeat_interval_ms"] == 2000
         start = time.monotonic()
         consumer.subscribe([topic])
-        while not consumer.assignment() and time.monotonic() - start < 30:
+        while not consumer.assignment() and time.monotonic() - start < 60:
             consumer.poll(timeout_ms=100)
-        joined = time.monotonic() - start
+        assert consumer.assignment(), "the consumer never joined its group"
     finally:
         consumer.close()
-    assert joined < 6.0, f"group join took {joined:.1f}s"
