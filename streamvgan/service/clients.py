@@ -118,13 +118,7 @@ def wait_for_topic(
         ensure_topics(bootstrap_servers, [topic], partitions=create_partitions, security=security)
     last_log = 0.0
     while True:
-        admin = make_admin(bootstrap_servers, security=security)
-        try:
-            n = partition_count(admin, topic)
-        except KafkaError as exc:
-            raise BrokerError(f"cannot describe topic {topic!r}: {exc!r}") from exc
-        finally:
-            admin.close()
+        n = _partition_count_of(bootstrap_servers, topic, security)
         if n:
             return n
         now = time.monotonic()
@@ -140,6 +134,19 @@ def wait_for_topic(
             raise Stopped(f"waiting for topic {topic!r}")
 
 
+def _partition_count_of(
+    bootstrap_servers: str, topic: str, security: Mapping[str, Any] | None
+) -> int | None:
+    """``topic``'s partition count (None if it does not exist), from a short-lived admin."""
+    admin = make_admin(bootstrap_servers, security=security)
+    try:
+        return partition_count(admin, topic)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot describe topic {topic!r}: {exc!r}") from exc
+    finally:
+        admin.close()
+
+
 def check_copartitioned(
     bootstrap_servers: str,
     input_topic: str,
@@ -150,13 +157,7 @@ def check_copartitioned(
     """Raise :class:`ConfigurationError` naming both counts and the fix when the changelog
     topic has another partition count than the input topic (state of input partition p lives
     in changelog partition p)."""
-    admin = make_admin(bootstrap_servers, security=security)
-    try:
-        n = partition_count(admin, changelog)
-    except KafkaError as exc:
-        raise BrokerError(f"cannot describe topic {changelog!r}: {exc!r}") from exc
-    finally:
-        admin.close()
+    n = _partition_count_of(bootstrap_servers, changelog, security)
     if n is not None and n != input_partitions:
         raise ConfigurationError(layout_error(input_topic, input_partitions, changelog, n))
 
