@@ -1,4 +1,5 @@
-"""The Kafka service against a raw kafka-python pass-through, on the embedded broker.
+"""The Kafka service against a model-free pass-through behind the same loop, on the embedded
+broker.
 
     python benchmarks/bench_service.py [--streams 1,1000,10000] [--events 20000]
 

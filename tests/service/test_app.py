@@ -237,9 +237,9 @@ def test_revoked_partitions_are_committed_before_they_move(kafka_session, kafka_
     two = replica()
     try:
         deadline = time.monotonic() + 60
-        while not (two._assigned and one._assigned) and time.monotonic() < deadline:
+        while not (two.loop.assigned and one.loop.assigned) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert len(one._assigned) == len(two._assigned) == 1
+        assert len(one.loop.assigned) == len(two.loop.assigned) == 1
         assert kafka.committed(topic, group, 2) == {0: 60, 1: 60}  # committed on revocation
         second_part = [(s.encode(), json.dumps({"stream": s, "ts": i, "value": 1}).encode())
                        for i in range(60, 90) for s in streams]

@@ -116,19 +116,19 @@ def test_no_checkpoint_is_rewritten_when_nothing_changed(tmp_path):
     registry = CollectorRegistry()
     settings = Settings(input_topic="in", checkpoint_dir=str(tmp_path), metrics_port=-1)
     app = Application(settings, engine=_engine(), registry=registry)
-    app._checkpoint()
-    app._checkpoint()  # idle: nothing changed
+    app.state.checkpoint()
+    app.state.checkpoint()  # idle: nothing changed
     assert app.stats.checkpoints == 1
     assert registry.get_sample_value("streamvgan_checkpoint_skipped_unchanged_total") == 1
     app.engine.process([Event("s0", {"value": 0.5})])
-    app._checkpoint()
+    app.state.checkpoint()
     assert app.stats.checkpoints == 2
     info = json.loads((checkpoints.latest_checkpoint(tmp_path) / "service.json").read_text())
     assert info["events_seen"] == 16
 
     # a service started from that checkpoint does not rewrite it either
     again = Application(settings, registry=CollectorRegistry())
-    again._checkpoint()
+    again.state.checkpoint()
     assert again.stats.checkpoints == 0
 
 
@@ -140,12 +140,13 @@ def test_evicted_streams_leave_the_service_maps(tmp_path):
     for k in range(1000):
         stream = f"id-{k}"
         app.engine.process([Event(stream, {"value": 1.0})])
-        app._counts[stream] += 1
-        app._stream_partition[stream] = k % 4
-        app._dirty[stream] = k % 4
+        app.processor.schedule.counts[stream] += 1
+        app.state.stream_partition[stream] = k % 4
+        app.state.dirty[stream] = k % 4
     assert app.engine.n_streams == 100
     live = set(app.engine.streams())
-    assert set(app._counts) == set(app._stream_partition) == set(app._dirty) == live
+    counts, state = app.processor.schedule.counts, app.state
+    assert set(counts) == set(state.stream_partition) == set(state.dirty) == live
 
 
 def test_a_format_1_checkpoint_still_loads():
