@@ -3,7 +3,7 @@ broker.
 
     python benchmarks/bench_service.py [--streams 1,1000,10000] [--events 20000]
 
-is the same as ``streamvgan bench``; see ``streamvgan/service/bench.py`` for what is measured.
+is the same as ``streamvgan bench``; see ``streamvgan/tools/bench.py`` for what is measured.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     from streamvgan.service import commands as service_commands
 
     service_commands.register(sub)
+    from streamvgan.tools import commands as tools_commands
+
+    tools_commands.register(sub)
     from streamvgan.pretrain import commands as pretrain_commands
 
     pretrain_commands.register(sub)

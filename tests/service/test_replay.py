@@ -9,7 +9,7 @@ import pytest
 
 from streamvgan.cli import main
 from streamvgan.errors import InvalidInputError
-from streamvgan.service.replay import convert_timestamp, read_csv_events
+from streamvgan.tools.replay import convert_timestamp, read_csv_events
 from streamvgan.service.wire import decode_event
 
 

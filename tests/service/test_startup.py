@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamvgan.service.app import Application
-from streamvgan.service.broker import free_port
+from streamvgan.tools.broker import free_port
 from streamvgan.service.changelog import changelog_topic
 from streamvgan.service.clients import make_admin, partition_count
 from streamvgan.service.settings import Settings

@@ -103,7 +103,7 @@ class Result:
 
 def main(args: argparse.Namespace) -> int:
     from streamvgan.service.settings import _parse_engine_param
-    from streamvgan.service.broker import bootstrap_or_embedded
+    from streamvgan.tools.broker import bootstrap_or_embedded
 
     counts = [int(x) for x in str(args.streams).split(",") if x.strip()]
     engine_params = dict(_parse_engine_param(p) for p in args.engine_params or [])

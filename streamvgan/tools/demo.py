@@ -141,7 +141,7 @@ DEMO_ENGINE_PARAMS = {
 
 
 def main(args: argparse.Namespace) -> int:
-    from streamvgan.service.broker import EmbeddedBroker
+    from streamvgan.tools.broker import EmbeddedBroker
 
     require("matplotlib", extra="demo", purpose="the demo's plot")  # before a long replay
     if args.bootstrap_servers:
