@@ -39,12 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     from streamvgan.pretrain import commands as pretrain_commands
 
     pretrain_commands.register(sub)
-    try:
-        from streamvgan.eval import commands as eval_commands
-    except ImportError:  # evaluation not installed in this build
-        pass
-    else:
-        eval_commands.register(sub)
+    from streamvgan.eval import commands as eval_commands
+
+    eval_commands.register(sub)
     return parser
 
 
