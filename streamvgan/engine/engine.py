@@ -28,11 +28,11 @@ Anomaly score of an event (see README "How the score is computed"):
    :func:`calibrated_score`);
 4. a value beyond the range of all values the stream has shown, by more than
    ``range_tolerance`` of that range, scores 1.0 (a new extreme);
-5. if ``alert_cooldown`` > 0 (off by default), after a score of at least ``alert_threshold``
+5. if ``alert_cooldown`` > 0 (off by default), after a score of at least ``cooldown_threshold``
    the next ``alert_cooldown`` scores of the channel are capped at ``cooldown_cap``, so one
    incident raises one alert.
 
-Points scoring at least ``anomaly_threshold`` (before the cooldown) enter the replay buffer and
+Points scoring at least ``downweight_threshold`` (before the cooldown) enter the replay buffer and
 the statistics at ``anomalous_weight``.
 
 Forecasts combine the network's forecast with the last value, weighted by the inverse of each
@@ -671,7 +671,7 @@ class StreamEngine:
         self._mutations += 1
         n, mean, var, std, xn = c["n"], c["mean"], c["var"], c["std"], c["xn"]
         comps, smoothed, score, out = c["comps"], c["smoothed"], c["score"], c["out"]
-        anomalous = c["likely"] >= cfg.anomaly_threshold
+        anomalous = c["likely"] >= cfg.downweight_threshold
         weight = np.where(anomalous, cfg.anomalous_weight, 1.0)
         st.push(slots, xn.astype(np.float32), weight)
         st.recent[slots, n % st.sizes["S"]] = c["signals"]
@@ -686,7 +686,7 @@ class StreamEngine:
         )
         quiet = st.quiet[slots]
         st.quiet[slots] = np.where(
-            (quiet == 0) & (score >= cfg.alert_threshold),
+            (quiet == 0) & (score >= cfg.cooldown_threshold),
             cfg.alert_cooldown,
             np.maximum(quiet - 1, 0),
         )
