@@ -267,7 +267,8 @@ def merge_checkpoint_config(
     The architecture (:data:`FROM_CHECKPOINT`: the network, what shapes the per-stream state,
     the optimisers' state) comes from ``saved``, since the weights and stream states were made
     for it; everything else (thresholds, cooldown, ``max_streams``, fit schedule...) from
-    ``current``, the settings the process was started with. Each difference is one ``"name: ..."`` line.
+    ``current``, the settings the process was started with. Each difference is one
+    ``"name: ..."`` line.
 
     Examples
     --------

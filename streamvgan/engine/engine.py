@@ -1005,9 +1005,16 @@ class StreamEngine:
             return checkpoint.save(self, Path(directory))
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> StreamEngine:
-        """Rebuild an engine from :meth:`save`'s directory (``torch.load(weights_only=True)``)."""
-        return checkpoint.load(cls, Path(directory), device)
+    def load(
+        cls,
+        directory: str | Path,
+        device: str | torch.device = "cpu",
+        settings: EngineConfig | None = None,
+    ) -> StreamEngine:
+        """Rebuild an engine from :meth:`save`'s directory (``torch.load(weights_only=True)``);
+        with ``settings``, only the architecture comes from the checkpoint
+        (:func:`~streamvgan.engine.config.merge_checkpoint_config`)."""
+        return checkpoint.load(cls, Path(directory), device, settings)
 
     def to_bytes(self) -> bytes:
         """The whole engine as bytes (what :meth:`save` writes), e.g. for pickling."""
@@ -1015,8 +1022,13 @@ class StreamEngine:
             return checkpoint.dumps(self)
 
     @classmethod
-    def from_bytes(cls, data: bytes, device: str | torch.device = "cpu") -> StreamEngine:
-        return checkpoint.loads(cls, data, device)
+    def from_bytes(
+        cls,
+        data: bytes,
+        device: str | torch.device = "cpu",
+        settings: EngineConfig | None = None,
+    ) -> StreamEngine:
+        return checkpoint.loads(cls, data, device, settings=settings)
 
     def __getstate__(self) -> dict:
         return {"bytes": self.to_bytes(), "device": str(self.device)}

@@ -173,26 +173,21 @@ class Application:
 
     def _load_or_build_engine(self) -> StreamEngine:
         s = self.settings
+        config = EngineConfig.from_params(**s.engine_config_params())
         if s.checkpoint_dir:
+            # the architecture from the checkpoint, every other setting from `config`
             engine = checkpoints.load_checkpoint(
                 s.checkpoint_dir,
                 device=s.device,
                 on_fallback=lambda path, exc: self.metrics.checkpoint_fallbacks.inc(),
+                settings=config,
             )
             if engine is not None:
                 self._checkpointed_revision = engine.revision  # as on disk: nothing to rewrite
-                if engine.config.horizon != s.horizon:
-                    log.warning(
-                        "checkpoint horizon=%d differs from --horizon=%d; the checkpoint's "
-                        "architecture wins",
-                        engine.config.horizon,
-                        s.horizon,
-                    )
                 return engine
             log.info("no checkpoint in %s yet: starting a fresh model", s.checkpoint_dir)
         else:
             log.warning("no --checkpoint-dir: the model and stream state are lost on restart")
-        config = EngineConfig.from_params(**s.engine_config_params())
         return StreamEngine(config, seed=s.seed, device=s.device)
 
     def _on_fit(self, report: FitReport) -> None:
