@@ -25,8 +25,14 @@ RENAMED = {"alert_threshold": "cooldown_threshold", "anomaly_threshold": "downwe
 #: rates (saved inside the optimisers' state) and ``init`` (where the first weights came from;
 #: a checkpoint's weights replace them).
 FROM_CHECKPOINT = (
-    "model", "field_mode", "replay_size", "smoothing", "season_window",
-    "learning_rate", "critic_learning_rate", "init",
+    "model",
+    "field_mode",
+    "replay_size",
+    "smoothing",
+    "season_window",
+    "learning_rate",
+    "critic_learning_rate",
+    "init",
 )
 
 log = logging.getLogger(__name__)
@@ -65,8 +71,16 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     **{
         name: (*_POSITIVE_INT, "")
         for name in (
-            "max_streams", "replay_size", "window", "warmup_events", "fit_every",
-            "first_fit_steps", "fit_steps", "batch_size", "smoothing", "relevel_after",
+            "max_streams",
+            "replay_size",
+            "window",
+            "warmup_events",
+            "fit_every",
+            "first_fit_steps",
+            "fit_steps",
+            "batch_size",
+            "smoothing",
+            "relevel_after",
         )
     },
     "burn_in": (*_int_at_least(0), ""),
@@ -80,7 +94,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "level_halflife": (*_POSITIVE, ""),
     "clip": (*_POSITIVE, ""),
     "range_tolerance": (
-        (lambda v: v is None or (_is_number(v) and v >= 0)), "a number >= 0 or None (off)", ""
+        (lambda v: v is None or (_is_number(v) and v >= 0)),
+        "a number >= 0 or None (off)",
+        "",
     ),
     "cooldown_threshold": (*_PROBABILITY, ""),
     "cooldown_cap": (*_PROBABILITY, ""),
@@ -92,8 +108,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
         "",
     ),
     "signals": (
-        lambda v: isinstance(v, tuple) and bool(v) and set(v) <= set(SIGNALS)
-        and len(set(v)) == len(v),
+        lambda v: (
+            isinstance(v, tuple) and bool(v) and set(v) <= set(SIGNALS) and len(set(v)) == len(v)
+        ),
         f"a non-empty sequence drawn from {SIGNALS} without repeats",
         " (the CLI and TOML also take a comma-separated string, e.g. jump,level)",
     ),
@@ -103,7 +120,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     ),
     "forecast_blend": ((lambda v: isinstance(v, bool)), "true or false", ""),
     "season_window": (
-        (lambda v: _is_int(v) and (v == 0 or v >= 16)), "0 (off) or an int >= 16", ""
+        (lambda v: _is_int(v) and (v == 0 or v >= 16)),
+        "0 (off) or an int >= 16",
+        "",
     ),
     "season_min_correlation": (*_number_in(0.0, 1.0, low_open=True, high_open=False), ""),
     "init": (
