@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from streamvgan.engine.config import EngineConfig
+from streamvgan.engine.config import EngineConfig, merge_checkpoint_config
 from streamvgan.errors import CheckpointError, ConfigurationError
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ READS_VERSIONS = (1, 2)
 STREAM_FORMAT_VERSION = 1
 DATA_FILE = "engine.pt"
 MANIFEST = "MANIFEST.json"
+
+log = logging.getLogger(__name__)
 
 
 def load_bytes(data: bytes, what: str) -> dict[str, Any]:
@@ -105,7 +108,9 @@ def save(engine: StreamEngine, directory: Path) -> Path:
     return directory
 
 
-def load(cls: type[StreamEngine], directory: Path, device) -> StreamEngine:
+def load(
+    cls: type[StreamEngine], directory: Path, device, settings: EngineConfig | None = None
+) -> StreamEngine:
     data_path, manifest_path = directory / DATA_FILE, directory / MANIFEST
     if not data_path.is_file() or not manifest_path.is_file():
         raise CheckpointError(
@@ -123,10 +128,18 @@ def load(cls: type[StreamEngine], directory: Path, device) -> StreamEngine:
             f"{data_path} does not match the checksum in {MANIFEST}: the file is truncated or "
             "was changed after it was written; restore it or delete the directory to start fresh"
         )
-    return loads(cls, data, device, str(data_path))
+    return loads(cls, data, device, str(data_path), settings)
 
 
-def loads(cls: type[StreamEngine], data: bytes, device, what: str = "engine bytes") -> StreamEngine:
+def loads(
+    cls: type[StreamEngine],
+    data: bytes,
+    device,
+    what: str = "engine bytes",
+    settings: EngineConfig | None = None,
+) -> StreamEngine:
+    """The engine saved in ``data``; with ``settings``, its architecture comes from the
+    checkpoint and everything else from ``settings`` (one log line lists what differs)."""
     data_path = what
     payload = load_bytes(data, what)
     if payload.get("format") != FORMAT or payload.get("format_version") not in READS_VERSIONS:
@@ -141,6 +154,14 @@ def loads(cls: type[StreamEngine], data: bytes, device, what: str = "engine byte
         raise CheckpointError(
             f"{data_path} holds an engine configuration this version cannot use: {exc}"
         ) from exc
+    if settings is not None:
+        config, differences = merge_checkpoint_config(config, settings)
+        if differences:
+            log.warning(
+                "%s: the checkpoint's configuration differs from the settings: %s",
+                data_path,
+                "; ".join(differences),
+            )
     # the weights come from the checkpoint: the initial ones need not be read (nor exist)
     engine = cls(replace(config, init="random"), seed=int(payload["seed"]), device=device)
     engine.config = config

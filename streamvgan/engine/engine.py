@@ -28,11 +28,11 @@ Anomaly score of an event (see README "How the score is computed"):
    :func:`calibrated_score`);
 4. a value beyond the range of all values the stream has shown, by more than
    ``range_tolerance`` of that range, scores 1.0 (a new extreme);
-5. if ``alert_cooldown`` > 0 (off by default), after a score of at least ``alert_threshold``
+5. if ``alert_cooldown`` > 0 (off by default), after a score of at least ``cooldown_threshold``
    the next ``alert_cooldown`` scores of the channel are capped at ``cooldown_cap``, so one
    incident raises one alert.
 
-Points scoring at least ``anomaly_threshold`` (before the cooldown) enter the replay buffer and
+Points scoring at least ``downweight_threshold`` (before the cooldown) enter the replay buffer and
 the statistics at ``anomalous_weight``.
 
 Forecasts combine the network's forecast with the last value, weighted by the inverse of each
@@ -671,7 +671,7 @@ class StreamEngine:
         self._mutations += 1
         n, mean, var, std, xn = c["n"], c["mean"], c["var"], c["std"], c["xn"]
         comps, smoothed, score, out = c["comps"], c["smoothed"], c["score"], c["out"]
-        anomalous = c["likely"] >= cfg.anomaly_threshold
+        anomalous = c["likely"] >= cfg.downweight_threshold
         weight = np.where(anomalous, cfg.anomalous_weight, 1.0)
         st.push(slots, xn.astype(np.float32), weight)
         st.recent[slots, n % st.sizes["S"]] = c["signals"]
@@ -686,7 +686,7 @@ class StreamEngine:
         )
         quiet = st.quiet[slots]
         st.quiet[slots] = np.where(
-            (quiet == 0) & (score >= cfg.alert_threshold),
+            (quiet == 0) & (score >= cfg.cooldown_threshold),
             cfg.alert_cooldown,
             np.maximum(quiet - 1, 0),
         )
@@ -1005,9 +1005,16 @@ class StreamEngine:
             return checkpoint.save(self, Path(directory))
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> StreamEngine:
-        """Rebuild an engine from :meth:`save`'s directory (``torch.load(weights_only=True)``)."""
-        return checkpoint.load(cls, Path(directory), device)
+    def load(
+        cls,
+        directory: str | Path,
+        device: str | torch.device = "cpu",
+        settings: EngineConfig | None = None,
+    ) -> StreamEngine:
+        """Rebuild an engine from :meth:`save`'s directory (``torch.load(weights_only=True)``);
+        with ``settings``, only the architecture comes from the checkpoint
+        (:func:`~streamvgan.engine.config.merge_checkpoint_config`)."""
+        return checkpoint.load(cls, Path(directory), device, settings)
 
     def to_bytes(self) -> bytes:
         """The whole engine as bytes (what :meth:`save` writes), e.g. for pickling."""
@@ -1015,8 +1022,13 @@ class StreamEngine:
             return checkpoint.dumps(self)
 
     @classmethod
-    def from_bytes(cls, data: bytes, device: str | torch.device = "cpu") -> StreamEngine:
-        return checkpoint.loads(cls, data, device)
+    def from_bytes(
+        cls,
+        data: bytes,
+        device: str | torch.device = "cpu",
+        settings: EngineConfig | None = None,
+    ) -> StreamEngine:
+        return checkpoint.loads(cls, data, device, settings=settings)
 
     def __getstate__(self) -> dict:
         return {"bytes": self.to_bytes(), "device": str(self.device)}

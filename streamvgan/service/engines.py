@@ -18,24 +18,20 @@ def new_engine(settings: Any) -> StreamEngine:
 
 
 def load_or_build_engine(settings: Any, on_fallback: Any = None) -> tuple[StreamEngine, int | None]:
-    """The engine of the newest checkpoint in ``settings.checkpoint_dir``, else a fresh one;
-    with the ``engine.revision`` as on disk (None for a fresh engine: nothing to rewrite).
+    """The engine of the newest checkpoint in ``settings.checkpoint_dir`` (its architecture,
+    every other setting from ``settings``), else a fresh one; with the ``engine.revision`` as
+    on disk (None for a fresh engine: nothing to rewrite).
     ``on_fallback(path, exc)`` is called for each unusable checkpoint skipped."""
     s = settings
+    config = EngineConfig.from_params(**s.engine_config_params())
     if s.checkpoint_dir:
+        # the architecture from the checkpoint, every other setting from `config`
         engine = checkpoints.load_checkpoint(
-            s.checkpoint_dir, device=s.device, on_fallback=on_fallback
+            s.checkpoint_dir, device=s.device, on_fallback=on_fallback, settings=config
         )
         if engine is not None:
-            if engine.config.horizon != s.horizon:
-                log.warning(
-                    "checkpoint horizon=%d differs from --horizon=%d; the checkpoint's "
-                    "architecture wins",
-                    engine.config.horizon,
-                    s.horizon,
-                )
             return engine, engine.revision
         log.info("no checkpoint in %s yet: starting a fresh model", s.checkpoint_dir)
     else:
         log.warning("no --checkpoint-dir: the model and stream state are lost on restart")
-    return new_engine(settings), None
+    return StreamEngine(config, seed=s.seed, device=s.device), None

@@ -131,12 +131,10 @@ def _fixed_settings(
 
 
 def _check_settings(extra: dict[str, Any], args: argparse.Namespace) -> None:
-    import dataclasses
-
     from streamvgan.errors import ConfigurationError
     from streamvgan.service.settings import Settings
 
-    known = {f.name for f in dataclasses.fields(Settings)}
+    known = set(Settings.model_fields)
     fixed = set(_fixed_settings("", "", args, {}))
     for key in extra:
         if key not in known or key in fixed:
