@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numpy as np
@@ -42,17 +43,20 @@ def test_batched_step_equals_one_stream_at_a_time():
         res = batched.process(chunk)
         got_a += [r.score for r in res if r.stream == "a"]
         got_b += [r.score for r in res if r.stream == "b"]
-    for e in a:
-        single_a.process([e])
-    for e in b:
-        single_b.process([e])
-    ref_a = [r.score for r in single_a.score(a[-1:])]
+    ref_a = [r.score for e in a for r in single_a.process([e])]
+    ref_b = [r.score for e in b for r in single_b.process([e])]
     assert batched.events_seen == 500 and batched.n_streams == 2
-    # no fit happened in this test (fine_tune not called), so the cold path must agree exactly
+    # no fit happened in this test (fine_tune not called), so the cold path must agree exactly:
+    # every event's score, then the forecasts and a score of the state both end in
+    assert len(got_a) == len(got_b) == 250
+    np.testing.assert_allclose(got_a, ref_a)
+    np.testing.assert_allclose(got_b, ref_b)
+    assert len(set(np.round(got_a, 6))) > 10  # real scores, not one constant on both sides
     np.testing.assert_allclose(batched.forecast(["a"])[0].mean, single_a.forecast(["a"])[0].mean)
     np.testing.assert_allclose(batched.forecast(["b"])[0].mean, single_b.forecast(["b"])[0].mean)
-    np.testing.assert_allclose(batched.score(a[-1:])[0].score, ref_a[0])
-    assert len(got_a) == len(got_b) == 250
+    np.testing.assert_allclose(
+        batched.score(a[-1:])[0].score, single_a.score(a[-1:])[0].score
+    )
 
 
 def test_batched_warm_step_matches_sequential_after_fit():
@@ -251,9 +255,28 @@ def test_corrupt_or_foreign_stream_state_is_rejected_and_leaves_stream_cold():
 def test_background_fine_tuner_stop_interrupts_a_long_fit():
     engine = StreamEngine(EngineConfig(warmup_events=100, first_fit_steps=100_000).with_model(hidden_size=8), seed=0)
     feed(engine, sine_events("a", 120), fit=False)
+    # Record every answer of the stop flag the fit checks before each of its steps.
+    answers: list[bool] = []
+    fine_tune = engine.fine_tune
+
+    def watched_fine_tune(**kwargs):
+        stop = kwargs["should_stop"]
+
+        def should_stop() -> bool:
+            answers.append(stop())
+            return answers[-1]
+
+        return fine_tune(**{**kwargs, "should_stop": should_stop})
+
+    engine.fine_tune = watched_fine_tune
     tuner = BackgroundFineTuner(engine, interval_s=0.01).start()
-    time.sleep(0.5)  # the first fit (100,000 steps) is now running
-    start = time.monotonic()
-    tuner.stop(timeout=10)
-    assert time.monotonic() - start < 5
+    deadline = time.monotonic() + 60
+    while len(answers) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(answers) >= 20  # the first fit (100,000 steps) is running
+    tuner.stop(timeout=60)
+    # the thread ended, at the first step after the stop, long before the fit's 100,000 steps
+    assert "streamvgan-finetune" not in {t.name for t in threading.enumerate()}
+    assert answers[-1] is True and answers.count(True) == 1
+    assert len(answers) < 100_000
     assert engine.model_version == 0  # the partial fit was discarded
