@@ -50,12 +50,14 @@ def _run_checks(model, dataset):
     return ran
 
 
+@pytest.mark.slow
 def test_detector_passes_river_checks():
     ran = _run_checks(streamvgan.VAEGANDetector(**FAST), synthetic_anomalies())
     assert {"check_roc_auc", "check_pickling", "check_seeding_is_idempotent", "check_clone_is_idempotent",
             "check_predict_one_pure", "check_bounded_memory_growth"} <= set(ran)
 
 
+@pytest.mark.slow
 def test_forecaster_passes_river_checks():
     model = streamvgan.VAEGANForecaster(**FAST)
     ran = []
@@ -108,6 +110,7 @@ def test_field_changes_are_rejected_with_value_error(name):
         ([1.0], "x must be a dict"),
     ],
 )
+@pytest.mark.slow
 def test_detector_bad_input_raises_and_keeps_state(x, fragment):
     detector = streamvgan.VAEGANDetector(**FAST)
     for t in range(200):
@@ -133,6 +136,7 @@ def test_forecaster_bad_input_raises_and_keeps_state(y):
         model.forecast(0)
 
 
+@pytest.mark.slow
 def test_detector_in_pipeline_with_quantile_filter_on_waterflow(one_torch_thread):
     """WaterFlow's known anomalous segments are the lowest values; a pipeline with a scaler and
     a QuantileFilter must flag more of them than of the normal points."""
@@ -159,6 +163,7 @@ def test_detector_in_pipeline_with_quantile_filter_on_waterflow(one_torch_thread
 
 
 @pytest.mark.filterwarnings("ignore:`time_series.evaluate` is deprecated")
+@pytest.mark.slow
 def test_forecaster_with_river_time_series_evaluate(one_torch_thread):
     model = streamvgan.VAEGANForecaster(seed=0, warmup_events=60, first_fit_steps=100, fit_every=24)
     mae = time_series.evaluate(datasets.AirlinePassengers(), model, metrics.MAE(), horizon=6)
@@ -170,6 +175,7 @@ def test_forecaster_with_river_time_series_evaluate(one_torch_thread):
     assert errors[0] < 45
 
 
+@pytest.mark.slow
 def test_detector_with_river_evaluate_progressive_val_score(one_torch_thread):
     """river.evaluate.progressive_val_score drives score_one/learn_one through River's protocol
     and gets the same AUC as the same loop written out (the detector is seeded)."""
@@ -191,6 +197,7 @@ def test_detector_with_river_evaluate_progressive_val_score(one_torch_thread):
     assert auc.get() > 0.75
 
 
+@pytest.mark.slow
 def test_generate_and_pickle_round_trip():
     det = streamvgan.VAEGANDetector(**FAST)
     for x, _ in synthetic_anomalies(200):
@@ -203,6 +210,7 @@ def test_generate_and_pickle_round_trip():
     assert twin.model_version == det.model_version == 1
 
 
+@pytest.mark.slow
 def test_forecaster_beyond_head_horizon_uses_continuations(one_torch_thread):
     model = streamvgan.VAEGANForecaster(**FAST)
     for t in range(200):

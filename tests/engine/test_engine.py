@@ -59,6 +59,7 @@ def test_batched_step_equals_one_stream_at_a_time():
     )
 
 
+@pytest.mark.slow
 def test_batched_warm_step_matches_sequential_after_fit():
     engine = StreamEngine(TINY, seed=1)
     feed(engine, sine_events("a", 200) + sine_events("b", 200, offset=3))
@@ -73,6 +74,7 @@ def test_batched_warm_step_matches_sequential_after_fit():
     )
 
 
+@pytest.mark.slow
 def test_same_seed_same_scores_different_seed_different_weights():
     runs = []
     for seed in (5, 5, 6):
@@ -82,6 +84,7 @@ def test_same_seed_same_scores_different_seed_different_weights():
     assert runs[0] != runs[2]
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_gives_identical_scores(tmp_path):
     engine = StreamEngine(TINY, seed=2)
     feed(engine, sine_events("a", 220) + sine_events("b", 220, scale=1e6))
@@ -109,6 +112,7 @@ def test_checkpoint_round_trip_gives_identical_scores(tmp_path):
         (Event("", {"value": 1.0}), ["stream"]),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_raises_clear_error_and_changes_nothing(event, words):
     engine = StreamEngine(TINY, seed=0)
     feed(engine, sine_events("a", 200))
@@ -135,6 +139,7 @@ def test_least_recently_seen_streams_are_evicted():
 
 
 @pytest.mark.parametrize("scale", [1e-6, 1.0, 1e9])
+@pytest.mark.slow
 def test_normaliser_is_scale_free(scale):
     """Scores and forecasts (in units of the stream) do not depend on the stream's scale."""
     ref = StreamEngine(TINY, seed=4)
@@ -147,6 +152,7 @@ def test_normaliser_is_scale_free(scale):
     )
 
 
+@pytest.mark.slow
 def test_constant_stream_then_change_is_flagged(one_torch_thread):
     engine = StreamEngine(TINY, seed=0)
     scores = [s.score for s in feed(engine, [Event("c", {"value": 42.0}) for _ in range(300)])]
@@ -163,6 +169,7 @@ def test_constant_stream_then_change_is_flagged(one_torch_thread):
     assert np.all(np.isfinite(fc.mean)) and abs(fc.mean[0, 0] - 42.25) < 0.5
 
 
+@pytest.mark.slow
 def test_level_shift_is_followed(one_torch_thread):
     engine = StreamEngine(TINY, seed=0)
     feed(engine, sine_events("s", 300))
@@ -170,6 +177,7 @@ def test_level_shift_is_followed(one_torch_thread):
     assert abs(engine.forecast(["s"])[0].mean[0, 0] - 100.0) < 3.0  # seeds 0-7: 0.28-0.40
 
 
+@pytest.mark.slow
 def test_multivariate_channels_and_joint(one_torch_thread):
     evs = [Event("m", {"cpu": math.sin(t / 4), "mem": 50 + 5 * math.cos(t / 9)}) for t in range(260)]
     for config in (TINY, EngineConfig(field_mode="joint", warmup_events=150, first_fit_steps=5).with_model(n_features=2, hidden_size=8)):
@@ -190,6 +198,7 @@ def test_joint_mode_rejects_wrong_field_count():
         engine.process([Event("m", {"cpu": 1.0})])
 
 
+@pytest.mark.slow
 def test_background_fine_tuner_swaps_weights_while_scoring():
     engine = StreamEngine(TINY, seed=0)
     reports = []
@@ -209,6 +218,7 @@ def test_background_fine_tuner_swaps_weights_while_scoring():
     assert score.warm and score.model_version == engine.model_version
 
 
+@pytest.mark.slow
 def test_stream_state_export_import_continues_identically():
     engine = StreamEngine(TINY, seed=0)
     feed(engine, sine_events("a", 220) + sine_events("b", 220, offset=5))
@@ -229,6 +239,7 @@ def test_state_per_stream_is_small():
     assert StreamEngine(EngineConfig(season_window=600), seed=0).state_bytes_per_stream() < 4608
 
 
+@pytest.mark.slow
 def test_corrupt_or_foreign_stream_state_is_rejected_and_leaves_stream_cold():
     from streamvgan.errors import CheckpointError
 
@@ -252,6 +263,7 @@ def test_corrupt_or_foreign_stream_state_is_rejected_and_leaves_stream_cold():
     assert other.drop_stream("a") and other.streams() == []
 
 
+@pytest.mark.slow
 def test_background_fine_tuner_stop_interrupts_a_long_fit():
     engine = StreamEngine(EngineConfig(warmup_events=100, first_fit_steps=100_000).with_model(hidden_size=8), seed=0)
     feed(engine, sine_events("a", 120), fit=False)

@@ -4,6 +4,7 @@ what the event schema accepts, and every message the service encodes follows its
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any
@@ -177,6 +178,7 @@ def test_dead_letter_headers_round_trip_and_keep_original_headers():
 # -- the published schemas and the code agree ----------------------------------------------
 
 
+@functools.cache
 def _validator(name: str) -> jsonschema.Draft202012Validator:
     schema = load_schema(name)
     jsonschema.Draft202012Validator.check_schema(schema)  # the file itself is a valid schema
