@@ -12,7 +12,7 @@ import numbers
 from river import base as river_base
 from river.time_series.base import Forecaster
 
-from streamvgan.engine import DEFAULT_FIELD, EngineConfig, Event, StreamEngine
+from streamvgan.engine import DEFAULT_FIELD, EngineConfig, Event, Scored, StreamEngine
 from streamvgan.engine.values import check_value
 from streamvgan.errors import InvalidInputError
 
@@ -45,6 +45,9 @@ class _EngineMixin:
         self.params = params
         self._check_params()
         self._engine: StreamEngine | None = None
+        # score_one's computation, which learn_one of the same point (River's loop) reuses
+        # instead of computing it again; the engine checks it still applies
+        self._scored: Scored | None = None
 
     @classmethod
     def _unit_test_params(cls):
@@ -95,11 +98,13 @@ class _EngineMixin:
         return 0 if self._engine is None else self.engine.model_version
 
     def _learn_event(self, event: Event) -> None:
-        self.engine.process([event])
+        scored, self._scored = self._scored, None
+        self.engine.process([event], scored)
         self.engine.fine_tune()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
+        state["_scored"] = None
         engine = state.pop("_engine")
         state["_engine_bytes"] = None if engine is None else engine.to_bytes()
         return state
@@ -187,7 +192,8 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
         self._learn_event(self._event(x))
 
     def score_one(self, x: dict) -> float:
-        return self.engine.score([self._event(x)])[0].score
+        self._scored = self.engine.assess([self._event(x)])
+        return self._scored.scores[0].score
 
     def generate(self, horizon: int, n_samples: int) -> list[list[dict]]:
         """``n_samples`` sampled continuations of ``horizon`` steps, each a list of dicts."""
