@@ -4,11 +4,35 @@ batch back as one :class:`Score` per event."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from streamvgan.engine.signals import COMPONENTS, ScoreBatch
 from streamvgan.engine.types import Event, Score
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Scores from :meth:`StreamEngine.assess`, with the computation behind them: passed to
+    :meth:`StreamEngine.process` with the same events before anything else changed the
+    engine, it is learned from instead of computed again (River's score_one, learn_one)."""
+
+    scores: list[Score]
+    revision: int
+    batch: ScoreBatch | None
+    engine: object = field(default=None, repr=False, compare=False)
+
+    def batch_for(
+        self, engine: object, revision: int, slots: np.ndarray, values: np.ndarray
+    ) -> ScoreBatch | None:
+        """The batch if it was computed by ``engine`` at ``revision`` for exactly these rows."""
+        b = self.batch
+        if b is None or self.engine is not engine or self.revision != revision:
+            return None
+        if b.slots.tobytes() != slots.tobytes() or b.values.tobytes() != values.tobytes():
+            return None
+        return b
 
 
 def rounds(events: Sequence[Event]) -> list[list[int]]:

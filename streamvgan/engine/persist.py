@@ -15,15 +15,14 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from streamvgan.engine.state import StateTable
-from streamvgan.errors import CheckpointError
+from streamvgan.engine.config import EngineConfig
+from streamvgan.engine.state import StateTable, StreamRecord
+from streamvgan.errors import CheckpointError, ConfigurationError
 
 FORMAT = "streamvgan-checkpoint"
 STREAM_FORMAT = "streamvgan-stream"
@@ -84,6 +83,17 @@ def loads(data: bytes, what: str = "engine bytes") -> dict[str, Any]:
     return state
 
 
+def engine_config(state: dict[str, Any], what: str) -> EngineConfig:
+    """The :class:`EngineConfig` a loaded state holds; CheckpointError if this version cannot
+    use it."""
+    try:
+        return EngineConfig.from_dict(state["engine_config"])
+    except (ConfigurationError, TypeError, KeyError) as exc:
+        raise CheckpointError(
+            f"{what} holds an engine configuration this version cannot use: {exc}"
+        ) from exc
+
+
 def save(data: bytes, directory: Path, model_version: int, n_streams: int) -> Path:
     """Write checkpoint bytes and their manifest into ``directory`` (each file atomically)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -124,18 +134,6 @@ def read(directory: Path) -> tuple[bytes, str]:
             "was changed after it was written; restore it or delete the directory to start fresh"
         )
     return data, str(data_path)
-
-
-@dataclass
-class StreamRecord:
-    """One stream's state: its fields, the slot key of each channel, the model version the
-    state was written under, and its rows of every state array."""
-
-    stream: str
-    fields: list[str]
-    keys: list[str]
-    model_version: int
-    rows: dict[str, np.ndarray]
 
 
 def stream_to_bytes(record: StreamRecord) -> bytes:

@@ -8,10 +8,17 @@ streams of a poll, and makes the bytes per stream easy to count.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from streamvgan.engine.config import EngineConfig
+
+log = logging.getLogger(__name__)
 
 #: arrays of the table: name -> (shape after the slot axis, dtype); the symbols are the sizes
 #: given to :class:`StateTable` (F fields, H horizon, S smoothing, K signals, W season window,
@@ -45,6 +52,18 @@ LAYOUT: dict[str, tuple[tuple[str, ...], type]] = {
     "buf": (("R", "F"), np.float32),  # replay buffer of normalised values (ring)
     "buf_w": (("R",), np.float16),  # learning weight of each buffered point
 }
+
+
+@dataclass
+class StreamRecord:
+    """One stream's state as plain data: its fields, the slot key of each channel, the model
+    version the state was written under, and its rows of every state array."""
+
+    stream: str
+    fields: list[str]
+    keys: list[str]
+    model_version: int
+    rows: dict[str, np.ndarray]
 
 
 class StateTable:
@@ -136,8 +155,26 @@ class StateTable:
         self._free: list[int] = []
         self._next = 0
         self.evictions = 0
+        #: streams reset because their state turned non-finite (see :meth:`reset_nonfinite`)
+        self.streams_reset = 0
         #: called with the name of each stream evicted to make room (set by the engine)
         self.on_evict: Callable[[str], None] | None = None
+
+    @classmethod
+    def for_config(cls, config: EngineConfig) -> StateTable:
+        """The table an engine with ``config`` keeps (signals: see README "How the score is
+        computed": the model's, then a jump and a level per field)."""
+        m = config.model
+        return cls(
+            n_features=m.n_features,
+            hidden_size=m.hidden_size,
+            horizon=m.horizon,
+            replay_size=config.replay_size,
+            smoothing=config.smoothing,
+            max_streams=config.max_streams,
+            n_signals=1 + 2 * m.n_features,
+            season_window=config.season_window,
+        )
 
     # -- layout ------------------------------------------------------------------------------
     @property
@@ -227,19 +264,29 @@ class StateTable:
     ) -> list[str]:
         """Reset (:meth:`reset_stream`) every stream with a channel in ``slots`` whose state
         (arrays ``names``, all by default) holds a NaN or an infinity, or where ``extra`` is
-        True; return their names."""
+        True; return how many (also counted in :attr:`streams_reset`).
+
+        Inputs are bounded (:data:`~streamvgan.engine.values.MAX_ABS_VALUE`), so this is a
+        guard against what should not happen (diverged weights, a corrupt restored state):
+        a stream left NaN would score NaN forever, a reset one starts again as new."""
         if len(slots) == 0:
-            return []
+            return 0
         bad = self.nonfinite_rows(slots, names)
         if extra is not None:
             bad |= extra
         if not bad.any():
-            return []
+            return 0
         owner = self.slot_owner
         streams = sorted({owner[int(slot)][0] for slot in slots[bad] if int(slot) in owner})
         for stream in streams:
             self.reset_stream(stream)
-        return streams
+        self.streams_reset += len(streams)
+        log.warning(
+            "reset the state of %d streams that turned non-finite (NaN or inf), e.g. "
+            "%r; they start again as new streams",
+            *(len(streams), streams[0]),
+        )
+        return len(streams)
 
     def nonfinite_rows(self, slots: np.ndarray, names: Iterable[str] | None = None) -> np.ndarray:
         """A bool per slot of ``slots``: does any float array (or those in ``names``) hold a
@@ -303,6 +350,42 @@ class StateTable:
             restored.extend(self.add_stream(stream, stream_keys, stream_fields).values())
         slots = np.asarray(restored, dtype=np.int64)
         self.put_rows(slots, arrays)  # after every add_stream: the table may have grown
+        return slots
+
+    def record(self, stream: str, model_version: int) -> StreamRecord | None:
+        """``stream``'s state (None if unknown), written under ``model_version``."""
+        slots = self.streams.get(stream)
+        if slots is None:
+            return None
+        rows = self.rows(np.asarray(list(slots.values()), dtype=np.int64))
+        return StreamRecord(stream, list(self.fields[stream]), list(slots), model_version, rows)
+
+    def restore_record(self, record: StreamRecord) -> np.ndarray:
+        """Install ``record`` (replacing the stream's state if any) and return its slots;
+        ValueError saying what does not fit, and the stream is then gone."""
+        try:
+            return self.restore([record.stream], [record.fields], [record.keys], record.rows)
+        except ValueError:
+            if record.stream in self.streams:
+                self.remove_stream(record.stream)
+            raise
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every stream (least recently seen first) with its fields, slot keys and rows, and
+        the eviction count, as plain data."""
+        order = [slot for slots in self.streams.values() for slot in slots.values()]
+        return {
+            "streams": list(self.streams),
+            "fields": [list(self.fields[s]) for s in self.streams],
+            "keys": [list(slots) for slots in self.streams.values()],
+            "arrays": self.rows(np.asarray(order, dtype=np.int64)),
+            "evictions": self.evictions,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> np.ndarray:
+        """Restore :meth:`state_dict`'s streams (see :meth:`restore`); return their slots."""
+        slots = self.restore(state["streams"], state["fields"], state["keys"], state["arrays"])
+        self.evictions = int(state["evictions"])
         return slots
 
     @staticmethod
