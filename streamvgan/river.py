@@ -118,14 +118,12 @@ class _EngineMixin:
 class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
     """Online anomaly detector built on a recurrent VAE-GAN.
 
-    Scores each observation (a dict of one or more numeric fields, in time order) by how
-    surprising it is: the largest of three signals, each calibrated online as a tail
-    probability of its own recent values (as Numenta's anomaly likelihood): the errors of a
-    recurrent variational autoencoder trained adversarially on the stream's own recent past
-    (forecast made one step earlier, reconstruction, a window critic's verdict), the jump from
-    the previous value (or from one season back once a season is found), and the shift of the
-    short-run level. Until the first fit (``warmup_events``), the model signal falls back to
-    the distance from the running mean and the jump from the previous value.
+    Scores each observation (a dict of one or more numeric fields, in time order) in [0, 1]
+    by how surprising it is: the most surprising of a model signal (from a recurrent
+    variational autoencoder trained adversarially on the stream's own recent past), the jump
+    and the level shift, each calibrated online against its own history. The recipe, with
+    the cold start before the first fit (``warmup_events``): the project README, section
+    "How the score is computed".
 
     Values must be real numbers within +-1e30
     (:data:`~streamvgan.engine.values.MAX_ABS_VALUE`): ``learn_one`` and ``score_one`` raise

@@ -36,7 +36,7 @@ from streamvgan.engine.signals import COMPONENTS, ScoreBatch, SignalScorer, norm
 from streamvgan.engine.state import StateTable
 from streamvgan.engine.training import FitReport, TrainingWindows
 from streamvgan.engine.types import Event, Forecast, Score
-from streamvgan.engine.validate import validate_event
+from streamvgan.engine.validate import validate_batch
 from streamvgan.errors import CheckpointError, InvalidInputError
 from streamvgan.nn.model import RecurrentVAEGAN
 
@@ -154,10 +154,10 @@ class StreamEngine:
         return self.state.bytes_per_channel()
 
     # -- the online step ---------------------------------------------------------------------
-    def _validate(self, event: Event, seen: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
-        cfg, fields = self.config, self.state.fields
-        known = lambda stream: seen.get(stream) or fields.get(stream)  # noqa: E731
-        return validate_event(event, known, cfg.field_mode, cfg.model.n_features)
+    def _validate(self, events: Sequence[Event], together: bool) -> dict[str, tuple[str, ...]]:
+        cfg = self.config
+        mode, n_features = cfg.field_mode, cfg.model.n_features
+        return validate_batch(events, self.state.fields, mode, n_features, together)
 
     def process(self, events: Sequence[Event], scored: Scored | None = None) -> list[Score]:
         """Score, then learn from, ``events`` (any mix of streams, in order per stream).
@@ -167,9 +167,7 @@ class StreamEngine:
         naming the first bad event before any state changes.
         """
         with self._lock:
-            seen: dict[str, tuple[str, ...]] = {}
-            for event in events:
-                seen.setdefault(event.stream, self._validate(event, seen))
+            seen = self._validate(events, together=True)
             batch_streams = set(seen)
             for stream, names in seen.items():
                 if stream not in self.state:
@@ -194,8 +192,7 @@ class StreamEngine:
     def assess(self, events: Sequence[Event]) -> Scored:
         """:meth:`score`, keeping the computation for a following :meth:`process`."""
         with self._lock:
-            for event in events:
-                self._validate(event, {})
+            self._validate(events, together=False)
             known = [i for i, e in enumerate(events) if e.stream in self.state]
             zeros, v = dict.fromkeys(COMPONENTS, 0.0), self.model_version
             results = [Score(e.stream, 0.0, 0.0, dict(zeros), v, False, e.ts) for e in events]

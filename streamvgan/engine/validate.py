@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from streamvgan.engine.types import Event
 from streamvgan.engine.values import check_value
@@ -46,3 +46,20 @@ def validate_event(
             f"stream {stream!r}: joint mode expects {n_features} fields, got {list(names)}"
         )
     return names
+
+
+def validate_batch(
+    events: Sequence[Event],
+    known: Mapping[str, tuple[str, ...]],
+    field_mode: str,
+    n_features: int,
+    together: bool = True,
+) -> dict[str, tuple[str, ...]]:
+    """:func:`validate_event` for each event; return each stream's field names. ``known``:
+    the fields of the streams seen before; ``together``: events of a new stream must agree
+    with its first event in this batch too (they will all be learned)."""
+    seen: dict[str, tuple[str, ...]] = {}
+    fields = (lambda s: seen.get(s) or known.get(s)) if together else known.get
+    for event in events:
+        seen.setdefault(event.stream, validate_event(event, fields, field_mode, n_features))
+    return seen
