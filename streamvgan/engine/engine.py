@@ -37,7 +37,7 @@ from streamvgan.engine.state import StateTable
 from streamvgan.engine.training import FitReport, TrainingWindows
 from streamvgan.engine.types import Event, Forecast, Score
 from streamvgan.engine.validate import validate_batch
-from streamvgan.errors import CheckpointError, InvalidInputError
+from streamvgan.errors import CheckpointError
 from streamvgan.nn.model import RecurrentVAEGAN
 
 __all__ = ["COMPONENTS", "Scored", "StreamEngine", "resolve_device"]
@@ -147,7 +147,7 @@ class StreamEngine:
         return list(self.state.streams)
 
     def fields(self, stream: str) -> list[str]:
-        return list(self._stream_slots(stream)[0])
+        return self.state.channels(stream)[0]
 
     def state_bytes_per_stream(self) -> int:
         """Bytes of state one univariate stream holds (arrays, not Python bookkeeping)."""
@@ -229,25 +229,15 @@ class StreamEngine:
         if self.state.reset_nonfinite(slots, names, extra):
             self._mutations += 1
 
-    # -- forecasts and continuations ---------------------------------------------------------
-    def _stream_slots(self, stream: str) -> tuple[list[str], np.ndarray]:
-        slots = self.state.slots_of(stream)
-        if slots is None:
-            raise InvalidInputError(f"unknown stream {stream!r}: no events seen for it yet")
-        names = list(self.state.fields[stream])
-        return names, np.asarray(list(slots.values()), dtype=np.int64)
-
+    # -- forecasts and continuations (streamvgan.engine.forecast) ---------------------------
     def forecast(self, streams: Sequence[str]) -> list[Forecast]:
         """Mean and quantiles of the next ``config.horizon`` values of each stream.
 
         Before the first fit: the last value, with quantiles from the running standard
         deviation (a persistence forecast)."""
-        cfg, st, v = self.config, self.state, self.model_version
         with self._lock:
-            return [
-                forecasting.forecast(cfg, st, s, *self._stream_slots(s), v, self._z)
-                for s in streams
-            ]
+            cfg, st, v = self.config, self.state, self.model_version
+            return [forecasting.forecast(cfg, st, s, v, self._z) for s in streams]
 
     def generate(self, stream: str, horizon: int, n_samples: int) -> np.ndarray:
         """``n_samples`` sampled continuations (n_samples, horizon, n_fields) in original units,
@@ -255,16 +245,9 @@ class StreamEngine:
 
         Before the first fit: independent draws around the last value with the running
         standard deviation."""
-        for name, value in (("horizon", horizon), ("n_samples", n_samples)):
-            if not isinstance(value, int) or value < 1:
-                raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
         with self._lock:
-            _, slots = self._stream_slots(stream)
-            net = self.net
-            return forecasting.continuations(
-                self.config, self.state, slots, net.scoring, horizon, n_samples, net.sample_gen,
-                self.device,
-            )  # fmt: skip
+            net, args = self.net, (horizon, n_samples, self.net.sample_gen)
+            return forecasting.continuations(self.config, self.state, stream, net.scoring, *args)
 
     # -- fine-tuning (streamvgan.engine.network) --------------------------------------------
     def fine_tune_due(self) -> bool:

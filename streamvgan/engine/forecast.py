@@ -18,6 +18,7 @@ from streamvgan.engine.config import EngineConfig
 from streamvgan.engine.state import StateTable
 from streamvgan.engine.stats import robust_std
 from streamvgan.engine.types import Forecast
+from streamvgan.errors import InvalidInputError
 from streamvgan.nn.model import RecurrentVAEGAN
 
 Candidate = tuple[np.ndarray, np.ndarray, np.ndarray]  # (mean, spread, mse), one shape
@@ -41,16 +42,11 @@ def _to_fields(field_mode: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def forecast(
-    cfg: EngineConfig,
-    st: StateTable,
-    stream: str,
-    names: list[str],
-    slots: np.ndarray,
-    model_version: int,
-    z: dict[float, float],
+    cfg: EngineConfig, st: StateTable, stream: str, model_version: int, z: dict[float, float]
 ) -> Forecast:
-    """The forecast of ``stream`` (fields ``names`` at channels ``slots``); ``z`` maps each
-    quantile level to its standard normal quantile."""
+    """The forecast of ``stream``; ``z`` maps each quantile level to its standard normal
+    quantile."""
+    names, slots = st.channels(stream)
     horizon = cfg.horizon
     std = robust_std(st.norm_mean[slots], st.norm_var[slots])  # (U, F)
     last = np.repeat(st.last[slots][:, None, :], horizon, axis=1)  # persistence (U, H, F)
@@ -124,17 +120,21 @@ def seasonal_naive(
 def continuations(
     cfg: EngineConfig,
     st: StateTable,
-    slots: np.ndarray,
+    stream: str,
     model: RecurrentVAEGAN | None,
     horizon: int,
     n_samples: int,
     generator: torch.Generator,
-    device: torch.device,
 ) -> np.ndarray:
-    """``n_samples`` sampled continuations (n_samples, horizon, n_fields) of the stream at
-    channels ``slots``, in original units: the network run forward from the channels' state
-    (prior, decoder, GRU), or, when ``model`` is None (before the first fit), independent
-    draws around the last value with the running standard deviation."""
+    """``n_samples`` sampled continuations (n_samples, horizon, n_fields) of ``stream`` in
+    original units: the network run forward from the stream's state (prior, decoder, GRU), or,
+    when ``model`` is None (before the first fit), independent draws around the last value
+    with the running standard deviation."""
+    for name, value in (("horizon", horizon), ("n_samples", n_samples)):
+        if not isinstance(value, int) or value < 1:
+            raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
+    _, slots = st.channels(stream)
+    device = generator.device
     mean = st.norm_mean[slots]
     std = robust_std(mean, st.norm_var[slots])
     u, f = len(slots), cfg.model.n_features

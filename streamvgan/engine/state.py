@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from streamvgan.engine.config import EngineConfig
+from streamvgan.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,13 @@ class StateTable:
 
     def slots_of(self, stream: str) -> dict[str, int] | None:
         return self.streams.get(stream)
+
+    def channels(self, stream: str) -> tuple[list[str], np.ndarray]:
+        """``stream``'s field names and slots; InvalidInputError for an unknown stream."""
+        slots = self.streams.get(stream)
+        if slots is None:
+            raise InvalidInputError(f"unknown stream {stream!r}: no events seen for it yet")
+        return list(self.fields[stream]), np.asarray(list(slots.values()), dtype=np.int64)
 
     def touch(self, stream: str) -> None:
         self.streams.move_to_end(stream)
