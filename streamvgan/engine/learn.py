@@ -17,6 +17,9 @@ from streamvgan.engine.stats import ew_alpha, ew_moments, robust_std, seasonal_p
 
 #: the per-channel arrays one learning step writes, checked for NaN/inf after each step (the
 #: replay ring gets the step's normalised value, checked on its own)
+#: largest squared one-step error (in sd^2) the forecast blend averages (float32 state)
+ERROR_CAP = 1e30
+
 STEP_ARRAYS = (
     "h",
     "norm_mean",
@@ -74,8 +77,9 @@ def learn(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
         start = max(cfg.min_history, 2)
         counted = np.minimum(cn, np.maximum(n - start, 0))
         a_f = (ew_alpha(counted, cfg.score_halflife) * weight * (n >= start))[:, None]
-        e_model = (xn - b.fm) ** 2
-        e_last = ((values - st.last[slots]) / std) ** 2
+        # capped so the float32 averages stay finite (a jump from 1e-30 to 1e30 is ~1e84 sd^2)
+        e_model = np.minimum((xn - b.fm) ** 2, ERROR_CAP)
+        e_last = np.minimum(((values - st.last[slots]) / std) ** 2, ERROR_CAP)
         st.err_model[slots] += a_f * (e_model - st.err_model[slots])
         st.err_last[slots] += a_f * (e_last - st.err_last[slots])
     alpha_c = ew_alpha(cn, cfg.score_halflife) * weight

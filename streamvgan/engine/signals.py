@@ -24,6 +24,7 @@ from streamvgan.nn.model import RecurrentVAEGAN, WindowCritic
 COMPONENTS = ("surprise", "reconstruction", "critic", "jump", "level")
 SIGNAL_WARMUP = 10  # events before the jump and level signals are computed
 CAL_SD_FLOOR = 0.05  # calibration sd floor (see SignalScorer.compute)
+SIGNAL_CAP = 1e30  # largest magnitude a detection signal is kept at (float32 ring)
 _SQRT1_2 = math.sqrt(0.5)
 
 
@@ -164,9 +165,13 @@ class SignalScorer:
         a_short = ew_alpha(n, cfg.level_halflife)[:, None]
         short = st.lvl_short[slots] + a_short * (values - st.lvl_short[slots])
         level = np.where(settled, np.abs(short - lvl_mean) / lvl_sd, 0.0)
-        signals = np.concatenate([raw[:, None], jump, level], axis=1)  # (B, K)
+        # bounded so the float32 ring of recent signals stays finite: a level shift of 1e41
+        # sd (a stream at 1e-30 that jumps to 1e30) is as certain an anomaly as one of 1e30
+        signals = np.clip(
+            np.concatenate([raw[:, None], jump, level], axis=1), -SIGNAL_CAP, SIGNAL_CAP
+        )
         comps[:, 3] = jump.max(-1)
-        comps[:, 4] = level.max(-1)
+        comps[:, 4] = signals[:, 1 + jump.shape[1] :].max(-1)
 
         # 4. calibration (anomaly likelihood), per signal: its smoothed value against its own
         # exponentially weighted mean and sd for this channel; the score takes the largest
