@@ -22,11 +22,12 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from streamvgan.progress import Progress
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 __all__ = [
     "DetectorRun",
     "FileRun",
@@ -46,6 +50,7 @@ __all__ = [
     "read_data_file",
     "run_file",
     "run_nab",
+    "run_tasks",
 ]
 
 
@@ -221,6 +226,40 @@ def _done_note(r: FileRun) -> str:
     return f"{r.detector} {r.name}: {r.n_rows} rows in {r.seconds:.1f}s"
 
 
+def run_tasks(
+    fn: Callable[[T], R],
+    tasks: list[T],
+    jobs: int,
+    desc: str,
+    unit: str,
+    note: Callable[[R], str],
+) -> list[R]:
+    """``fn`` over ``tasks`` in ``jobs`` worker processes (in this process for one job or task),
+    with progress; the results in the order they finished. ``fn`` and the tasks must pickle."""
+    results: list[R] = []
+    with Progress(len(tasks), desc, unit=unit) as progress:
+        if jobs == 1 or len(tasks) == 1:
+            for t in tasks:
+                r = fn(t)
+                results.append(r)
+                progress.update(1, note=note(r))
+        else:
+            # One pool for every detector and file. spawn, not fork: a forked copy of a parent
+            # that has used torch's thread pool can deadlock.
+            with ProcessPoolExecutor(
+                max_workers=min(jobs, len(tasks)),
+                mp_context=get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(1,),
+            ) as pool:
+                futures = [pool.submit(fn, t) for t in tasks]
+                for fut in as_completed(futures):
+                    r = fut.result()
+                    results.append(r)
+                    progress.update(1, note=note(r))
+    return results
+
+
 def run_nab(
     data: str | Path,
     out: str | Path,
@@ -268,27 +307,7 @@ def run_nab(
     # Largest files first, so the last tasks to start are short and workers finish together.
     tasks.sort(key=lambda t: t.data_file.stat().st_size, reverse=True)
     t0 = time.perf_counter()
-    results: list[FileRun] = []
-    with Progress(len(tasks), "NAB files", unit="file") as progress:
-        if jobs == 1 or len(tasks) == 1:
-            for t in tasks:
-                r = run_file(t)
-                results.append(r)
-                progress.update(1, note=_done_note(r))
-        else:
-            # One pool for every detector and file. spawn, not fork: a forked copy of a parent
-            # that has used torch's thread pool can deadlock.
-            with ProcessPoolExecutor(
-                max_workers=min(jobs, len(tasks)),
-                mp_context=get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(1,),
-            ) as pool:
-                futures = [pool.submit(run_file, t) for t in tasks]
-                for fut in as_completed(futures):
-                    r = fut.result()
-                    results.append(r)
-                    progress.update(1, note=_done_note(r))
+    results = run_tasks(run_file, tasks, jobs, "NAB files", "file", _done_note)
     wall = time.perf_counter() - t0
     log.info(
         "%d files x %d detectors in %.1fs wall, %d jobs", len(names), len(detectors), wall, jobs

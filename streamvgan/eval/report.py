@@ -1,7 +1,9 @@
 """``streamvgan evaluate all``: NAB, forecasts and generation for the full VAE-GAN and its two
-ablations (``adversarial=False``, ``variational=False``) beside the baselines, in one run.
+ablations (``adversarial=False``, ``variational=False``) beside the baselines, and the MSL
+telemetry benchmark, in one run.
 
-Writes ``<out>/nab/`` (NAB results files and scores), ``<out>/nab.md``, ``<out>/forecast.md``,
+Writes ``<out>/nab/`` (NAB results files and scores), ``<out>/nab.md``, ``<out>/msl.md``,
+``<out>/msl.json``, ``<out>/forecast.md``,
 ``<out>/generation.md``, ``<out>/ablations.md``, the JSON behind them, a few PNG plots and
 ``<out>/README.md`` with everything and the time each part took.
 """
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from streamvgan._optional import require
-from streamvgan.eval import forecast, generation, nab, nab_scorer, plots
+from streamvgan.eval import forecast, generation, msl, nab, nab_scorer, plots
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,7 @@ def run_all(
     params: dict[str, dict[str, Any]] | None = None,
     include_streamvgan: bool = True,
     nab_files: list[str] | None = None,
+    msl_data: Path | None = None,
     forecast_series: list[str] | None = None,
     forecast_origins: int = 400,
     generation_datasets: tuple[str, ...] = ("sines", "stocks"),
@@ -162,6 +165,23 @@ def run_all(
         ]
     else:
         log.warning("no NAB checkout given (--data): skipping NAB")
+
+    if msl_data is not None:
+        names = [d for d in msl.DEFAULT_DETECTORS if include_streamvgan or "streamvgan" not in d]
+        t0 = time.perf_counter()
+        msl_results = msl.run_msl(msl_data, names, None, jobs, seed, expand_params(names, params))
+        timings["msl"] = time.perf_counter() - t0
+        table = msl.write_results(msl_results, out)
+        sections += [
+            "## MSL telemetry",
+            "",
+            f"All detectors in {timings['msl']:.0f} s wall with {jobs} worker processes.",
+            "",
+            table,
+            "",
+        ]
+    else:
+        log.warning("no MSL folder given (--msl-data): skipping MSL")
 
     models = variants + ["snarimax", "holtwinters", "last", "snaive"]
     t0 = time.perf_counter()
