@@ -178,7 +178,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_nab)
 
     p = sub.add_parser(
-        "msl", help="NASA MSL telemetry: per-channel ROC AUC and sequences caught at 0.1% FA"
+        "msl", help="NASA MSL telemetry: per-channel ROC AUC and sequences caught at 0.1%% FA"
     )
     p.add_argument("--data", required=True, help="the MSL folder (../shared/datasets/msl)")
     # the names of streamvgan.eval.msl.DEFAULT_DETECTORS, written out: importing that module

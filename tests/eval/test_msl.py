@@ -253,3 +253,11 @@ def test_real_channels_end_to_end(msl_root):
     assert [round(c.auc, 4) for c in zs.channels] == [0.3246, 0.6451]
     assert [round(c.auc, 4) for c in hst.channels] == [0.2524, 0.8109]
     assert (zs.n_caught, hst.n_caught) == (2, 2)
+
+
+def test_evaluate_help_lists_msl(capsys):
+    # argparse formats help with %: a bare "0.1%" in the subcommand's help broke `--help`
+    with pytest.raises(SystemExit) as exc:
+        _parser().parse_args(["evaluate", "--help"])
+    assert exc.value.code == 0
+    assert "msl       NASA MSL telemetry" in capsys.readouterr().out
