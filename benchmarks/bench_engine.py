@@ -79,7 +79,7 @@ def bench_river(model, seconds: float) -> float:
 class EngineBench:
     """One engine with ``n`` streams registered and fitted weights, and polls made ahead."""
 
-    def __init__(self, n: int, weights: bytes, version: int, polls: int = 16) -> None:
+    def __init__(self, n: int, weights: bytes, version: int, polls: int = 4) -> None:
         self.n = n
         self.engine = StreamEngine(EngineConfig(max_streams=max(n, 1), fit_every=10**9), seed=0)
         self.engine.import_weights(weights, version)
