@@ -23,7 +23,7 @@ from pathlib import Path
 from kafka import TopicPartition
 
 from streamvgan.engine import EngineConfig, Event, StreamEngine
-from streamvgan.service.broker import bootstrap_or_embedded
+from streamvgan.tools.broker import bootstrap_or_embedded
 from streamvgan.service.clients import ensure_topics, make_consumer, make_producer
 from streamvgan.service.model_topic import model_topic, publish
 

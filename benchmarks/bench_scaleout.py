@@ -18,7 +18,7 @@ import uuid
 import torch
 
 from streamvgan.engine import EngineConfig, Event, StreamEngine
-from streamvgan.service.broker import bootstrap_or_embedded
+from streamvgan.tools.broker import bootstrap_or_embedded
 from streamvgan.service.changelog import StateChangelog
 from streamvgan.service.clients import ensure_topics, make_consumer, make_producer
 from streamvgan.service.model_topic import ModelFollower, publish

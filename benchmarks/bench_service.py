@@ -1,8 +1,9 @@
-"""The Kafka service against a raw kafka-python pass-through, on the embedded broker.
+"""The Kafka service against a model-free pass-through behind the same loop, on the embedded
+broker.
 
     python benchmarks/bench_service.py [--streams 1,1000,10000] [--events 20000]
 
-is the same as ``streamvgan bench``; see ``streamvgan/service/bench.py`` for what is measured.
+is the same as ``streamvgan bench``; see ``streamvgan/tools/bench.py`` for what is measured.
 """
 
 from __future__ import annotations

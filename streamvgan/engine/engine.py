@@ -31,7 +31,7 @@ import torch
 from streamvgan.engine import forecast as forecasting
 from streamvgan.engine import network, persist
 from streamvgan.engine.batching import ScoreColumns, Scored, channel_rows, rounds
-from streamvgan.engine.config import EngineConfig
+from streamvgan.engine.config import EngineConfig, merge_checkpoint_config
 from streamvgan.engine.learn import STEP_ARRAYS, learn
 from streamvgan.engine.network import ServingNetwork, resolve_device
 from streamvgan.engine.scalar import compute_one, learn_one
@@ -349,11 +349,26 @@ class StreamEngine:
 
     @classmethod
     def from_state_dict(
-        cls, state: Mapping[str, Any], device: str | torch.device = "cpu", what: str = "state"
+        cls,
+        state: Mapping[str, Any],
+        device: str | torch.device = "cpu",
+        what: str = "state",
+        settings: EngineConfig | None = None,
     ) -> StreamEngine:
         """An engine rebuilt from :meth:`state_dict`'s data; CheckpointError (naming
-        ``what``) if it does not fit together."""
+        ``what``) if it does not fit together. With ``settings``, only the architecture comes
+        from the saved state and everything else from ``settings``
+        (:func:`~streamvgan.engine.config.merge_checkpoint_config`; one log line lists what
+        differs)."""
         config = persist.engine_config(state, what)
+        if settings is not None:
+            config, differences = merge_checkpoint_config(config, settings)
+            if differences:
+                log.warning(
+                    "%s: the checkpoint's configuration differs from the settings: %s",
+                    what,
+                    "; ".join(differences),
+                )
         # the weights come from the checkpoint: the initial ones need not be read (nor exist)
         engine = cls(replace(config, init="random"), seed=int(state["seed"]), device=device)
         engine.config = config
@@ -375,10 +390,16 @@ class StreamEngine:
             return persist.save(data, Path(directory), self.model_version, self.n_streams)
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> StreamEngine:
-        """Rebuild an engine from :meth:`save`'s directory (``torch.load(weights_only=True)``)."""
+    def load(
+        cls,
+        directory: str | Path,
+        device: str | torch.device = "cpu",
+        settings: EngineConfig | None = None,
+    ) -> StreamEngine:
+        """Rebuild an engine from :meth:`save`'s directory (``torch.load(weights_only=True)``);
+        with ``settings``, only the architecture comes from the checkpoint."""
         data, what = persist.read(Path(directory))
-        return cls.from_bytes(data, device, what)
+        return cls.from_bytes(data, device, what, settings)
 
     def to_bytes(self) -> bytes:
         """The whole engine as bytes (what :meth:`save` writes), e.g. for pickling."""
@@ -386,9 +407,13 @@ class StreamEngine:
 
     @classmethod
     def from_bytes(
-        cls, data: bytes, device: str | torch.device = "cpu", what: str = "engine bytes"
+        cls,
+        data: bytes,
+        device: str | torch.device = "cpu",
+        what: str = "engine bytes",
+        settings: EngineConfig | None = None,
     ) -> StreamEngine:
-        return cls.from_state_dict(persist.loads(data, what), device, what)
+        return cls.from_state_dict(persist.loads(data, what), device, what, settings)
 
     def __getstate__(self) -> dict:
         return {"bytes": self.to_bytes(), "device": str(self.device)}

@@ -43,7 +43,7 @@ def learn(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
     """Advance the channels ``b.slots`` past the events ``b.values`` they were scored on."""
     slots, values = b.slots, b.values
     n, mean, var, std, xn = b.n, b.mean, b.var, b.std, b.xn
-    anomalous = b.likely >= cfg.anomaly_threshold
+    anomalous = b.likely >= cfg.downweight_threshold
     weight = np.where(anomalous, cfg.anomalous_weight, 1.0)
     st.push(slots, xn.astype(np.float32), weight)
     st.recent[slots, n % st.sizes["S"]] = b.signals
@@ -58,7 +58,7 @@ def learn(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
     )
     quiet = st.quiet[slots]
     st.quiet[slots] = np.where(
-        (quiet == 0) & (b.score >= cfg.alert_threshold),
+        (quiet == 0) & (b.score >= cfg.cooldown_threshold),
         cfg.alert_cooldown,
         np.maximum(quiet - 1, 0),
     )

@@ -196,7 +196,7 @@ def learn_one(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
     n, value = int(b.n[0]), b.values.item(0, 0)
     mean, var, std, xn = b.mean.item(0, 0), b.var.item(0, 0), b.std.item(0, 0), b.xn.item(0, 0)
     likely, score = b.likely.item(0), b.score.item(0)
-    weight = cfg.anomalous_weight if likely >= cfg.anomaly_threshold else 1.0
+    weight = cfg.anomalous_weight if likely >= cfg.downweight_threshold else 1.0
     pos = n % st.sizes["R"]
     st.buf[s, pos, 0] = xn
     st.buf_w[s, pos] = weight
@@ -212,7 +212,7 @@ def learn_one(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
         st.cal_mean[s, k] = c_mu + a * d
         st.cal_var[s, k] = (1 - a) * (c_var + a * (d * d))
     quiet = st.quiet.item(s)
-    if quiet == 0 and score >= cfg.alert_threshold:
+    if quiet == 0 and score >= cfg.cooldown_threshold:
         st.quiet[s] = cfg.alert_cooldown
     else:
         st.quiet[s] = max(quiet - 1, 0)

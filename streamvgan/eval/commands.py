@@ -37,25 +37,11 @@ def _params(value: str) -> dict[str, dict[str, Any]]:
     return parsed
 
 
-def _available(names: list[str]) -> list[str]:
-    """Drop the streamvgan variants (with a warning) when the model is not installed."""
-    try:
-        import streamvgan.river  # noqa: F401
-    except ImportError:
-        kept = [n for n in names if not n.startswith("streamvgan")]
-        if kept != names:
-            log.warning(
-                "streamvgan.river is not available: running only %s", ", ".join(kept) or "nothing"
-            )
-        return kept
-    return names
-
-
 def _nab(args: argparse.Namespace) -> int:
     from streamvgan.eval import nab
     from streamvgan.eval.report import expand_params
 
-    detectors = _available(args.detectors) if args.skip_missing else args.detectors
+    detectors = args.detectors
     runs = nab.run_nab(
         data=args.data,
         out=args.out,
@@ -76,7 +62,7 @@ def _forecast(args: argparse.Namespace) -> int:
     from streamvgan.eval import forecast
     from streamvgan.eval.report import expand_params
 
-    models = _available(args.models) if args.skip_missing else args.models
+    models = args.models
     report = forecast.run_forecasts(
         models=models,
         series=args.series,
@@ -101,7 +87,7 @@ def _generation(args: argparse.Namespace) -> int:
     from streamvgan.eval import generation
     from streamvgan.eval.report import expand_params
 
-    generators = _available(args.generators) if args.skip_missing else args.generators
+    generators = args.generators
     report = generation.run_generation(
         generators=generators,
         datasets=args.datasets,
@@ -151,11 +137,6 @@ def _common(p: argparse.ArgumentParser, models_flag: str, default: str) -> None:
         default={},
         help="JSON {name: {kwarg: value}} passed to those models, e.g. "
         '\'{"streamvgan": {"window": 64}}\'',
-    )
-    p.add_argument(
-        "--skip-missing",
-        action="store_true",
-        help="leave out the streamvgan variants when streamvgan.river is not installed",
     )
 
 

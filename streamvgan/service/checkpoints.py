@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from streamvgan.engine import StreamEngine
+from streamvgan.engine import EngineConfig, StreamEngine
 from streamvgan.engine.persist import MANIFEST
 from streamvgan.errors import CheckpointError
 
@@ -133,8 +133,13 @@ def load_checkpoint(
     directory: str | os.PathLike[str],
     device: str = "cpu",
     on_fallback: Callable[[Path, Exception], None] | None = None,
+    settings: EngineConfig | None = None,
 ) -> StreamEngine | None:
     """The engine of the newest usable checkpoint under ``directory``; None when there is none.
+
+    With ``settings`` (the configuration the process was started with), only the architecture
+    comes from the checkpoint and every other setting from ``settings``
+    (:func:`~streamvgan.engine.config.merge_checkpoint_config`).
 
     A checkpoint that cannot be loaded is skipped for the next older one (logged, and passed
     to ``on_fallback``); :class:`CheckpointError` when there are checkpoints and none loads.
@@ -161,7 +166,7 @@ def load_checkpoint(
             on_fallback(root / LATEST, pointer_error)
     for path in tried:
         try:
-            engine = StreamEngine.load(path, device=device)
+            engine = StreamEngine.load(path, device=device, settings=settings)
         except (CheckpointError, OSError) as exc:
             failures.append(f"{path.name}: {exc}")
             log.warning("checkpoint %s cannot be used (%s); trying the previous one", path, exc)

@@ -15,11 +15,15 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from streamvgan.errors import ConfigurationError
 
@@ -92,9 +96,6 @@ class ServiceMetrics:
             registry=r,
         )
         self.streams = Gauge("streamvgan_engine_streams", "Streams held in memory.", registry=r)
-        self.evictions = Counter(
-            "streamvgan_engine_evictions", "Streams evicted as least recently seen.", registry=r
-        )
         self.model_version = Gauge(
             "streamvgan_model_version", "Version of the weights now scoring.", registry=r
         )
@@ -172,11 +173,6 @@ class ServiceMetrics:
             ["reason"],
             registry=r,
         )
-        self.streams_reset = Counter(
-            "streamvgan_engine_streams_reset",
-            "Streams whose state turned non-finite (NaN or inf) and was reset to a new stream's.",
-            registry=r,
-        )
         self.checkpoint_fallbacks = Counter(
             "streamvgan_checkpoint_load_fallbacks",
             "Checkpoints (or a LATEST pointer) skipped at start as unusable, for an older one.",
@@ -187,22 +183,42 @@ class ServiceMetrics:
             "Checkpoints not written because the engine had not changed since the last one.",
             registry=r,
         )
-        self._evictions_seen = 0
-        self._resets_seen = 0
+        # the engine keeps these totals itself: read at scrape time, never copied
+        self.engine_totals = _EngineTotals()
+        r.register(self.engine_totals)
 
-    def set_evictions(self, cumulative: int) -> None:
-        """Advance the evictions counter to the engine's cumulative count."""
-        if cumulative > self._evictions_seen:
-            self.evictions.inc(cumulative - self._evictions_seen)
-            self._evictions_seen = cumulative
-        elif cumulative < self._evictions_seen:  # engine replaced (e.g. loaded): follow it
-            self._evictions_seen = cumulative
+    def follow_engine(self, engine: Any) -> None:
+        """Expose ``engine``'s cumulative evictions and stream resets (read at each scrape)."""
+        self.engine_totals.engine = engine
 
-    def set_streams_reset(self, cumulative: int) -> None:
-        """Advance the streams-reset counter to the engine's cumulative count."""
-        if cumulative > self._resets_seen:
-            self.streams_reset.inc(cumulative - self._resets_seen)
-        self._resets_seen = cumulative
+    def observe_fit(self, report: Any) -> None:
+        """Record one fine-tune's :class:`~streamvgan.engine.FitReport` (serve and train)."""
+        self.finetune_steps.inc(report.steps)
+        self.finetune_duration.observe(report.duration_s)
+        for component, loss in report.losses.items():
+            self.finetune_loss.labels(component=component).set(loss)
+        self.finetune_last_success.set(time.time())
+
+
+class _EngineTotals(Collector):
+    """Counters whose value is the engine's own running total, read when scraped (a shadow
+    counter advanced from the total would need a call after every batch and could lag)."""
+
+    def __init__(self) -> None:
+        self.engine: Any = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        engine = self.engine
+        yield CounterMetricFamily(
+            "streamvgan_engine_evictions",
+            "Streams evicted as least recently seen.",
+            value=engine.evictions if engine is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "streamvgan_engine_streams_reset",
+            "Streams whose state turned non-finite (NaN or inf) and was reset to a new stream's.",
+            value=engine.streams_reset if engine is not None else 0,
+        )
 
 
 class MetricsServer:

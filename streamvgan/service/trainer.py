@@ -27,9 +27,10 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from streamvgan.engine import EngineConfig, StreamEngine
+from streamvgan.engine import StreamEngine
 from streamvgan.errors import InvalidInputError
 from streamvgan.service import clients
+from streamvgan.service.engines import new_engine
 from streamvgan.service.metrics import MetricsServer, ServiceMetrics
 from streamvgan.service.model_topic import ModelFollower, model_topic, publish
 from streamvgan.service.wire import decode_event
@@ -54,10 +55,7 @@ class TrainerRole:
         self, settings: Any, engine: StreamEngine | None = None, registry: Any = None
     ) -> None:
         self.settings = settings
-        if engine is None:
-            config = EngineConfig.from_params(**settings.engine_config_params())
-            engine = StreamEngine(config, seed=settings.seed, device=settings.device)
-        self.engine = engine
+        self.engine = engine if engine is not None else new_engine(settings)
         self.metrics = ServiceMetrics(registry)
         self.topic = model_topic(settings.group_id, settings.input_topic)
         self.published: list[int] = []
@@ -128,11 +126,7 @@ class TrainerRole:
                     self.metrics.consumed.labels(topic=s.input_topic).inc(len(events))
                 report = self.engine.fine_tune()
                 if report is not None:
-                    self.metrics.finetune_steps.inc(report.steps)
-                    self.metrics.finetune_duration.observe(report.duration_s)
-                    self.metrics.finetune_last_success.set(time.time())
-                    for component, loss in report.losses.items():
-                        self.metrics.finetune_loss.labels(component=component).set(loss)
+                    self.metrics.observe_fit(report)
                     if self.is_publisher:
                         publish(producer, self.topic, self.engine.export_weights(), report.version)
                         self.published.append(report.version)

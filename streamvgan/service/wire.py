@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -527,15 +527,3 @@ class DeadLetter:
             raise InvalidInputError(
                 f"not a streamvgan dead-letter record: no header {exc}"
             ) from None
-
-
-def ts_to_datetime(ts: Any) -> datetime | None:
-    """The datetime of an event's ``ts`` (epoch ms or ISO-8601), None if it has none."""
-    if ts is None:
-        return None
-    if isinstance(ts, int) and not isinstance(ts, bool):
-        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ts)
-    text = str(ts)
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    return datetime.fromisoformat(text)

@@ -26,7 +26,7 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 # The project's version (a regex rather than tomllib, which Python 3.10 lacks).
 VERSION = __version__  # the one place the version is written: streamvgan/_version.py
 IMAGE = f"streamvgan:{VERSION}"
-SETTINGS_ENV = {ENV_PREFIX + name.upper() for name in Settings.__dataclass_fields__} | {CONFIG_ENV}
+SETTINGS_ENV = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {CONFIG_ENV}
 DEFAULTS = Settings()
 
 # Shutdown after SIGTERM, in seconds (see the comment in deploy/k8s/deployment.yaml): the final

@@ -131,7 +131,7 @@ def service(kafka, tmp_path) -> Iterator[Application]:
         group_id=kafka.group("deploy"),
         metrics_host="127.0.0.1", metrics_port=0, commit_interval_s=1.0,
         checkpoint_dir=str(tmp_path / "checkpoints"), checkpoint_interval_s=2.0,
-        warmup_events=40, fine_tune_every=40, fine_tune_interval_s=0.2,
+        warmup_events=40, fit_every=40, fine_tune_interval_s=0.2,
         horizon=4, forecast_every=10, continuation_every=0, engine_params=ENGINE,
     )
     app = Application(settings, registry=CollectorRegistry()).start()

@@ -57,8 +57,8 @@ def test_cooldown_caps_the_scores_after_an_alert():
     off = _scores(StreamEngine(EngineConfig(warmup_events=10_000, alert_cooldown=0), seed=0), values)
     assert on[300] == off[300] == 1.0
     # without the cooldown the incident raises several alerts; with it exactly one
-    assert (off[300:331] >= COLD.alert_threshold).sum() > 1
-    assert (on[300:331] >= COLD.alert_threshold).sum() == 1
+    assert (off[300:331] >= COLD.cooldown_threshold).sum() > 1
+    assert (on[300:331] >= COLD.cooldown_threshold).sum() == 1
     assert on[301:331].max() <= COLD.cooldown_cap
     assert on[380] == 1.0  # the cooldown ended: the next incident alerts again
 
@@ -90,9 +90,31 @@ def test_saved_configuration_with_a_retired_field_loads(caplog):
     assert "history_size" in caplog.text
 
 
+def test_the_old_threshold_names_still_work_with_a_warning(caplog):
+    """alert_threshold (the cooldown's) and anomaly_threshold were renamed (issue 12): old
+    checkpoints load silently, parameters (River, --engine-param) warn and still apply."""
+    data = EngineConfig().to_dict()
+    data["alert_threshold"] = data.pop("cooldown_threshold")
+    data["anomaly_threshold"] = data.pop("downweight_threshold")
+    assert EngineConfig.from_dict(data) == EngineConfig()
+    with caplog.at_level(logging.WARNING):
+        config = EngineConfig.from_params(alert_threshold=0.99, anomaly_threshold=0.9)
+    assert (config.cooldown_threshold, config.downweight_threshold) == (0.99, 0.9)
+    assert "'alert_threshold' is deprecated; use 'cooldown_threshold'" in caplog.text
+    assert "'anomaly_threshold' is deprecated; use 'downweight_threshold'" in caplog.text
+    with pytest.raises(ConfigurationError, match="not also its old name 'alert_threshold'"):
+        EngineConfig.from_params(alert_threshold=0.99, cooldown_threshold=0.9)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
+        ({"field_mode": "both"}, r"EngineConfig.field_mode must be one of \('channels', 'joint'\)"),
+        ({"fit_every": 0}, "EngineConfig.fit_every must be a positive int, got 0"),
+        ({"fit_every": True}, "EngineConfig.fit_every must be a positive int, got True"),
+        ({"learning_rate": 0.0}, "EngineConfig.learning_rate must be a number > 0, got 0.0"),
+        ({"season_window": 8}, "season_window must be 0 \\(off\\) or an int >= 16, got 8"),
+        ({"quantiles": (0.5, 1.0)}, r"quantiles must be a non-empty sequence of levels in \("),
         ({"alert_cooldown": -1}, "alert_cooldown"),
         ({"range_tolerance": -0.1}, "range_tolerance"),
         ({"cooldown_cap": 2.0}, "cooldown_cap"),
@@ -108,14 +130,17 @@ def test_bad_rule_settings_are_rejected(change, message):
 
 @pytest.mark.parametrize(
     "given, expected",
-    [("jump,level", ("jump", "level")), (["model"], ("model",)), (("level", "model"), ("level", "model"))],
+    [(["jump", "level"], ("jump", "level")), (["model"], ("model",)),
+     (("level", "model"), ("level", "model"))],
 )
-def test_signals_accept_a_list_or_a_comma_separated_string(given, expected):
+def test_signals_accept_a_list_or_a_tuple(given, expected):
     assert EngineConfig(signals=given).signals == expected
     assert EngineConfig.from_dict(EngineConfig(signals=given).to_dict()).signals == expected
 
 
-@pytest.mark.parametrize("given", ["", "model,model", ["critic"], 3])
+# a comma-separated string is the command line's spelling, parsed by the settings layer
+# (tests/service/test_settings.py), never by the engine
+@pytest.mark.parametrize("given", ["", "jump,level", "model", ("model", "model"), ["critic"], 3])
 def test_bad_signals_are_rejected_with_the_choices(given):
     with pytest.raises(ConfigurationError, match="model.*jump.*level"):
         EngineConfig(signals=given)
@@ -158,6 +183,7 @@ def test_jump_and_level_signals_fire_without_the_network():
 
 
 @pytest.mark.parametrize("season_window", [0, 600])
+@pytest.mark.slow
 def test_a_season_makes_a_missing_daily_peak_stand_out(season_window):
     # a square wave of period 100 (high for 30 steps); one "day" its high phase is missing.
     # No single step is unusual, so only the jump from one season back sees it.

@@ -101,6 +101,7 @@ def test_corrupt_or_foreign_weights_get_a_clear_error(weights: Path, tmp_path: P
         StreamEngine(EngineConfig(init=str(weights), model=ModelConfig(hidden_size=16)))
 
 
+@pytest.mark.slow
 def test_scores_from_a_pretrained_engine_are_probabilities(weights: Path) -> None:
     engine = StreamEngine(EngineConfig(init=str(weights)), seed=0)
     rng = np.random.default_rng(0)
@@ -110,6 +111,7 @@ def test_scores_from_a_pretrained_engine_are_probabilities(weights: Path) -> Non
     assert scores[200] == max(scores)
 
 
+@pytest.mark.slow
 def test_forecast_errors_of_a_new_stream_count_once_its_scale_has_settled(weights: Path) -> None:
     """The inverse-error blend and the last value's band need the one-step errors on the
     stream's own scale. Counted from the first value, the error against an empty state
@@ -135,6 +137,7 @@ def test_forecast_errors_of_a_new_stream_count_once_its_scale_has_settled(weight
     assert float(engine.state.err_model[slot][0]) < 1000
 
 
+@pytest.mark.slow
 def test_the_pretrain_command_writes_what_it_says(tmp_path: Path) -> None:
     from streamvgan.cli import main
 

@@ -14,9 +14,11 @@ import urllib.error
 import urllib.request
 from collections import Counter
 
+import jsonschema
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streamvgan.schemas import load_schema
 from streamvgan.service.app import Application
 from streamvgan.service.settings import Settings
 from streamvgan.service.wire import H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
@@ -163,6 +165,20 @@ def test_each_malformed_record_is_dead_lettered_with_original_bytes_and_reason(r
         assert original.value == value and original.key == key
 
 
+def test_every_record_written_follows_its_published_schema(run):
+    """What a downstream consumer reads from each output topic validates against the JSON
+    Schemas in streamvgan/schemas/ (dead letters: their headers, decoded as UTF-8)."""
+    for topic, name in [("scores", "score"), ("forecasts", "forecast"),
+                        ("continuations", "continuation")]:
+        validator = jsonschema.Draft202012Validator(load_schema(name))
+        assert run["outputs"][topic]
+        for record in run["outputs"][topic]:
+            validator.validate(record.json())
+    validator = jsonschema.Draft202012Validator(load_schema("dead_letter_headers"))
+    for record in run["outputs"]["dlq"]:
+        validator.validate({k: v.decode("utf-8") for k, v in record.headers})
+
+
 def test_metrics_scraped_over_http_match_what_was_sent(run):
     text = run["scraped"]
     s = run["settings"]
@@ -237,9 +253,9 @@ def test_revoked_partitions_are_committed_before_they_move(kafka_session, kafka_
     two = replica()
     try:
         deadline = time.monotonic() + 60
-        while not (two._assigned and one._assigned) and time.monotonic() < deadline:
+        while not (two.loop.assigned and one.loop.assigned) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert len(one._assigned) == len(two._assigned) == 1
+        assert len(one.loop.assigned) == len(two.loop.assigned) == 1
         assert kafka.committed(topic, group, 2) == {0: 60, 1: 60}  # committed on revocation
         second_part = [(s.encode(), json.dumps({"stream": s, "ts": i, "value": 1}).encode())
                        for i in range(60, 90) for s in streams]

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from streamvgan.errors import BrokerError
-from streamvgan.service.broker import EmbeddedBroker, free_port, kafka_api_ready
+from streamvgan.tools.broker import EmbeddedBroker, free_port, kafka_api_ready
 
 
 @pytest.mark.kafka

@@ -5,6 +5,7 @@ rewritten when nothing changed; evicted streams leave the service's own maps."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -116,22 +117,23 @@ def test_no_checkpoint_is_rewritten_when_nothing_changed(tmp_path):
     registry = CollectorRegistry()
     settings = Settings(input_topic="in", checkpoint_dir=str(tmp_path), metrics_port=-1)
     app = Application(settings, engine=_engine(), registry=registry)
-    app._checkpoint()
-    app._checkpoint()  # idle: nothing changed
+    app.state.checkpoint()
+    app.state.checkpoint()  # idle: nothing changed
     assert app.stats.checkpoints == 1
     assert registry.get_sample_value("streamvgan_checkpoint_skipped_unchanged_total") == 1
     app.engine.process([Event("s0", {"value": 0.5})])
-    app._checkpoint()
+    app.state.checkpoint()
     assert app.stats.checkpoints == 2
     info = json.loads((checkpoints.latest_checkpoint(tmp_path) / "service.json").read_text())
     assert info["events_seen"] == 16
 
     # a service started from that checkpoint does not rewrite it either
     again = Application(settings, registry=CollectorRegistry())
-    again._checkpoint()
+    again.state.checkpoint()
     assert again.stats.checkpoints == 0
 
 
+@pytest.mark.slow
 def test_evicted_streams_leave_the_service_maps(tmp_path):
     config = EngineConfig.from_params(hidden_size=8, latent_size=2, max_streams=100,
                                       warmup_events=10**9)
@@ -140,12 +142,13 @@ def test_evicted_streams_leave_the_service_maps(tmp_path):
     for k in range(1000):
         stream = f"id-{k}"
         app.engine.process([Event(stream, {"value": 1.0})])
-        app._counts[stream] += 1
-        app._stream_partition[stream] = k % 4
-        app._dirty[stream] = k % 4
+        app.processor.schedule.counts[stream] += 1
+        app.state.stream_partition[stream] = k % 4
+        app.state.dirty[stream] = k % 4
     assert app.engine.n_streams == 100
     live = set(app.engine.streams())
-    assert set(app._counts) == set(app._stream_partition) == set(app._dirty) == live
+    counts, state = app.processor.schedule.counts, app.state
+    assert set(counts) == set(state.stream_partition) == set(state.dirty) == live
 
 
 def test_a_format_1_checkpoint_still_loads():
@@ -165,3 +168,49 @@ def test_a_format_1_checkpoint_still_loads():
     assert old.streams() == engine.streams() == ["s0", "s1", "s2"]
     nxt = [Event("s2", {"value": -1.0})]
     assert old.process(nxt) == engine.process(nxt)
+
+
+def test_a_restart_takes_the_architecture_from_the_checkpoint_and_the_rest_from_settings(
+    tmp_path, caplog
+):
+    """docs/operations.md: only the architecture comes from the checkpoint. Before this, the
+    whole saved EngineConfig won, so a changed alert_cooldown or --max-streams was ignored."""
+    import numpy as np
+
+    small = {"hidden_size": 8, "latent_size": 2, "warmup_events": 10**9}
+    first = Settings(input_topic="in", checkpoint_dir=str(tmp_path), metrics_port=-1,
+                     engine_params=small)
+    app = Application(first, registry=CollectorRegistry())
+    values = list(10 + np.random.default_rng(0).normal(size=300))
+    for v in values:
+        app.engine.process([Event("s", {"value": v})])
+    app.state.checkpoint()
+
+    incident = [40.0] * 6 + [10.0] * 30  # several anomalous points in a row, then calm
+
+    def alerts(settings: Settings) -> np.ndarray:
+        engine = Application(settings, registry=CollectorRegistry()).engine
+        out = [engine.process([Event("s", {"value": v})])[0].score for v in incident]
+        return np.array(out), engine
+
+    before, same = alerts(first)
+    changed = Settings(input_topic="in", checkpoint_dir=str(tmp_path), metrics_port=-1,
+                       max_streams=50,
+                       engine_params={**small, "hidden_size": 16, "alert_cooldown": 30})
+    with caplog.at_level(logging.WARNING, logger="streamvgan.engine.checkpoint"):
+        after, engine = alerts(changed)
+    # the settings win: the cooldown is on and the stream table is smaller
+    assert (engine.config.alert_cooldown, engine.config.max_streams) == (30, 50)
+    assert same.config.alert_cooldown == 0
+    # the same incident raised several alerts without the cooldown, and one with it
+    assert before[0] == after[0] == 1.0
+    assert (before >= engine.config.cooldown_threshold).sum() > 1
+    assert (after >= engine.config.cooldown_threshold).sum() == 1
+    assert after[1:].max() <= engine.config.cooldown_cap
+    # the checkpoint's architecture wins, and the one log line says what differed and who won
+    assert engine.config.model.hidden_size == 8 and engine.model.config.hidden_size == 8
+    lines = [m for m in caplog.messages if "differs from the settings" in m]
+    assert len(lines) == 1
+    assert "model.hidden_size: checkpoint 8, settings 16 (the checkpoint wins)" in lines[0]
+    assert "alert_cooldown: checkpoint 0, settings 30 (the settings win)" in lines[0]
+    assert "max_streams: checkpoint 100000, settings 50 (the settings win)" in lines[0]

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 
 from streamvgan.service import clients
 from streamvgan.service.app import Application
-from streamvgan.service.broker import EmbeddedBroker, free_port
+from streamvgan.tools.broker import EmbeddedBroker, free_port
 from streamvgan.service.changelog import changelog_topic
 from streamvgan.service.settings import Settings
 

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from streamvgan.service import clients
 from streamvgan.service.app import Application
-from streamvgan.service.broker import EmbeddedBroker, free_port
+from streamvgan.tools.broker import EmbeddedBroker, free_port
 from streamvgan.service.settings import Settings
 
 pytestmark = pytest.mark.kafka
@@ -108,12 +108,12 @@ def tls(tmp_path_factory):
 
 
 def _settings(tls, cafile: Path, topic: str, **changes) -> Settings:
-    return Settings(
-        bootstrap_servers=tls["servers"], input_topic=topic, group_id=f"{topic}-g",
-        security_protocol="SSL", ssl_cafile=str(cafile), metrics_port=-1,
-        commit_interval_s=0.5, forecast_every=0, continuation_every=0,
-        engine_params={"warmup_events": 10**9}, **changes,
-    )
+    return Settings(**{
+        "bootstrap_servers": tls["servers"], "input_topic": topic, "group_id": f"{topic}-g",
+        "security_protocol": "SSL", "ssl_cafile": str(cafile), "metrics_port": -1,
+        "commit_interval_s": 0.5, "forecast_every": 0, "continuation_every": 0,
+        "engine_params": {"warmup_events": 10**9}, **changes,
+    })
 
 
 def test_serve_scores_through_tls(tls):
@@ -171,7 +171,7 @@ def test_wrong_ca_is_one_clear_error(tls, caplog):
 
 def test_plaintext_client_settings_against_tls_port_fail_clearly(tls, caplog):
     """SSL settings pointed at a plaintext port: the handshake error says so."""
-    settings = _settings(tls, tls["ca"], "tls-plain").replace(bootstrap_servers=tls["plain"])
+    settings = _settings(tls, tls["ca"], "tls-plain", bootstrap_servers=tls["plain"])
     app = Application(settings, registry=CollectorRegistry())
     with caplog.at_level("ERROR"):
         assert app.run() == 2

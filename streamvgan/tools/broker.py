@@ -86,7 +86,7 @@ class EmbeddedBroker:
 
     Examples
     --------
-    >>> from streamvgan.service.broker import EmbeddedBroker
+    >>> from streamvgan.tools.broker import EmbeddedBroker
     >>> with EmbeddedBroker() as broker:  # doctest: +SKIP
     ...     print(broker.bootstrap_servers)
     127.0.0.1:...

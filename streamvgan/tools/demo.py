@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from streamvgan._optional import require
-from streamvgan.errors import BrokerError
 from streamvgan.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -68,10 +67,8 @@ INJECTIONS = (
 
 def load_sp500() -> tuple[list[str], dict[str, np.ndarray]]:
     """Dates and per-ticker daily returns (percent) of River's bundled SP500Stocks."""
-    try:
-        from river.datasets import SP500Stocks
-    except ImportError as exc:  # pragma: no cover - river is a dependency
-        raise BrokerError("the demo needs river>=0.26 for its SP500Stocks data set") from exc
+    from river.datasets import SP500Stocks
+
     path = SP500Stocks().path
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8", newline="") as f:
@@ -141,7 +138,7 @@ DEMO_ENGINE_PARAMS = {
 
 
 def main(args: argparse.Namespace) -> int:
-    from streamvgan.service.broker import EmbeddedBroker
+    from streamvgan.tools.broker import EmbeddedBroker
 
     require("matplotlib", extra="demo", purpose="the demo's plot")  # before a long replay
     if args.bootstrap_servers:

@@ -2,11 +2,13 @@
 
 For each number of streams (1, 1,000 and 10,000 by default), against one local broker:
 
-(a) a raw kafka-python pass-through: a consumer group that polls, decodes and validates each
-    record exactly as the service does, and produces the same number and size of output
-    records (a score per event, a forecast per stream per poll, a continuation every
-    ``continuation_every`` events of a stream) with no model, then flushes and commits;
-(b) the service (:class:`~streamvgan.service.app.Application`) with a fitted model.
+(a) a pass-through: the service's own loop (:class:`~streamvgan.service.app.Application`)
+    with the model-free :class:`~streamvgan.service.processing.PassThroughProcessor`, which
+    decodes and validates each record exactly as the service does and produces the same
+    number and size of output records (a score per event, a forecast and a continuation per
+    stream when due) filled from the input values; it keeps no state, so it writes no
+    changelog and no checkpoint;
+(b) the service (the same :class:`~streamvgan.service.app.Application`) with a fitted model.
 
 Each runs two phases on its own input topic. *Throughput*: ``--events`` events are loaded
 first, then consumed as fast as possible; events/s is the number of score records over the
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -101,8 +102,8 @@ class Result:
 
 
 def main(args: argparse.Namespace) -> int:
-    from streamvgan.service.broker import bootstrap_or_embedded
     from streamvgan.service.settings import _parse_engine_param
+    from streamvgan.tools.broker import bootstrap_or_embedded
 
     counts = [int(x) for x in str(args.streams).split(",") if x.strip()]
     engine_params = dict(_parse_engine_param(p) for p in args.engine_params or [])
@@ -130,12 +131,10 @@ def _fixed_settings(
 
 
 def _check_settings(extra: dict[str, Any], args: argparse.Namespace) -> None:
-    import dataclasses
-
     from streamvgan.errors import ConfigurationError
     from streamvgan.service.settings import Settings
 
-    known = {f.name for f in dataclasses.fields(Settings)}
+    known = set(Settings.model_fields)
     fixed = set(_fixed_settings("", "", args, {}))
     for key in extra:
         if key not in known or key in fixed:
@@ -253,11 +252,13 @@ def _run_contestant(
     _produce(producer, topic, _events(n_streams, 0, n_events, rng), rate=None)
     reader = _ScoreReader(bootstrap_servers, settings.scores_topic)
     if kind == "service":
-        runner: Any = Application(
+        runner = Application(
             settings, engine=_fitted_engine(settings, args.seed), registry=CollectorRegistry()
         )
-    else:
-        runner = PassThrough(settings)
+    else:  # the same loop, with the model-free processor
+        runner = Application(
+            settings, processor=_passthrough(settings, args.seed), registry=CollectorRegistry()
+        )
     runner.start()
     try:
         label = f"bench {n_streams:,} streams, {kind}"
@@ -284,6 +285,20 @@ def _run_contestant(
         p99_ms=float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
         paced_rate=paced,
         n_latency=len(latencies),
+    )
+
+
+def _passthrough(settings: Any, seed: int) -> Any:
+    from streamvgan.service.processing import OutputTopics, PassThroughProcessor
+
+    s = settings
+    return PassThroughProcessor(
+        OutputTopics(s.scores_topic, s.forecasts_topic, s.continuations_topic, s.dlq_topic),
+        forecast_every=s.forecast_every,
+        continuation_every=s.continuation_every,
+        continuation_samples=s.continuation_samples,
+        horizon=s.horizon,
+        seed=seed,
     )
 
 
@@ -348,131 +363,3 @@ class _ScoreReader:
 
     def close(self) -> None:
         self.consumer.close()
-
-
-class PassThrough:
-    """The model-free baseline: same consume, decode, produce, flush and commit as the service.
-
-    Outputs carry the same fields and number sizes as the service's records, filled from the
-    input values instead of a model.
-    """
-
-    def __init__(self, settings: Any) -> None:
-        self.settings = settings
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.exit_code: int | None = None
-
-    def start(self) -> PassThrough:
-        self._thread = threading.Thread(target=self.run, name="passthrough", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> int | None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.exit_code
-
-    def run(self) -> int:
-        from kafka.structs import OffsetAndMetadata
-
-        from streamvgan.engine import Forecast
-        from streamvgan.service import clients
-        from streamvgan.service.wire import (
-            ContinuationMessage,
-            DecodeError,
-            ForecastMessage,
-            ScoreMessage,
-            decode_event,
-        )
-
-        s = self.settings
-        horizon, n_samples = s.horizon, s.continuation_samples
-        rng = np.random.default_rng(0)
-        clients.ensure_topics(
-            s.bootstrap_servers,
-            [s.scores_topic, s.forecasts_topic, s.continuations_topic, s.dlq_topic],
-            like=s.input_topic,
-        )
-        producer = clients.make_producer(s.bootstrap_servers, client_id="passthrough")
-        consumer = clients.make_consumer(
-            s.bootstrap_servers, group_id=s.group_id, max_poll_records=s.poll_max_records
-        )
-        consumer.subscribe([s.input_topic])
-        counts: dict[str, int] = {}
-        pending: dict[Any, int] = {}
-        last_commit = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                records = consumer.poll(
-                    timeout_ms=s.poll_timeout_ms, max_records=s.poll_max_records
-                )
-                last: dict[str, Any] = {}
-                for tp, batch in records.items():
-                    for r in batch:
-                        try:
-                            event = decode_event(r.value, r.key)
-                        except DecodeError:
-                            producer.send(s.dlq_topic, key=r.key, value=r.value)
-                            continue
-                        x = event.values["value"]
-                        comps = {
-                            "surprise": x * 0.37,
-                            "reconstruction": x * 0.11,
-                            "critic": x * 0.05,
-                        }
-                        msg = ScoreMessage(
-                            event.stream,
-                            event.ts,
-                            float(rng.random()),
-                            x * 0.5,
-                            comps,
-                            1,
-                            True,
-                            False,
-                        )
-                        producer.send(
-                            s.scores_topic, key=event.stream.encode(), value=msg.to_bytes()
-                        )
-                        before = counts.get(event.stream, 0)
-                        counts[event.stream] = before + 1
-                        last[event.stream] = (event.ts, x, before)
-                    if batch:
-                        pending[tp] = batch[-1].offset + 1
-                for stream, (ts, x, before) in last.items():
-                    n = counts[stream]
-                    if s.forecast_every and n // s.forecast_every > before // s.forecast_every:
-                        mean = x + 0.01 * rng.standard_normal((horizon, 1))
-                        fc = Forecast(
-                            stream,
-                            ["value"],
-                            mean,
-                            {q: mean + z for q, z in ((0.1, -1.28), (0.5, 0.0), (0.9, 1.28))},
-                            1,
-                            True,
-                        )
-                        producer.send(
-                            s.forecasts_topic,
-                            key=stream.encode(),
-                            value=ForecastMessage.from_forecast(fc, ts).to_bytes(),
-                        )
-                    ce = s.continuation_every
-                    if ce and n // ce > before // ce:
-                        samples = x + rng.standard_normal((n_samples, horizon, 1))
-                        cm = ContinuationMessage.from_array(stream, ts, ["value"], samples, 1)
-                        producer.send(
-                            s.continuations_topic, key=stream.encode(), value=cm.to_bytes()
-                        )
-                producer.flush()
-                if pending and time.monotonic() - last_commit >= s.commit_interval_s:
-                    consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in pending.items()})
-                    pending.clear()
-                    last_commit = time.monotonic()
-            self.exit_code = 0
-        finally:
-            consumer.close(autocommit=False)
-            producer.close(timeout=10)
-        return self.exit_code

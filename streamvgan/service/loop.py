@@ -1,0 +1,235 @@
+"""The consumer loop: poll -> process -> send -> flush -> offsets to the commit order.
+
+:class:`ServiceLoop` is the same for every :class:`~streamvgan.service.processing.Processor`
+(the service's and the benchmark's pass-through) and every client library (it talks to the
+:mod:`~streamvgan.service.kafka_api` interface). It also keeps what readiness needs (assigned
+partitions, the last poll's outcome, the coordinator) and is the rebalance listener.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from streamvgan.service.kafka_api import Consumer, Producer, TransientPollError
+from streamvgan.service.metrics import ServiceMetrics
+from streamvgan.service.processing import BatchResult, Output, Processor, Records
+from streamvgan.service.state import ProduceError, StateStore
+
+log = logging.getLogger(__name__)
+
+
+class ServiceLoop:
+    """Runs batches until ``stop`` is set.
+
+    Parameters
+    ----------
+    settings
+        The service settings (poll size and timeout, commit and checkpoint intervals).
+    processor
+        What a batch becomes.
+    state
+        The commit order (offsets, changelog, checkpoints).
+    metrics, stats
+        Where the loop counts (``stats``: the application's running totals).
+    stop
+        Set to stop after the batch in hand.
+    on_readiness
+        Called whenever something readiness depends on changed.
+    """
+
+    def __init__(
+        self,
+        settings: Any,
+        processor: Processor,
+        state: StateStore,
+        metrics: ServiceMetrics,
+        stats: Any,
+        stop: threading.Event,
+        on_readiness: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.engine = getattr(processor, "engine", None)
+        self.state = state
+        self.metrics = metrics
+        self.stats = stats
+        self._stop = stop
+        self.on_readiness = on_readiness
+        self.assigned: set[Any] = set()
+        self.coordinator_ok = True  # the group coordinator is reachable (checked each second)
+        self.poll_ok = True  # the last poll did not raise (a connection reset, a timeout)
+
+    def run(self, consumer: Consumer, producer: Producer) -> None:
+        s = self.settings
+        now = time.monotonic()
+        last_commit = last_checkpoint = last_lag = now
+        failures = 0  # polls in a row that raised a retriable error
+        while not self._stop.is_set():
+            try:
+                records = consumer.poll(s.poll_timeout_ms, s.poll_max_records)
+            except TransientPollError as exc:
+                failures += 1
+                self._poll_failed(exc, failures)
+                continue
+            if failures:
+                log.warning("polling again after %d failed polls", failures)
+                failures = 0
+                self.poll_ok = True
+                self.on_readiness()
+            if records:
+                self.handle(records, producer)
+            now = time.monotonic()
+            if now - last_lag >= 1.0:
+                self._housekeeping(consumer)
+                last_lag = now
+            if s.checkpoint_dir and now - last_checkpoint >= s.checkpoint_interval_s:
+                self.state.commit(consumer)
+                self.state.checkpoint()
+                last_commit = last_checkpoint = time.monotonic()
+            elif now - last_commit >= s.commit_interval_s:
+                self.state.commit(consumer)
+                last_commit = now
+
+    def _housekeeping(self, consumer: Consumer) -> None:
+        ok = consumer.coordinator_known()
+        if ok != self.coordinator_ok:
+            log.warning(
+                "group coordinator %s",
+                "reachable again" if ok else "unreachable: not ready until the broker is back",
+            )
+            self.coordinator_ok = ok
+            self.on_readiness()
+        for tp, lag in consumer.lag(list(self.assigned)).items():
+            self.metrics.lag.labels(topic=tp[0], partition=str(tp[1])).set(lag)
+
+    def _poll_failed(self, exc: BaseException, failures: int) -> None:
+        """A poll raised a retriable error: kafka-python gives up on a connection reset while
+        connecting (a proxy or load balancer in front of the broker, a broker restarting) with
+        ``KafkaConnectionError``, or on a timeout. Nothing of a batch is lost (offsets are
+        committed only after the outputs are acknowledged), so: not ready, back off (0.5 s,
+        doubling to 5 s; a stop ends the wait), poll again."""
+        delay = min(0.5 * 2 ** min(failures - 1, 4), 5.0)
+        if failures == 1:
+            log.warning(
+                "poll failed (%s): not ready; polling again every %.1f-5 s until the broker "
+                "answers",
+                exc,
+                delay,
+            )
+        else:
+            log.debug("poll failed again (%d in a row): %s", failures, exc)
+        self.poll_ok = False
+        self.on_readiness()
+        self._stop.wait(delay)
+
+    def handle(self, records: Records, producer: Producer) -> BatchResult:
+        """One poll: process, send, wait for the broker, then offsets become committable."""
+        m = self.metrics
+        self.state.restore_assigned()
+        polled_at = time.monotonic()
+        result = self.processor.process(records)
+        for topic, n in result.consumed.items():
+            m.consumed.labels(topic=topic).inc(n)
+        m.batch_size.observe(result.records)
+        errors: list[BaseException] = []
+        for out in result.outputs:
+            self._send(producer, out).add_errback(errors.append)
+        for value in result.score_values:
+            m.scores.observe(value)
+        m.anomalies.inc(result.anomalies)
+        producer.flush()
+        if errors:
+            raise ProduceError(
+                f"{len(errors)} output records were not acknowledged "
+                f"(first: {errors[0]!r}); offsets stay uncommitted"
+            )
+        latency = time.monotonic() - polled_at
+        for _ in range(result.records):
+            m.latency.observe(latency)
+        for topic, n in result.produced.items():
+            if n:
+                m.produced.labels(topic=topic).inc(n)
+        for (topic, reason), n in result.dead_lettered.items():
+            m.dead_lettered.labels(topic=topic, reason=reason).inc(n)
+        self.state.acknowledged(result.next_offsets, result.touched)
+        st = self.stats
+        st.consumed += result.records
+        st.scored += result.scored
+        st.dead_lettered += sum(result.dead_lettered.values())
+        st.forecasts += result.forecasts
+        st.continuations += result.continuations
+        st.batches += 1
+        if self.engine is not None:
+            m.streams.set(self.engine.n_streams)
+            m.model_version.set(self.engine.model_version)
+        if log.isEnabledFor(logging.DEBUG):
+            for tp, offset in result.next_offsets.items():
+                log.debug(
+                    'batch partition="%s[%d]" offset="%d" records=%d events=%d %.1fms',
+                    *(tp[0], tp[1], offset - 1, result.records, result.scored, 1000 * latency),
+                )
+        return result
+
+    def _send(self, producer: Producer, out: Output) -> Any:
+        if out.letter is None:
+            return producer.send(out.topic, key=out.key, value=out.value, headers=out.headers)
+        try:
+            return producer.send(out.topic, key=out.key, value=out.value, headers=out.headers)
+        except Exception as exc:
+            # a dead letter the producer refuses (too large with the headers) goes without its
+            # value, so that a bad record can never stop the partition
+            letter = out.letter
+            log.warning(
+                'the producer refused the dead letter of partition="%s[%d]" offset="%d"; '
+                "sending it without its value",
+                *(letter.topic, letter.partition, letter.offset),
+                exc_info=True,
+            )
+            letter = dataclasses.replace(
+                letter,
+                message=f"{letter.message} (original value of "
+                f"{len(out.value or b'')} bytes not kept: {exc!r})",
+            )
+            return producer.send(out.topic, key=out.key, value=b"", headers=letter.headers())
+
+    # -- the rebalance listener (kafka_api.RebalanceListener), called inside poll -------------
+    # Every batch is flushed before the next poll, so when a rebalance runs no output is in
+    # flight: revoked partitions get their changelog written and their acknowledged offsets
+    # committed before they move.
+
+    def on_revoked(self, partitions: set[Any]) -> Mapping[Any, int]:
+        offsets = self.state.revoke(partitions, self.settings.input_topic)
+        for tp in partitions:
+            self.assigned.discard(tp)
+            with contextlib.suppress(KeyError):  # no lag was recorded for it yet
+                self.metrics.lag.remove(tp[0], str(tp[1]))
+        if partitions:
+            log.info("partitions revoked: %s", _names(partitions))
+        self.on_readiness()
+        return offsets
+
+    def on_committed(self, offsets: Mapping[Any, int]) -> None:
+        self.stats.commits += 1
+
+    def on_assigned(self, partitions: set[Any]) -> None:
+        self.assigned.update(partitions)
+        self.state.assign(partitions)
+        log.info("partitions assigned: %s", _names(partitions))
+        self.on_readiness()
+
+    def on_lost(self, partitions: set[Any]) -> None:
+        for tp in partitions:
+            self.assigned.discard(tp)
+        self.state.lose(partitions)
+        log.warning("partitions lost (evicted from the group): %s", _names(partitions))
+        self.on_readiness()
+
+
+def _names(partitions: set[Any]) -> str:
+    return ", ".join(sorted(f"{tp[0]}[{tp[1]}]" for tp in partitions)) or "(none)"

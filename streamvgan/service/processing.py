@@ -1,0 +1,372 @@
+"""What the service does with one poll: decode -> engine -> output records.
+
+A :class:`Processor` turns the records of a poll into a :class:`BatchResult`: the output
+records to send (scores, forecasts, continuations, dead letters), the next offsets of each
+partition, and the streams whose state changed. It does no I/O: the loop
+(:mod:`streamvgan.service.app`) sends the outputs, waits for the broker and hands the offsets
+to the commit order (:mod:`streamvgan.service.state`), so a processor is tested with plain
+lists of records and no broker.
+
+Two processors share the decoding, validation, dead letters and the forecast/continuation
+schedule: :class:`ScoringProcessor` (the service, with the engine) and
+:class:`PassThroughProcessor` (the benchmark's model-free baseline, outputs of the same number
+and size filled from the input values), so ``streamvgan bench`` compares the model's cost
+behind exactly the same loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from streamvgan.engine import Event, Forecast, StreamEngine
+from streamvgan.errors import InvalidInputError
+from streamvgan.service.kafka_api import InputRecord, TopicPartition
+from streamvgan.service.wire import (
+    ContinuationMessage,
+    DeadLetter,
+    DecodeError,
+    ForecastMessage,
+    ScoreMessage,
+    decode_event,
+)
+
+log = logging.getLogger(__name__)
+
+Records = Mapping[TopicPartition, Sequence[InputRecord]]
+
+
+@dataclass(frozen=True)
+class OutputTopics:
+    """Where a processor's outputs go."""
+
+    scores: str
+    forecasts: str
+    continuations: str
+    dlq: str
+
+
+@dataclass(slots=True)
+class Output:
+    """One record to send. A dead letter carries its :class:`DeadLetter`, so that the sender
+    can send it without the original value if the producer refuses it (too large)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None = None
+    letter: DeadLetter | None = None
+
+
+@dataclass
+class BatchResult:
+    """The outcome of one poll: what to send, and what to remember once it is acknowledged."""
+
+    outputs: list[Output] = field(default_factory=list)
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    #: stream -> input partition, for every stream whose state this batch changed
+    touched: dict[str, int] = field(default_factory=dict)
+    consumed: Counter[str] = field(default_factory=Counter)  # records per input topic
+    produced: Counter[str] = field(default_factory=Counter)  # outputs per output topic
+    dead_lettered: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, reason)
+    score_values: list[float] = field(default_factory=list)
+    anomalies: int = 0
+    records: int = 0
+    scored: int = 0
+    forecasts: int = 0
+    continuations: int = 0
+
+
+class Processor(Protocol):
+    """Turns the records of one poll into outputs; no I/O."""
+
+    def process(self, records: Records) -> BatchResult: ...
+
+    def forget(self, stream: str) -> None:
+        """Drop what is kept for ``stream`` (evicted, or its partition moved away)."""
+        ...
+
+
+class DueSchedule:
+    """Which streams are due a forecast and a continuation: each time a stream's event count
+    crosses a multiple of ``forecast_every`` / ``continuation_every`` (0: never), at most one of
+    each per stream per batch, made after its last event of the batch."""
+
+    def __init__(self, forecast_every: int, continuation_every: int) -> None:
+        self.forecast_every = forecast_every
+        self.continuation_every = continuation_every
+        self.counts: defaultdict[str, int] = defaultdict(int)
+
+    def due(self, streams: Sequence[str]) -> tuple[list[str], list[str]]:
+        fe, ce = self.forecast_every, self.continuation_every
+        before: dict[str, int] = {}
+        counts = self.counts
+        for stream in streams:
+            if stream not in before:
+                before[stream] = counts[stream]
+            counts[stream] += 1
+        forecast, continuation = [], []
+        for stream, n0 in before.items():
+            n1 = counts[stream]
+            if fe and n1 // fe > n0 // fe:
+                forecast.append(stream)
+            if ce and n1 // ce > n0 // ce:
+                continuation.append(stream)
+        return forecast, continuation
+
+    def forget(self, stream: str) -> None:
+        self.counts.pop(stream, None)
+
+
+class _DeadLetterLog:
+    """Logs the first 10 dead letters of every 10 s and counts the rest, so that a flood of
+    bad records cannot flood the log."""
+
+    def __init__(self) -> None:
+        self.logged = 0
+        self.window = 0.0
+
+    def __call__(self, record: InputRecord, reason: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self.window > 10.0:
+            if self.logged > 10:
+                log.warning("... %d more dead-lettered records in the last 10 s", self.logged - 10)
+            self.window, self.logged = now, 0
+        self.logged += 1
+        if self.logged <= 10:
+            log.warning(
+                'dead-lettered partition="%s[%d]" offset="%d" reason=%s: %s',
+                record.topic,
+                record.partition,
+                record.offset,
+                reason,
+                message,
+            )
+
+
+class _Base:
+    """Decoding, validation and dead letters, shared by both processors."""
+
+    def __init__(self, topics: OutputTopics, schedule: DueSchedule) -> None:
+        self.topics = topics
+        self.schedule = schedule
+        self._dlq_log = _DeadLetterLog()
+
+    def forget(self, stream: str) -> None:
+        self.schedule.forget(stream)
+
+    def _decode(self, records: Records, result: BatchResult) -> tuple[list[Event], list[Any]]:
+        events: list[Event] = []
+        sources: list[Any] = []
+        for tp, batch in records.items():
+            for record in batch:
+                try:
+                    event = decode_event(record.value, record.key)
+                except DecodeError as exc:
+                    self._dead_letter(result, record, exc.reason, exc.message)
+                except Exception as exc:  # a bug in decoding must not block the partition
+                    log.exception(
+                        'decoder failed partition="%s[%d]" offset="%d"',
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                    )
+                    self._dead_letter(
+                        result,
+                        record,
+                        "internal_error",
+                        f"decoding raised {type(exc).__name__}: {exc}",
+                    )
+                else:
+                    events.append(event)
+                    sources.append(record)
+            result.records += len(batch)
+            # poll returns only partitions that have records
+            result.next_offsets[tp] = batch[-1].offset + 1
+            result.consumed[tp[0]] += len(batch)
+        return events, sources
+
+    def _dead_letter(
+        self, result: BatchResult, record: InputRecord, reason: str, message: str
+    ) -> None:
+        letter = DeadLetter(
+            reason=reason,
+            message=message,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            original_headers=tuple(record.headers or ()),
+        )
+        # Kafka refuses a record with neither key nor value (a keyless tombstone): send an
+        # empty value
+        value = record.value if record.value is not None or record.key is not None else b""
+        result.outputs.append(Output(self.topics.dlq, record.key, value, letter.headers(), letter))
+        result.produced[self.topics.dlq] += 1
+        result.dead_lettered[(record.topic, reason)] += 1
+        self._dlq_log(record, reason, message)
+
+
+class ScoringProcessor(_Base):
+    """The service: one batched :meth:`StreamEngine.process` per poll, a score per event, a
+    forecast and a continuation per stream when due.
+
+    Parameters
+    ----------
+    engine
+        The engine that scores.
+    topics
+        Output topics.
+    forecast_every, continuation_every
+        Events of a stream between two forecasts / continuations (0: none).
+    continuation_samples
+        Sampled paths per continuation.
+    alert_threshold
+        Scores at or above it are flagged ``anomaly``.
+    """
+
+    def __init__(
+        self,
+        engine: StreamEngine,
+        topics: OutputTopics,
+        *,
+        forecast_every: int,
+        continuation_every: int,
+        continuation_samples: int,
+        alert_threshold: float,
+    ) -> None:
+        super().__init__(topics, DueSchedule(forecast_every, continuation_every))
+        self.engine = engine
+        self.continuation_samples = continuation_samples
+        self.alert_threshold = alert_threshold
+
+    def process(self, records: Records) -> BatchResult:
+        result = BatchResult()
+        events, sources = self._decode(records, result)
+        scored = self._score(events, sources, result)
+        topics, outputs = self.topics, result.outputs
+        last_ts: dict[str, Any] = {}
+        touched = result.touched
+        threshold = self.alert_threshold
+        for event, record, score in scored:
+            msg = ScoreMessage.from_score(score, event.ts, threshold)
+            outputs.append(Output(topics.scores, event.stream.encode("utf-8"), msg.to_bytes()))
+            result.score_values.append(msg.score)
+            if msg.anomaly:
+                result.anomalies += 1
+            last_ts[event.stream] = event.ts
+            touched[event.stream] = record.partition
+        result.scored = len(scored)
+        result.produced[topics.scores] += len(scored)
+        forecast_streams, continuation_streams = self.schedule.due([e.stream for e, _, _ in scored])
+        engine = self.engine
+        if forecast_streams:
+            for fc in engine.forecast(forecast_streams):
+                fc_msg = ForecastMessage.from_forecast(fc, last_ts[fc.stream])
+                outputs.append(
+                    Output(topics.forecasts, fc.stream.encode("utf-8"), fc_msg.to_bytes())
+                )
+        for stream in continuation_streams:
+            samples = engine.generate(stream, engine.config.horizon, self.continuation_samples)
+            cont_msg = ContinuationMessage.from_array(
+                stream, last_ts[stream], engine.fields(stream), samples, engine.model_version
+            )
+            outputs.append(
+                Output(topics.continuations, stream.encode("utf-8"), cont_msg.to_bytes())
+            )
+        result.forecasts = len(forecast_streams)
+        result.continuations = len(continuation_streams)
+        result.produced[topics.forecasts] += len(forecast_streams)
+        result.produced[topics.continuations] += len(continuation_streams)
+        return result
+
+    def _score(
+        self, events: list[Event], sources: list[Any], result: BatchResult
+    ) -> list[tuple[Event, Any, Any]]:
+        """One batched engine step; events the engine rejects become dead letters."""
+        if not events:
+            return []
+        try:
+            return list(zip(events, sources, self.engine.process(events)))
+        except InvalidInputError as exc:
+            log.info("engine rejected a batch (%s); scoring its events one by one", exc)
+        except Exception:
+            log.exception("engine failed on a batch; scoring its events one by one")
+        # Rare path: the engine validates a whole batch before changing any state, so the
+        # events can be retried one at a time in order and only the bad ones dead-lettered.
+        scored = []
+        for event, record in zip(events, sources):
+            try:
+                scored.append((event, record, self.engine.process([event])[0]))
+            except Exception as exc:
+                if not isinstance(exc, InvalidInputError):
+                    log.exception(
+                        'engine error partition="%s[%d]" offset="%d"',
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                    )
+                self._dead_letter(result, record, "engine_error", str(exc))
+        return scored
+
+
+class PassThroughProcessor(_Base):
+    """The benchmark's model-free baseline: the same decoding, validation, dead letters and
+    schedule as :class:`ScoringProcessor`, and outputs with the same fields and number sizes,
+    filled from the input values instead of a model (no state: ``touched`` stays empty)."""
+
+    def __init__(
+        self,
+        topics: OutputTopics,
+        *,
+        forecast_every: int,
+        continuation_every: int,
+        continuation_samples: int,
+        horizon: int,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(topics, DueSchedule(forecast_every, continuation_every))
+        self.continuation_samples = continuation_samples
+        self.horizon = horizon
+        self.rng = np.random.default_rng(seed)
+
+    def process(self, records: Records) -> BatchResult:
+        result = BatchResult()
+        events, _ = self._decode(records, result)
+        topics, outputs, rng = self.topics, result.outputs, self.rng
+        last: dict[str, tuple[Any, float]] = {}
+        for event in events:
+            x = next(iter(event.values.values()))
+            comps = {"surprise": x * 0.37, "reconstruction": x * 0.11, "critic": x * 0.05}
+            msg = ScoreMessage(
+                event.stream, event.ts, float(rng.random()), x * 0.5, comps, 1, True, False
+            )
+            outputs.append(Output(topics.scores, event.stream.encode("utf-8"), msg.to_bytes()))
+            result.score_values.append(msg.score)
+            last[event.stream] = (event.ts, x)
+        result.scored = len(events)
+        result.produced[topics.scores] += len(events)
+        forecast_streams, continuation_streams = self.schedule.due([e.stream for e in events])
+        h = self.horizon
+        for stream in forecast_streams:
+            ts, x = last[stream]
+            mean = x + 0.01 * rng.standard_normal((h, 1))
+            quantiles = {q: mean + z for q, z in ((0.1, -1.28), (0.5, 0.0), (0.9, 1.28))}
+            fc = Forecast(stream, ["value"], mean, quantiles, 1, True)
+            value = ForecastMessage.from_forecast(fc, ts).to_bytes()
+            outputs.append(Output(topics.forecasts, stream.encode("utf-8"), value))
+        for stream in continuation_streams:
+            ts, x = last[stream]
+            samples = x + rng.standard_normal((self.continuation_samples, h, 1))
+            value = ContinuationMessage.from_array(stream, ts, ["value"], samples, 1).to_bytes()
+            outputs.append(Output(topics.continuations, stream.encode("utf-8"), value))
+        result.forecasts = len(forecast_streams)
+        result.continuations = len(continuation_streams)
+        result.produced[topics.forecasts] += len(forecast_streams)
+        result.produced[topics.continuations] += len(continuation_streams)
+        return result

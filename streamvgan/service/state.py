@@ -1,0 +1,263 @@
+"""What the service has made durable, and the one order in which it does so.
+
+:class:`StateStore` owns the acknowledged-but-uncommitted input offsets, the streams whose state
+changed since the last commit (the dirty set), which input partition each stream lives on, the
+partitions waiting for a changelog restore, and the checkpoints. Every path that commits offsets
+(the periodic commit, shutdown, a revocation) goes through it, in this order:
+
+1. the outputs of the records are acknowledged by the broker (the loop flushes them, then
+   calls :meth:`StateStore.acknowledged`);
+2. the changelog records of the streams those records changed are acknowledged
+   (:meth:`StateStore.write_changelog`);
+3. only then the offsets are committed.
+
+So a crash re-reads at most the uncommitted tail, and the committed position never runs ahead
+of the outputs or of the stream state (at-least-once; Kafka Streams' changelog design).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from streamvgan.errors import StreamVGANError
+from streamvgan.service import checkpoints
+from streamvgan.service.changelog import StateChangelog
+from streamvgan.service.kafka_api import Consumer, Producer, TopicPartition
+from streamvgan.service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+
+class ProduceError(StreamVGANError, RuntimeError):
+    """The broker did not acknowledge some outputs; offsets were not committed."""
+
+
+class StateStore:
+    """Offsets, the changelog, checkpoints, and the commit order (see the module docstring).
+
+    Parameters
+    ----------
+    engine
+        The engine whose streams are written and restored; None for a stateless processor
+        (the benchmark's pass-through), which only commits offsets.
+    metrics
+        The service's metrics.
+    checkpoint_dir
+        Where checkpoints go ('' or None: none).
+    checkpoint_info
+        Returns the ``service.json`` written beside each checkpoint.
+    checkpointed_revision
+        ``engine.revision`` of the checkpoint the engine was loaded from (nothing to rewrite).
+    on_forget
+        Called with each stream dropped because its partition moved to another replica.
+    stats
+        Running totals (attributes ``commits`` and ``checkpoints``, incremented here).
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        metrics: ServiceMetrics,
+        *,
+        checkpoint_dir: str | None = None,
+        checkpoint_info: Callable[[], dict[str, Any]] | None = None,
+        checkpointed_revision: int | None = None,
+        on_forget: Callable[[str], None] | None = None,
+        stats: Any = None,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.checkpoint_dir = checkpoint_dir
+        self._checkpoint_info = checkpoint_info or dict
+        self.checkpointed_revision = checkpointed_revision
+        self._on_forget = on_forget or (lambda stream: None)
+        self.lock = threading.Lock()
+        self.pending: dict[TopicPartition, int] = {}  # next offset, acknowledged, not committed
+        self.dirty: dict[str, int] = {}  # stream -> input partition, changed since the commit
+        self.stream_partition: dict[str, int] = {}
+        self.to_restore: set[int] = set()
+        self.changelog: StateChangelog | None = None
+        self.producer: Producer | None = None
+        self.stats = stats if stats is not None else _Totals()
+
+    def attach_changelog(self, changelog: StateChangelog) -> None:
+        self.changelog = changelog
+
+    # -- 1. outputs acknowledged ----------------------------------------------------------------
+
+    def acknowledged(self, next_offsets: Mapping[Any, int], touched: Mapping[str, int]) -> None:
+        """The outputs of a batch were acknowledged: its offsets may be committed once the
+        state of the streams it changed (``touched``: stream -> input partition) is written."""
+        if self.changelog is not None and touched:
+            with self.lock:
+                self.dirty.update(touched)
+            self.stream_partition.update(touched)
+        with self.lock:
+            self.pending.update(next_offsets)
+
+    # -- 2. changelog acknowledged --------------------------------------------------------------
+
+    def write_changelog(self, partitions: set[int] | None = None) -> None:
+        """Send the state of streams changed since the last commit (of ``partitions`` only, if
+        given) and wait for the broker: the state is never behind the committed offsets."""
+        if self.changelog is None or not self.dirty:
+            return
+        with self.lock:
+            if partitions is None:
+                dirty, self.dirty = self.dirty, {}
+            else:
+                dirty = {k: p for k, p in self.dirty.items() if p in partitions}
+                for k in dirty:
+                    del self.dirty[k]
+        if not dirty:
+            return
+        assert self.producer is not None, "the changelog is written only while running"
+        errors: list[BaseException] = []
+        for future in self.changelog.write(self.producer, self.engine, dirty):
+            future.add_errback(errors.append)
+        self.producer.flush()
+        if errors:
+            with self.lock:
+                for k, p in dirty.items():
+                    self.dirty.setdefault(k, p)
+            raise ProduceError(
+                f"{len(errors)} changelog records were not acknowledged "
+                f"(first: {errors[0]!r}); offsets stay uncommitted"
+            )
+        self.metrics.state_written.inc(len(dirty))
+
+    # -- 3. commit ------------------------------------------------------------------------------
+
+    def take_pending(self, partitions: Iterable[Any] | None = None) -> dict[TopicPartition, int]:
+        with self.lock:
+            if partitions is None:
+                taken, self.pending = self.pending, {}
+            else:
+                taken = {tp: self.pending.pop(tp) for tp in partitions if tp in self.pending}
+        return taken
+
+    def commit(self, consumer: Consumer) -> None:
+        """Changelog first, then the offsets acknowledged so far (a failed commit keeps them
+        pending: a restart re-reads those records)."""
+        self.write_changelog()
+        offsets = self.take_pending()
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets, timeout_ms=10_000)  # bounded: the broker may be down
+        except Exception as exc:
+            log.warning(
+                "offset commit failed (%r); the records will be re-read after a restart", exc
+            )
+            with self.lock:
+                for tp, offset in offsets.items():
+                    self.pending.setdefault(tp, offset)
+            return
+        self.stats.commits += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "committed %s", {f"{tp[0]}[{tp[1]}]": offset for tp, offset in offsets.items()}
+            )
+
+    # -- rebalances ---------------------------------------------------------------------------
+
+    def revoke(self, partitions: set[Any], input_topic: str) -> dict[TopicPartition, int]:
+        """Partitions leave: write their changelog, return their offsets to commit (none if the
+        changelog could not be written), forget their streams."""
+        numbers = {tp[1] for tp in partitions if tp[0] == input_topic}
+        try:
+            self.write_changelog(numbers)
+        except Exception as exc:  # state not written: do not commit past it
+            log.warning("changelog write on revocation failed (%r); not committing", exc)
+            self.take_pending(partitions)
+            offsets = {}
+        else:
+            offsets = self.take_pending(partitions)
+        if self.changelog is not None:
+            self.drop_partitions(numbers)
+        return offsets
+
+    def lose(self, partitions: set[Any]) -> None:
+        """Evicted from the group: the partitions already belong to someone else, so nothing of
+        theirs is committed or written; their records will be scored again there."""
+        self.take_pending(partitions)
+        numbers = {tp[1] for tp in partitions}
+        with self.lock:
+            self.dirty = {k: p for k, p in self.dirty.items() if p not in numbers}
+        if self.changelog is not None:
+            self.drop_partitions(numbers)
+
+    def assign(self, partitions: set[Any]) -> None:
+        with self.lock:
+            self.to_restore.update(tp[1] for tp in partitions)
+
+    def restore_assigned(self) -> None:
+        """Install the changelog state of newly assigned partitions (the loop's thread, before
+        any of their records is processed)."""
+        if self.changelog is None or not self.to_restore:
+            return
+        with self.lock:
+            partitions, self.to_restore = sorted(self.to_restore), set()
+        report = self.changelog.restore(self.engine, partitions)
+        self.metrics.state_restored.inc(report.restored)
+        self.metrics.restore_duration.observe(report.seconds)
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        """Forget the streams of partitions that moved to another replica."""
+        gone = [st for st, p in self.stream_partition.items() if p in partitions]
+        for stream in gone:
+            self.engine.drop_stream(stream)
+            del self.stream_partition[stream]
+            self._on_forget(stream)
+        if gone:
+            log.info(
+                "dropped the state of %d streams of revoked partitions %s",
+                len(gone),
+                sorted(partitions),
+            )
+
+    def forget_stream(self, stream: str) -> None:
+        """The engine evicted ``stream`` (called inside ``engine.process``)."""
+        self.stream_partition.pop(stream, None)
+        with self.lock:
+            self.dirty.pop(stream, None)
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def checkpoint(self) -> None:
+        """Write a checkpoint of the engine, unless nothing changed since the last one."""
+        if not self.checkpoint_dir or self.engine is None:
+            return
+        engine = self.engine
+        revision = engine.revision  # read before saving: a change during the save counts
+        if revision == self.checkpointed_revision:
+            self.metrics.checkpoint_skipped.inc()
+            log.debug("checkpoint skipped: nothing changed since the last one")
+            return
+        start = time.monotonic()
+        try:
+            path = checkpoints.save_checkpoint(engine, self.checkpoint_dir, self._checkpoint_info())
+        except Exception:
+            log.exception(
+                "checkpoint to %s failed; the previous one stays current", self.checkpoint_dir
+            )
+            return
+        self.checkpointed_revision = revision
+        self.stats.checkpoints += 1
+        self.metrics.checkpoint_last_success.set(time.time())
+        log.info(
+            "checkpoint %s written in %.2fs (model_version=%d, streams=%d)",
+            path,
+            time.monotonic() - start,
+            engine.model_version,
+            engine.n_streams,
+        )
+
+
+class _Totals:
+    commits = 0
+    checkpoints = 0

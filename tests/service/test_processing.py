@@ -1,0 +1,326 @@
+"""The service's batch processing, commit order and loop, with in-memory clients: no broker.
+
+A :class:`~streamvgan.service.processing.Processor` is a function of a batch of records (plus
+the engine's state), so its outputs are compared with a twin engine fed the same events; the
+loop runs on fake clients that log every send, flush and commit, so the at-least-once order
+(outputs acknowledged -> changelog acknowledged -> commit) is checked step by step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from streamvgan.engine import EngineConfig, Event, StreamEngine
+from streamvgan.service.app import Application
+from streamvgan.service.changelog import StateChangelog
+from streamvgan.service.kafka_api import TopicPartition
+from streamvgan.service.metrics import ServiceMetrics
+from streamvgan.service.processing import (
+    DueSchedule,
+    OutputTopics,
+    PassThroughProcessor,
+    ScoringProcessor,
+)
+from streamvgan.service.settings import Settings
+from streamvgan.service.state import ProduceError, StateStore
+from streamvgan.service.wire import H_OFFSET, H_REASON, ScoreMessage
+
+TOPICS = OutputTopics("in.scores", "in.forecasts", "in.continuations", "in.dlq")
+ENGINE = {"hidden_size": 8, "latent_size": 2, "warmup_events": 10**9}
+
+
+@dataclass
+class Rec:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def _engine() -> StreamEngine:
+    return StreamEngine(EngineConfig.from_params(**ENGINE), seed=0)
+
+
+def _event(stream: str, ts: int, value: float) -> bytes:
+    return json.dumps({"stream": stream, "ts": ts, "value": value}).encode()
+
+
+def _poll(
+    start: int, n: int, bad: bool = False, offsets: dict[int, int] | None = None
+) -> dict[TopicPartition, list[Rec]]:
+    """``n`` events of streams a, b, c over two partitions (a stream keeps its partition),
+    at ``offsets`` (next offset per partition, advanced here); with ``bad``, two malformed
+    records after them."""
+    out: dict[TopicPartition, list[Rec]] = {}
+    offsets = {0: 0, 1: 0} if offsets is None else offsets
+    for i in range(start, start + n):
+        stream = "abc"[i % 3]
+        p = 0 if stream == "a" else 1
+        value = _event(stream, i, math.sin(i / 4) + (i % 3))
+        out.setdefault(TopicPartition("in", p), []).append(
+            Rec("in", p, offsets[p], stream.encode(), value)
+        )
+        offsets[p] += 1
+    if bad:
+        tp = TopicPartition("in", 1)
+        for value in (b"{not json", b'{"stream": "b", "ts": 1, "value": NaN}'):
+            out[tp].append(Rec("in", 1, offsets[1], b"b", value))
+            offsets[1] += 1
+    return out
+
+
+def test_scoring_processor_outputs_equal_a_twin_engine_and_dead_letter_the_bad():
+    engine, twin = _engine(), _engine()
+    proc = ScoringProcessor(
+        engine,
+        TOPICS,
+        forecast_every=4,
+        continuation_every=0,
+        continuation_samples=2,
+        alert_threshold=0.99,
+    )
+    records = _poll(0, 12, bad=True)
+    result = proc.process(records)
+    events = [
+        Event(s, {"value": math.sin(i / 4) + (i % 3)}, ts=i)
+        for i, s in ((i, "abc"[i % 3]) for i in range(12))
+    ]
+    # the processor groups by partition: a's events first, then b's and c's
+    order = [e for e in events if e.stream == "a"] + [e for e in events if e.stream != "a"]
+    expected = [ScoreMessage.from_score(s, e.ts, 0.99) for e, s in zip(order, twin.process(order))]
+    scores = [o for o in result.outputs if o.topic == TOPICS.scores]
+    assert [json.loads(o.value) for o in scores] == [json.loads(m.to_bytes()) for m in expected]
+    assert [o.key for o in scores] == [e.stream.encode() for e in order]
+    dead = [o for o in result.outputs if o.topic == TOPICS.dlq]
+    assert [dict(o.headers)[H_REASON] for o in dead] == [b"invalid_json", b"non_finite"]
+    assert [int(dict(o.headers)[H_OFFSET]) for o in dead] == [8, 9]
+    assert dead[0].value == b"{not json"  # the original bytes
+    assert result.records == 14 and result.scored == 12
+    assert result.next_offsets == {TopicPartition("in", 0): 4, TopicPartition("in", 1): 10}
+    assert result.touched == {"a": 0, "b": 1, "c": 1}
+    assert dict(result.dead_lettered) == {("in", "invalid_json"): 1, ("in", "non_finite"): 1}
+    # 4 events per stream: each crossed forecast_every=4 once
+    assert sorted(json.loads(o.value)["stream"] for o in result.outputs
+                  if o.topic == TOPICS.forecasts) == ["a", "b", "c"]
+    assert result.forecasts == 3 and result.produced[TOPICS.forecasts] == 3
+
+
+def test_pass_through_sends_the_same_records_as_the_service():
+    """Same decoding, validation, dead letters and schedule: the benchmark's baseline differs
+    from the service only by the model."""
+    kwargs = dict(forecast_every=3, continuation_every=5, continuation_samples=2)
+    service = ScoringProcessor(_engine(), TOPICS, alert_threshold=0.99, **kwargs)
+    baseline = PassThroughProcessor(TOPICS, horizon=12, seed=0, **kwargs)
+    offsets = {0: 0, 1: 0}
+    for start in (0, 12, 24):
+        records = _poll(start, 12, bad=True, offsets=offsets)
+        a, b = service.process(records), baseline.process(records)
+        assert [(o.topic, o.key) for o in a.outputs] == [(o.topic, o.key) for o in b.outputs]
+        assert [o.headers for o in a.outputs if o.letter] == [
+            o.headers for o in b.outputs if o.letter
+        ]
+        assert (a.records, a.scored, a.forecasts, a.continuations, a.next_offsets) == (
+            b.records, b.scored, b.forecasts, b.continuations, b.next_offsets)
+        assert b.touched == {}  # no state: nothing for the changelog
+
+
+def test_due_schedule_fires_once_per_crossed_multiple():
+    due = DueSchedule(forecast_every=3, continuation_every=0)
+    assert due.due(["a", "a"]) == ([], [])
+    assert due.due(["a", "b", "a", "a", "a"]) == (["a"], [])  # 2 -> 6 crosses 3 and 6: once
+    due.forget("a")
+    assert due.due(["a", "a", "a"]) == (["a"], [])
+
+
+# -- fakes of the client interface ------------------------------------------------------------
+
+
+class _Handle:
+    def __init__(self) -> None:
+        self.errbacks: list[Any] = []
+
+    def add_errback(self, fn: Any) -> _Handle:
+        self.errbacks.append(fn)
+        return self
+
+
+class FakeProducer:
+    """Acknowledges at flush (or fails every record of ``fail_topics``); logs to ``log``."""
+
+    def __init__(self, log: list[tuple], fail_topics: tuple[str, ...] = ()) -> None:
+        self.log = log
+        self.fail_topics = fail_topics
+        self.healthy = True
+        self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+        self._unflushed: list[tuple[str, _Handle]] = []
+
+    def send(self, topic, *, key=None, value=None, headers=None, partition=None):
+        handle = _Handle()
+        self.sent.append((topic, key, value, partition))
+        self._unflushed.append((topic, handle))
+        self.log.append(("send", topic))
+        return handle
+
+    def flush(self) -> None:
+        for topic, handle in self._unflushed:
+            if topic in self.fail_topics:
+                for fn in handle.errbacks:
+                    fn(RuntimeError(f"{topic} refused"))
+        self._unflushed = []
+        self.log.append(("flush",))
+
+    def close(self, timeout: float = 10) -> None:
+        self.log.append(("close-producer",))
+
+
+class FakeConsumer:
+    """Returns the scripted polls, then asks the application to stop."""
+
+    def __init__(self, polls: list[dict], log: list[tuple], stop: Any) -> None:
+        self.polls = list(polls)
+        self.log = log
+        self.stop = stop
+        self.listener: Any = None
+        self.committed: dict[TopicPartition, int] = {}
+
+    def subscribe(self, topics, listener) -> None:
+        self.listener = listener
+
+    def poll(self, timeout_ms, max_records):
+        if self.listener is not None:  # the first poll joins the group
+            self.listener.on_assigned({TopicPartition("in", 0), TopicPartition("in", 1)})
+            self.listener = None
+        if not self.polls:
+            self.stop()
+            return {}
+        return self.polls.pop(0)
+
+    def commit(self, offsets, timeout_ms) -> None:
+        self.committed.update(offsets)
+        self.log.append(("commit", dict(offsets)))
+
+    def lag(self, partitions):
+        return {}
+
+    def coordinator_known(self) -> bool:
+        return True
+
+    def close(self, timeout_ms) -> None:
+        self.log.append(("close-consumer",))
+
+
+class FakeClients:
+    bootstrap_servers = "fake:9092"
+
+    def __init__(self, polls: list[dict], fail_topics: tuple[str, ...] = ()) -> None:
+        self.log: list[tuple] = []
+        self.polls = polls
+        self.fail_topics = fail_topics
+        self.app: Any = None
+
+    def preflight(self) -> None:
+        pass
+
+    def wait_for_topic(self, topic, stop, create_partitions) -> int:
+        return 2
+
+    def ensure_topics(self, topics, *, partitions=None, like=None, config=None):
+        return []
+
+    def check_copartitioned(self, input_topic, input_partitions, topic) -> None:
+        pass
+
+    def consumer(self, **kwargs):
+        self.consumer_ = FakeConsumer(self.polls, self.log, self.app.stop)
+        return self.consumer_
+
+    def producer(self, *, client_id, stop, retry, on_replaced=None):
+        self.producer_ = FakeProducer(self.log, self.fail_topics)
+        return self.producer_
+
+    def reader(self, client_id):
+        raise AssertionError("no restore in these tests (state_changelog=False)")
+
+
+def _app(polls: list[dict], fail_topics: tuple[str, ...] = ()) -> tuple[Application, FakeClients]:
+    settings = Settings(input_topic="in", metrics_port=-1, state_changelog=False,
+                        forecast_every=0, continuation_every=0, commit_interval_s=3600,
+                        engine_params=ENGINE)
+    fake = FakeClients(polls, fail_topics)
+    app = Application(settings, engine=_engine(), registry=CollectorRegistry(), clients=fake)
+    fake.app = app
+    return app, fake
+
+
+def test_the_loop_commits_offsets_only_after_the_outputs_were_acknowledged():
+    offsets = {0: 0, 1: 0}
+    app, fake = _app([_poll(0, 9, offsets=offsets), _poll(9, 9, bad=True, offsets=offsets)])
+    assert app.run() == 0
+    sent = fake.producer_.sent
+    assert [t for t, *_ in sent].count("in.scores") == 18
+    assert [t for t, *_ in sent].count("in.dlq") == 2
+    assert app.stats.consumed == 20 and app.stats.scored == 18 and app.stats.dead_lettered == 2
+    # one commit, at shutdown, of the next offsets; the last flush came before it
+    commits = [i for i, e in enumerate(fake.log) if e[0] == "commit"]
+    assert len(commits) == 1
+    assert fake.log[commits[0]][1] == {TopicPartition("in", 0): 6, TopicPartition("in", 1): 14}
+    assert fake.log[commits[0] - 1] == ("flush",)
+    assert app.metrics.registry.get_sample_value(
+        "streamvgan_producer_records_produced_total", {"topic": "in.scores"}) == 18
+
+
+def test_outputs_the_broker_refused_are_never_committed():
+    app, fake = _app([_poll(0, 9)], fail_topics=("in.scores",))
+    assert app.run() == 1  # fatal: a restart re-reads the batch
+    assert not any(e[0] == "commit" for e in fake.log)
+    assert fake.consumer_.committed == {}
+
+
+def test_changelog_is_acknowledged_before_the_offsets_are_committed():
+    log: list[tuple] = []
+    engine = _engine()
+    engine.process([Event("a", {"value": 1.0}), Event("b", {"value": 2.0})])
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()))
+    state.attach_changelog(StateChangelog("cl", lambda: None))
+    state.producer = FakeProducer(log)
+    consumer = FakeConsumer([], log, stop=lambda: None)
+    state.acknowledged({TopicPartition("in", 0): 5, TopicPartition("in", 1): 3}, {"a": 0, "b": 1})
+    state.commit(consumer)
+    assert log == [("send", "cl"), ("send", "cl"), ("flush",),
+                   ("commit", {TopicPartition("in", 0): 5, TopicPartition("in", 1): 3})]
+    assert state.dirty == {} and state.pending == {}
+
+    # a refused changelog record: no commit, the streams stay dirty and the offsets pending
+    log.clear()
+    state.producer = FakeProducer(log, fail_topics=("cl",))
+    state.acknowledged({TopicPartition("in", 0): 9}, {"a": 0})
+    with pytest.raises(ProduceError, match="changelog records were not acknowledged"):
+        state.commit(consumer)
+    assert not any(e[0] == "commit" for e in log)
+    assert state.dirty == {"a": 0} and state.pending == {TopicPartition("in", 0): 9}
+
+
+def test_a_revocation_writes_and_commits_only_the_revoked_partitions():
+    log: list[tuple] = []
+    engine = _engine()
+    engine.process([Event("a", {"value": 1.0}), Event("b", {"value": 2.0})])
+    forgotten: list[str] = []
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()), on_forget=forgotten.append)
+    state.attach_changelog(StateChangelog("cl", lambda: None))
+    state.producer = FakeProducer(log)
+    state.acknowledged({TopicPartition("in", 0): 5, TopicPartition("in", 1): 3}, {"a": 0, "b": 1})
+    b_state = engine.export_stream("b")
+    offsets = state.revoke({TopicPartition("in", 1)}, "in")
+    assert offsets == {TopicPartition("in", 1): 3}
+    assert log == [("send", "cl"), ("flush",)]
+    assert state.producer.sent == [("cl", b"b", b_state, 1)]  # to changelog partition 1
+    assert forgotten == ["b"] and engine.streams() == ["a"]  # b's state moved away
+    assert state.pending == {TopicPartition("in", 0): 5} and state.dirty == {"a": 0}
