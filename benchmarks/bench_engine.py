@@ -1,6 +1,7 @@
 """Throughput of the engine against its compute limit, and of the River adapter, in one run.
 
 Usage: python benchmarks/bench_engine.py [--repeats 5] [--seconds 2] [--threads 1]
+                                         [--sizes 1,100,10000]
 
 Prints markdown tables, medians over repeats (every repeat measures every row in turn), in
 events per second of this process's CPU time (see ``_rate``):
@@ -32,8 +33,6 @@ from river import anomaly, compose, preprocessing
 
 import streamvgan
 from streamvgan.engine import EngineConfig, Event, StreamEngine
-
-SIZES = (1, 100, 10_000)
 
 
 def _value(t: int, stream: int = 0) -> float:
@@ -127,7 +126,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--sizes", default="1,100,10000", help="streams per poll, comma-separated")
     args = parser.parse_args()
+    sizes = tuple(int(x) for x in args.sizes.split(","))
     torch.set_num_threads(args.threads)
 
     weights, version, fit_s = trained_weights()
@@ -138,7 +139,7 @@ def main() -> None:
     hst = compose.Pipeline(preprocessing.MinMaxScaler(), anomaly.HalfSpaceTrees(seed=0))
     for t in range(300):
         hst.learn_one({"value": _value(t)})
-    benches = {n: EngineBench(n, weights, version) for n in SIZES}
+    benches = {n: EngineBench(n, weights, version) for n in sizes}
 
     rows: dict[str, list[float]] = {}
     for _ in range(args.repeats):
@@ -152,7 +153,7 @@ def main() -> None:
             columns = bench.process_columns(args.seconds)
             if columns is not None:
                 measured[f"columns {n}"] = columns
-        for n in SIZES:  # each ratio from one repeat, engine and limit measured back to back
+        for n in sizes:  # each ratio from one repeat, engine and limit measured back to back
             measured[f"ratio {n}"] = measured[f"engine {n}"] / measured[f"limit {n}"]
             if f"columns {n}" in measured:
                 measured[f"cratio {n}"] = measured[f"columns {n}"] / measured[f"limit {n}"]
@@ -173,7 +174,7 @@ def main() -> None:
         " process_columns events/s | columns / limit |"
     )
     print("|---:|---:|---:|---:|---:|---:|")
-    for n in SIZES:
+    for n in sizes:
         e, lim = rows[f"engine {n}"], rows[f"limit {n}"]
         cols = rows.get(f"columns {n}")
         col_text = (

@@ -5,14 +5,17 @@ rows, and the scores back as columns (:class:`ScoreColumns`), from which per-eve
 from __future__ import annotations
 
 import gc
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from streamvgan.engine.signals import COMPONENTS, ScoreBatch
+from streamvgan.engine.state import StateTable
 from streamvgan.engine.types import Event, Score
+from streamvgan.engine.validate import univariate_batch, validate_batch
 
 # ScoreColumns.scores() spells the components out (a dict literal per event is 4x faster
 # than dict(zip(...))): they must be these, in this order
@@ -173,3 +176,59 @@ def channel_rows(
     slots = np.asarray(slot_rows, dtype=np.int64)
     values = np.asarray(value_rows, dtype=np.float64).reshape(len(slot_rows), -1)
     return slots, values, starts
+
+
+Members = slice | list[int]  # the events of one round: all of them, or their indices
+
+
+@dataclass
+class Admitted:
+    """A validated batch whose streams are all registered: its streams, how many were new,
+    and its rounds as channel rows (:meth:`rounds`)."""
+
+    events: Sequence[Event]
+    streams: list[str]
+    new_streams: int
+    state: StateTable
+    channels: bool
+    fast: tuple[np.ndarray, np.ndarray] | None  # slots (N,), values (N, 1): one row per event
+    distinct: bool  # every stream once: one round
+
+    def rounds(self) -> Iterator[tuple[Members, np.ndarray, np.ndarray, list[int] | None]]:
+        """Each round's events, slots (B,), values (B, F) and, where events have several
+        channels, each event's first row (else None)."""
+        for members in [slice(None)] if self.distinct else rounds(self.streams):
+            if self.fast is not None:
+                slots, values = self.fast
+                yield members, slots[members], values[members], None
+            else:
+                idx = range(len(self.events)) if isinstance(members, slice) else members
+                st = self.state
+                rows = channel_rows(self.events, idx, st.streams, st.fields, self.channels)
+                yield members, *rows
+
+
+def admit(events: Sequence[Event], st: StateTable, field_mode: str, n_features: int) -> Admitted:
+    """Validate ``events`` (InvalidInputError naming the first bad one, nothing changed),
+    register their new streams (evicting the least recently seen, never one of the batch)
+    and mark all their streams most recently seen, in order of appearance. The common batch
+    (known one-field streams, plain numbers) takes :func:`univariate_batch`'s fast path."""
+    channels = field_mode == "channels"
+    fast = univariate_batch(events, st.single_field) if channels else None
+    new = 0
+    if fast is None:
+        seen = validate_batch(events, st.fields, field_mode, n_features, together=True)
+        streams = [e.stream for e in events]
+        for stream, fields in seen.items():  # new streams, in order of appearance
+            if stream not in st:
+                new += 1
+                keys = list(fields) if channels else ["*"]
+                st.add_stream(stream, keys, fields, protect=seen.keys())
+        rows = None
+    else:  # every stream is known, one channel each
+        streams, _, values = fast
+        seen = dict.fromkeys(streams)
+        slots = np.array(list(map(st.single_slot.__getitem__, streams)), dtype=np.int64)
+        rows = (slots, values[:, None])
+    deque(map(st.streams.move_to_end, seen), maxlen=0)  # at C speed: 10,000 streams
+    return Admitted(events, streams, new, st, channels, rows, len(seen) == len(events))

@@ -16,10 +16,8 @@ are written by :mod:`~streamvgan.engine.persist`.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -30,8 +28,8 @@ import torch
 
 from streamvgan.engine import forecast as forecasting
 from streamvgan.engine import network, persist
-from streamvgan.engine.batching import ScoreColumns, Scored, channel_rows, rounds
-from streamvgan.engine.config import EngineConfig, merge_checkpoint_config
+from streamvgan.engine.batching import ScoreColumns, Scored, admit, channel_rows
+from streamvgan.engine.config import EngineConfig
 from streamvgan.engine.learn import STEP_ARRAYS, learn
 from streamvgan.engine.network import ServingNetwork, resolve_device
 from streamvgan.engine.scalar import compute_one, learn_one
@@ -39,28 +37,13 @@ from streamvgan.engine.signals import COMPONENTS, ScoreBatch, SignalScorer, norm
 from streamvgan.engine.state import StateTable
 from streamvgan.engine.training import FitReport, TrainingWindows
 from streamvgan.engine.types import Event, Forecast, Score
-from streamvgan.engine.validate import univariate_batch, validate_batch
+from streamvgan.engine.validate import validate_batch
 from streamvgan.errors import CheckpointError
 from streamvgan.nn.model import RecurrentVAEGAN
 
 __all__ = ["COMPONENTS", "Scored", "StreamEngine", "resolve_device"]
 
 log = logging.getLogger(__name__)
-
-
-def freeze_startup_objects() -> None:
-    """``gc.freeze()``, once per process: the objects alive now (torch's ~400,000 import-time
-    objects, the network) move to a generation the garbage collector never walks again.
-    Without it, the few objects each event makes that live through a poll (events, scores)
-    trigger full collections that walk all of torch's every few polls: 29% of the time at
-    10,000 streams per poll. Called by the first engine built; harmless to call again."""
-    global _FROZEN
-    if not _FROZEN:
-        gc.freeze()
-        _FROZEN = True
-
-
-_FROZEN = False
 
 
 class StreamEngine:
@@ -124,7 +107,6 @@ class StreamEngine:
         self.state.on_evict = lambda stream: [f(stream) for f in self._eviction_listeners]
         self._z = {q: normal_quantile(q) for q in config.quantiles}
         self._mutations = 0  # bumped by every state change (revision)
-        freeze_startup_objects()
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -177,11 +159,6 @@ class StreamEngine:
         return self.state.bytes_per_channel()
 
     # -- the online step ---------------------------------------------------------------------
-    def _validate(self, events: Sequence[Event], together: bool) -> dict[str, tuple[str, ...]]:
-        cfg = self.config
-        mode, n_features = cfg.field_mode, cfg.model.n_features
-        return validate_batch(events, self.state.fields, mode, n_features, together)
-
     def process(self, events: Sequence[Event], scored: Scored | None = None) -> list[Score]:
         """Score, then learn from, ``events`` (any mix of streams, in order per stream).
 
@@ -197,36 +174,13 @@ class StreamEngine:
         """:meth:`process`, with the scores as arrays (one row per event) instead of one
         :class:`Score` object per event: for callers that handle many events per call."""
         with self._lock:
-            st, channels = self.state, self.config.field_mode == "channels"
-            fast = univariate_batch(events, st.single_field) if channels else None
-            if fast is None:
-                seen = self._validate(events, together=True)
-                streams = [e.stream for e in events]
-                for stream, fields in seen.items():  # new streams, in order of appearance
-                    if stream not in st:
-                        self._mutations += 1
-                        keys = list(fields) if channels else ["*"]
-                        st.add_stream(stream, keys, fields, protect=seen.keys())
-            else:  # every stream is known
-                streams, names, values = fast
-                seen = dict.fromkeys(streams)
-            # most recently seen last, in order of appearance (at C speed: 10,000 streams)
-            deque(map(st.streams.move_to_end, seen), maxlen=0)
-            columns = ScoreColumns.zeros(events, self.model_version, streams)
-            if fast is not None:  # one channel per event: slots in event order
-                slots = np.array(list(map(st.single_slot.__getitem__, streams)), dtype=np.int64)
-                values = values[:, None]
-            whole = [slice(None)] if len(seen) == len(events) else None
-            for members in whole or rounds(streams):
-                if fast is not None:
-                    b = self._step(slots[members], values[members], True, scored)
-                    columns.fill(members, b, None)
-                else:
-                    idx = range(len(events)) if isinstance(members, slice) else members
-                    rows = channel_rows(events, idx, st.streams, st.fields, channels)
-                    columns.fill(members, self._step(*rows[:2], True, scored), rows[2])
+            cfg = self.config
+            batch = admit(events, self.state, cfg.field_mode, cfg.model.n_features)
+            self._mutations += batch.new_streams
+            columns = ScoreColumns.zeros(events, self.model_version, batch.streams)
+            for members, slots, values, starts in batch.rounds():
+                columns.fill(members, self._step(slots, values, True, scored), starts)
             self.events_seen += len(events)
-            columns.model_version = self.model_version
             return columns
 
     def score(self, events: Sequence[Event]) -> list[Score]:
@@ -238,8 +192,9 @@ class StreamEngine:
     def assess(self, events: Sequence[Event]) -> Scored:
         """:meth:`score`, keeping the computation for a following :meth:`process`."""
         with self._lock:
-            self._validate(events, together=False)
-            st, channels = self.state, self.config.field_mode == "channels"
+            st, cfg = self.state, self.config
+            validate_batch(events, st.fields, cfg.field_mode, cfg.model.n_features, False)
+            channels = cfg.field_mode == "channels"
             known = [i for i, e in enumerate(events) if e.stream in st]
             columns = ScoreColumns.zeros(events, self.model_version)
             batch = None
@@ -360,15 +315,7 @@ class StreamEngine:
         from the saved state and everything else from ``settings``
         (:func:`~streamvgan.engine.config.merge_checkpoint_config`; one log line lists what
         differs)."""
-        config = persist.engine_config(state, what)
-        if settings is not None:
-            config, differences = merge_checkpoint_config(config, settings)
-            if differences:
-                log.warning(
-                    "%s: the checkpoint's configuration differs from the settings: %s",
-                    what,
-                    "; ".join(differences),
-                )
+        config = persist.engine_config(state, what, settings)
         # the weights come from the checkpoint: the initial ones need not be read (nor exist)
         engine = cls(replace(config, init="random"), seed=int(state["seed"]), device=device)
         engine.config = config
