@@ -5,6 +5,7 @@ rows, and the scores back as columns (:class:`ScoreColumns`), from which per-eve
 from __future__ import annotations
 
 import gc
+import math
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,14 @@ class ScoreColumns:
         # published scores are numbers in [0, 1] whatever happened in the state: NaN -> 0,
         # +inf -> 1; raw and components: NaN and infinities -> 0 (np.nan_to_num and np.clip
         # did the same with ten times the calls, which count at one event per call)
+        if len(b.slots) == 1 and len(self.streams) == 1:  # one event: in Python floats
+            x = b.score.item(0)
+            self.score[0] = 0.0 if x != x else min(max(x, 0.0), 1.0)
+            x = b.raw.item(0)
+            self.raw[0] = x if math.isfinite(x) else 0.0
+            self.components[0] = [x if math.isfinite(x) else 0.0 for x in b.comps[0].tolist()]
+            self.warm[0] = b.warm
+            return
         score = np.minimum(np.maximum(np.where(np.isnan(b.score), 0.0, b.score), 0.0), 1.0)
         raw, comps = b.raw, b.comps
         if starts is not None and len(starts) != len(b.slots):
@@ -197,6 +206,8 @@ class Admitted:
     def rounds(self) -> Iterator[tuple[Members, np.ndarray, np.ndarray, list[int] | None]]:
         """Each round's events, slots (B,), values (B, F) and, where events have several
         channels, each event's first row (else None)."""
+        if not self.streams:
+            return
         for members in [slice(None)] if self.distinct else rounds(self.streams):
             if self.fast is not None:
                 slots, values = self.fast
@@ -232,3 +243,23 @@ def admit(events: Sequence[Event], st: StateTable, field_mode: str, n_features: 
         rows = (slots, values[:, None])
     deque(map(st.streams.move_to_end, seen), maxlen=0)  # at C speed: 10,000 streams
     return Admitted(events, streams, new, st, channels, rows, len(seen) == len(events))
+
+
+def known_rows(
+    events: Sequence[Event], st: StateTable, field_mode: str, n_features: int
+) -> tuple[Members, np.ndarray, np.ndarray, list[int] | None] | None:
+    """Validate ``events`` each on its own against its stream (nothing is registered: they
+    are to be scored, not learned), and lay out those of known streams as channel rows:
+    (their indices, slots, values, first row of each event or None); None if no stream is
+    known."""
+    channels = field_mode == "channels"
+    fast = univariate_batch(events, st.single_field) if channels and events else None
+    if fast is not None:  # all known, one channel each
+        streams, _, values = fast
+        slots = np.array(list(map(st.single_slot.__getitem__, streams)), dtype=np.int64)
+        return slice(None), slots, values[:, None], None
+    validate_batch(events, st.fields, field_mode, n_features, together=False)
+    known = [i for i, e in enumerate(events) if e.stream in st]
+    if not known:
+        return None
+    return known, *channel_rows(events, known, st.streams, st.fields, channels)

@@ -28,7 +28,7 @@ import torch
 
 from streamvgan.engine import forecast as forecasting
 from streamvgan.engine import network, persist
-from streamvgan.engine.batching import ScoreColumns, Scored, admit, channel_rows
+from streamvgan.engine.batching import ScoreColumns, Scored, admit, known_rows
 from streamvgan.engine.config import EngineConfig
 from streamvgan.engine.learn import STEP_ARRAYS, learn
 from streamvgan.engine.network import ServingNetwork, resolve_device
@@ -37,7 +37,6 @@ from streamvgan.engine.signals import COMPONENTS, ScoreBatch, SignalScorer, norm
 from streamvgan.engine.state import StateTable
 from streamvgan.engine.training import FitReport, TrainingWindows
 from streamvgan.engine.types import Event, Forecast, Score
-from streamvgan.engine.validate import validate_batch
 from streamvgan.errors import CheckpointError
 from streamvgan.nn.model import RecurrentVAEGAN
 
@@ -193,13 +192,11 @@ class StreamEngine:
         """:meth:`score`, keeping the computation for a following :meth:`process`."""
         with self._lock:
             st, cfg = self.state, self.config
-            validate_batch(events, st.fields, cfg.field_mode, cfg.model.n_features, False)
-            channels = cfg.field_mode == "channels"
-            known = [i for i, e in enumerate(events) if e.stream in st]
+            rows = known_rows(events, st, cfg.field_mode, cfg.model.n_features)
             columns = ScoreColumns.zeros(events, self.model_version)
             batch = None
-            if known:  # score() never advances state: events of a stream are independent
-                slots, values, starts = channel_rows(events, known, st.streams, st.fields, channels)
+            if rows is not None:  # score() never advances state: a stream's events independent
+                known, slots, values, starts = rows
                 batch = self._step(slots, values, False, None)
                 columns.fill(known, batch, starts)
             return Scored(columns, self.revision, batch, self)

@@ -84,9 +84,14 @@ def compute_one(
         h = out.h.cpu().numpy()
         f_mean, f_scale = out.forecast_mean.cpu().numpy(), out.forecast_scale.cpu().numpy()
         if critic is not None:
-            wc = cfg.model.critic_window
-            window = st.recent_values(np.array([s]), wc - 1)  # (1, wc - 1, 1) float32
-            window = np.concatenate([window, x32[:, None, :]], axis=1)
+            wc, size = cfg.model.critic_window, st.sizes["R"]
+            window = np.zeros((1, wc, 1), dtype=np.float32)  # the last wc - 1 values and x_t
+            start = (n - wc + 1) % size
+            if n >= wc - 1 and start + wc - 1 <= size:  # one slice of the ring, no gather
+                window[0, :-1] = st.buf[s, start : start + wc - 1]
+            else:
+                window[0, :-1] = st.recent_values(np.array([s]), wc - 1)[0]
+            window[0, -1, 0] = x32[0, 0]
             with torch.no_grad():
                 critic_out = -critic(torch.from_numpy(window).to(device)).item()
     else:
