@@ -129,9 +129,11 @@ class SignalScorer:
             f_mean, f_scale = out.forecast_mean.cpu().numpy(), out.forecast_scale.cpu().numpy()
             if critic is not None:
                 wc = cfg.model.critic_window
-                window = np.concatenate([st.recent_values(slots, wc - 1), xn[:, None, :]], axis=1)
+                window = np.empty((len(slots), wc, xn.shape[1]), dtype=np.float32)
+                window[:, :-1] = st.recent_values(slots, wc - 1)  # float32 all the way
+                window[:, -1] = xn
                 with torch.no_grad():
-                    d = critic(torch.from_numpy(window.astype(np.float32)).to(self.device))
+                    d = critic(torch.from_numpy(window).to(self.device))
                 comps[:, 2] = -d.cpu().numpy()
         else:
             prev = st.recent_values(slots, 1)[:, 0]

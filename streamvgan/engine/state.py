@@ -312,12 +312,11 @@ class StateTable:
             parts = [getattr(self, n)[slot].ravel() for n in names]
             flat = np.concatenate([p for p in parts if p.dtype.kind == "f"])
             return np.array([not np.isfinite(flat).all()])
-        rows = [
-            arr[slots].reshape(count, -1)
-            for arr in map(self.__getattribute__, names)
-            if arr.dtype.kind == "f"
-        ]  # one isfinite over all of them: a few calls, not four per array
-        return ~np.isfinite(np.concatenate(rows, axis=1)).all(axis=1)
+        finite = np.ones(count, dtype=bool)
+        for arr in map(self.__getattribute__, names):
+            if arr.dtype.kind == "f":  # each in its own dtype: no float64 copy of them all
+                finite &= np.isfinite(arr[slots].reshape(count, -1)).all(axis=1)
+        return ~finite
 
     def remove_stream(self, stream: str) -> None:
         self.fields.pop(stream, None)
