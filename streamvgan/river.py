@@ -201,7 +201,7 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
 
     def score_one(self, x: dict) -> float:
         self._scored = self.engine.assess([self._event(x)])
-        return self._scored.scores[0].score
+        return float(self._scored.columns.score[0])
 
     def generate(self, horizon: int, n_samples: int) -> list[list[dict]]:
         """``n_samples`` sampled continuations of ``horizon`` steps, each a list of dicts."""

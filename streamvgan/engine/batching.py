@@ -1,15 +1,121 @@
-"""Between events and the engine's arrays: a round of events as channel rows, and a scored
-batch back as one :class:`Score` per event."""
+"""Between events and the engine's arrays: the rounds of a batch, a round of events as channel
+rows, and the scores back as columns (:class:`ScoreColumns`), from which per-event
+:class:`Score` objects are built only when asked for."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import gc
+import math
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from streamvgan.engine.signals import COMPONENTS, ScoreBatch
+from streamvgan.engine.state import StateTable
 from streamvgan.engine.types import Event, Score
+from streamvgan.engine.validate import univariate_batch, validate_batch
+
+# ScoreColumns.scores() spells the components out (a dict literal per event is 4x faster
+# than dict(zip(...))): they must be these, in this order
+assert COMPONENTS == ("surprise", "reconstruction", "critic", "jump", "level")
+
+
+@dataclass
+class ScoreColumns:
+    """The scores of a batch of events as columns, one row per event in the order given.
+
+    ``score`` (N,) in [0, 1], ``raw`` (N,), ``components`` (N, 5) in the order of
+    ``COMPONENTS``, ``warm`` (N,) bool; ``streams`` and ``ts`` as the events had them. See
+    :class:`Score` for what each is; :meth:`scores` builds those objects.
+    """
+
+    streams: list[str]
+    ts: list[Any]
+    score: np.ndarray
+    raw: np.ndarray
+    components: np.ndarray
+    warm: np.ndarray
+    model_version: int
+
+    @classmethod
+    def zeros(
+        cls, events: Sequence[Event], model_version: int, streams: list[str] | None = None
+    ) -> ScoreColumns:
+        n = len(events)
+        return cls(
+            [e.stream for e in events] if streams is None else streams,
+            [e.ts for e in events],
+            np.zeros(n),
+            np.zeros(n),
+            np.zeros((n, len(COMPONENTS))),
+            np.zeros(n, dtype=bool),
+            model_version,
+        )
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def fill(self, members: Sequence[int] | slice, b: ScoreBatch, starts: list[int] | None) -> None:
+        """Write the scores of ``b`` for events ``members``; ``starts``: the first row of each
+        event where events have several channels (the most anomalous is reported), else
+        None (one row per event)."""
+        # published scores are numbers in [0, 1] whatever happened in the state: NaN -> 0,
+        # +inf -> 1; raw and components: NaN and infinities -> 0 (np.nan_to_num and np.clip
+        # did the same with ten times the calls, which count at one event per call)
+        if len(b.slots) == 1 and len(self.streams) == 1:  # one event: in Python floats
+            x = b.score.item(0)
+            self.score[0] = 0.0 if x != x else min(max(x, 0.0), 1.0)
+            x = b.raw.item(0)
+            self.raw[0] = x if math.isfinite(x) else 0.0
+            self.components[0] = [x if math.isfinite(x) else 0.0 for x in b.comps[0].tolist()]
+            self.warm[0] = b.warm
+            return
+        score = np.minimum(np.maximum(np.where(np.isnan(b.score), 0.0, b.score), 0.0), 1.0)
+        raw, comps = b.raw, b.comps
+        if starts is not None and len(starts) != len(b.slots):
+            bounds = [*starts, len(b.slots)]
+            best = [a + int(np.argmax(score[a:c])) for a, c in zip(bounds[:-1], bounds[1:])]
+            score, raw, comps = score[best], raw[best], comps[best]
+        self.score[members] = score
+        self.raw[members] = np.where(np.isfinite(raw), raw, 0.0)
+        self.components[members] = np.where(np.isfinite(comps), comps, 0.0)
+        self.warm[members] = b.warm
+
+    def scores(self) -> list[Score]:
+        """One :class:`Score` per event (built without the dataclass constructor: the
+        per-event cost matters at tens of thousands of events per poll)."""
+        new, set_dict, version = object.__new__, object.__setattr__, self.model_version
+        out: list[Score] = []
+        # three acyclic objects per event: collections while building them find nothing to
+        # free, but at 10,000 events they ran dozens of times, each walking the objects alive
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            self._build(out, new, set_dict, version)
+        finally:
+            if paused:
+                gc.enable()
+        return out
+
+    def _build(self, out: list[Score], new, set_dict, version: int) -> None:
+        for stream, s, r, (a, b, c, d, e), w, t in zip(
+            self.streams,
+            self.score.tolist(),
+            self.raw.tolist(),
+            self.components.tolist(),
+            self.warm.tolist(),
+            self.ts,
+        ):
+            obj = new(Score)
+            components = {"surprise": a, "reconstruction": b, "critic": c, "jump": d, "level": e}
+            set_dict(obj, "__dict__", {
+                "stream": stream, "score": s, "raw": r, "components": components,
+                "model_version": version, "warm": w, "ts": t,
+            })  # fmt: skip
+            out.append(obj)
 
 
 @dataclass(frozen=True)
@@ -18,10 +124,14 @@ class Scored:
     :meth:`StreamEngine.process` with the same events before anything else changed the
     engine, it is learned from instead of computed again (River's score_one, learn_one)."""
 
-    scores: list[Score]
+    columns: ScoreColumns
     revision: int
     batch: ScoreBatch | None
     engine: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def scores(self) -> list[Score]:
+        return self.columns.scores()
 
     def batch_for(
         self, engine: object, revision: int, slots: np.ndarray, values: np.ndarray
@@ -35,13 +145,14 @@ class Scored:
         return b
 
 
-def rounds(events: Sequence[Event]) -> list[list[int]]:
-    """Indices of ``events`` by round: the k-th event of every stream goes into round k."""
+def rounds(streams: Sequence[str]) -> list[list[int]]:
+    """Indices of events (given by their streams) by round: the k-th event of every stream
+    goes into round k."""
     ordinal: dict[str, int] = {}
     out: list[list[int]] = []
-    for i, event in enumerate(events):
-        k = ordinal.get(event.stream, 0)
-        ordinal[event.stream] = k + 1
+    for i, stream in enumerate(streams):
+        k = ordinal.get(stream, 0)
+        ordinal[stream] = k + 1
         if k == len(out):
             out.append([])
         out[k].append(i)
@@ -76,34 +187,79 @@ def channel_rows(
     return slots, values, starts
 
 
-def to_scores(
-    events: Sequence[Event],
-    members: list[int],
-    b: ScoreBatch,
-    starts: list[int],
-    model_version: int,
-) -> list[Score]:
-    """One :class:`Score` per event of ``members`` from its rows of ``b`` (the most anomalous
-    channel where an event has several)."""
-    # published scores are numbers in [0, 1] whatever happened in the state
-    score = np.clip(np.nan_to_num(b.score, nan=0.0), 0.0, 1.0)
-    raw = np.nan_to_num(b.raw, nan=0.0, posinf=0.0, neginf=0.0)
-    comps = np.nan_to_num(b.comps, nan=0.0, posinf=0.0, neginf=0.0)
-    best_rows: Sequence[int]  # the row reported for each member
-    if len(b.slots) == len(members):
-        best_rows = range(len(members))
-    else:  # several channels per event: report the most anomalous
-        bounds = [*starts, len(b.slots)]
-        best_rows = [a + int(np.argmax(score[a:c])) for a, c in zip(bounds[:-1], bounds[1:])]
-    return [
-        Score(
-            stream=events[i].stream,
-            score=float(score[best]),
-            raw=float(raw[best]),
-            components=dict(zip(COMPONENTS, comps[best].tolist())),
-            model_version=model_version,
-            warm=b.warm,
-            ts=events[i].ts,
-        )
-        for i, best in zip(members, best_rows)
-    ]
+Members = slice | list[int]  # the events of one round: all of them, or their indices
+
+
+@dataclass
+class Admitted:
+    """A validated batch whose streams are all registered: its streams, how many were new,
+    and its rounds as channel rows (:meth:`rounds`)."""
+
+    events: Sequence[Event]
+    streams: list[str]
+    new_streams: int
+    state: StateTable
+    channels: bool
+    fast: tuple[np.ndarray, np.ndarray] | None  # slots (N,), values (N, 1): one row per event
+    distinct: bool  # every stream once: one round
+
+    def rounds(self) -> Iterator[tuple[Members, np.ndarray, np.ndarray, list[int] | None]]:
+        """Each round's events, slots (B,), values (B, F) and, where events have several
+        channels, each event's first row (else None)."""
+        if not self.streams:
+            return
+        for members in [slice(None)] if self.distinct else rounds(self.streams):
+            if self.fast is not None:
+                slots, values = self.fast
+                yield members, slots[members], values[members], None
+            else:
+                idx = range(len(self.events)) if isinstance(members, slice) else members
+                st = self.state
+                rows = channel_rows(self.events, idx, st.streams, st.fields, self.channels)
+                yield members, *rows
+
+
+def admit(events: Sequence[Event], st: StateTable, field_mode: str, n_features: int) -> Admitted:
+    """Validate ``events`` (InvalidInputError naming the first bad one, nothing changed),
+    register their new streams (evicting the least recently seen, never one of the batch)
+    and mark all their streams most recently seen, in order of appearance. The common batch
+    (known one-field streams, plain numbers) takes :func:`univariate_batch`'s fast path."""
+    channels = field_mode == "channels"
+    fast = univariate_batch(events, st.single_field) if channels else None
+    new = 0
+    if fast is None:
+        seen = validate_batch(events, st.fields, field_mode, n_features, together=True)
+        streams = [e.stream for e in events]
+        for stream, fields in seen.items():  # new streams, in order of appearance
+            if stream not in st:
+                new += 1
+                keys = list(fields) if channels else ["*"]
+                st.add_stream(stream, keys, fields, protect=seen.keys())
+        rows = None
+    else:  # every stream is known, one channel each
+        streams, _, values = fast
+        seen = dict.fromkeys(streams)
+        slots = np.array(list(map(st.single_slot.__getitem__, streams)), dtype=np.int64)
+        rows = (slots, values[:, None])
+    deque(map(st.streams.move_to_end, seen), maxlen=0)  # at C speed: 10,000 streams
+    return Admitted(events, streams, new, st, channels, rows, len(seen) == len(events))
+
+
+def known_rows(
+    events: Sequence[Event], st: StateTable, field_mode: str, n_features: int
+) -> tuple[Members, np.ndarray, np.ndarray, list[int] | None] | None:
+    """Validate ``events`` each on its own against its stream (nothing is registered: they
+    are to be scored, not learned), and lay out those of known streams as channel rows:
+    (their indices, slots, values, first row of each event or None); None if no stream is
+    known."""
+    channels = field_mode == "channels"
+    fast = univariate_batch(events, st.single_field) if channels and events else None
+    if fast is not None:  # all known, one channel each
+        streams, _, values = fast
+        slots = np.array(list(map(st.single_slot.__getitem__, streams)), dtype=np.int64)
+        return slice(None), slots, values[:, None], None
+    validate_batch(events, st.fields, field_mode, n_features, together=False)
+    known = [i for i, e in enumerate(events) if e.stream in st]
+    if not known:
+        return None
+    return known, *channel_rows(events, known, st.streams, st.fields, channels)

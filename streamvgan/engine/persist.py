@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from streamvgan.engine.config import EngineConfig
+from streamvgan.engine.config import EngineConfig, merge_checkpoint_config
 from streamvgan.engine.state import StateTable, StreamRecord
 from streamvgan.errors import CheckpointError, ConfigurationError
 
@@ -34,6 +35,7 @@ STREAM_FORMAT_VERSION = 1
 DATA_FILE = "engine.pt"
 MANIFEST = "MANIFEST.json"
 _STREAM_MAGIC = b"SVGS"
+log = logging.getLogger(__name__)
 #: keys of an engine's state dict that the file holds in an index, not as they are
 _INDEX_KEYS = ("streams", "fields", "keys")
 
@@ -83,15 +85,28 @@ def loads(data: bytes, what: str = "engine bytes") -> dict[str, Any]:
     return state
 
 
-def engine_config(state: dict[str, Any], what: str) -> EngineConfig:
-    """The :class:`EngineConfig` a loaded state holds; CheckpointError if this version cannot
-    use it."""
+def engine_config(
+    state: dict[str, Any], what: str, settings: EngineConfig | None = None
+) -> EngineConfig:
+    """The :class:`EngineConfig` to run a loaded state with: the one it holds, or with
+    ``settings``, its architecture and everything else from ``settings``
+    (:func:`~streamvgan.engine.config.merge_checkpoint_config`; one log line lists what
+    differs). CheckpointError if this version cannot use the one it holds."""
     try:
-        return EngineConfig.from_dict(state["engine_config"])
+        config = EngineConfig.from_dict(state["engine_config"])
     except (ConfigurationError, TypeError, KeyError) as exc:
         raise CheckpointError(
             f"{what} holds an engine configuration this version cannot use: {exc}"
         ) from exc
+    if settings is not None:
+        config, differences = merge_checkpoint_config(config, settings)
+        if differences:
+            log.warning(
+                "%s: the checkpoint's configuration differs from the settings: %s",
+                what,
+                "; ".join(differences),
+            )
+    return config
 
 
 def save(data: bytes, directory: Path, model_version: int, n_streams: int) -> Path:

@@ -152,6 +152,9 @@ class StateTable:
         #: stream -> its field names, sorted (the keys are the fields in channels mode, "*" in
         #: joint mode)
         self.fields: dict[str, tuple[str, ...]] = {}
+        #: stream -> its one field, and its slot, for streams with one field (fast paths)
+        self.single_field: dict[str, str] = {}
+        self.single_slot: dict[str, int] = {}
         self.slot_owner: dict[int, tuple[str, str]] = {}
         self._free: list[int] = []
         self._next = 0
@@ -245,7 +248,10 @@ class StateTable:
             slots[key] = slot
             self.slot_owner[slot] = (stream, key)
         self.streams[stream] = slots
-        self.fields[stream] = tuple(slots if fields is None else fields)
+        names = self.fields[stream] = tuple(slots if fields is None else fields)
+        if len(slots) == 1:
+            self.single_field[stream] = names[0]
+            self.single_slot[stream] = next(iter(slots.values()))
         return slots
 
     def _take_new(self) -> int:
@@ -299,15 +305,23 @@ class StateTable:
     def nonfinite_rows(self, slots: np.ndarray, names: Iterable[str] | None = None) -> np.ndarray:
         """A bool per slot of ``slots``: does any float array (or those in ``names``) hold a
         NaN or an infinity in that slot's row?"""
-        bad = np.zeros(len(slots), dtype=bool)
-        for name in LAYOUT if names is None else names:
-            arr = getattr(self, name)
-            if arr.dtype.kind == "f":
-                bad |= ~np.isfinite(arr[slots].reshape(len(slots), -1)).all(axis=1)
-        return bad
+        count = len(slots)
+        names = LAYOUT if names is None else names
+        if count == 1:  # views of one row: no gathers (the one-stream case, every event)
+            slot = int(slots[0])
+            parts = [getattr(self, n)[slot].ravel() for n in names]
+            flat = np.concatenate([p for p in parts if p.dtype.kind == "f"])
+            return np.array([not np.isfinite(flat).all()])
+        finite = np.ones(count, dtype=bool)
+        for arr in map(self.__getattribute__, names):
+            if arr.dtype.kind == "f":  # each in its own dtype: no float64 copy of them all
+                finite &= np.isfinite(arr[slots].reshape(count, -1)).all(axis=1)
+        return ~finite
 
     def remove_stream(self, stream: str) -> None:
         self.fields.pop(stream, None)
+        self.single_field.pop(stream, None)
+        self.single_slot.pop(stream, None)
         for slot in self.streams.pop(stream).values():
             self.slot_owner.pop(slot, None)
             self._free.append(slot)
