@@ -36,10 +36,10 @@ _SQRT1_2 = math.sqrt(0.5)
 _F32 = np.float32
 
 
-
 def _cap(x: float, cap: float) -> float:
     """``x`` within +-``cap`` (NaN stays NaN), as ``np.clip`` gives."""
     return min(max(x, -cap), cap)
+
 
 def _f32(x: float) -> float:
     """``x`` rounded to float32, as storing it in a float32 array does."""
