@@ -161,7 +161,7 @@ def rounds(streams: Sequence[str]) -> list[list[int]]:
 
 def channel_rows(
     events: Sequence[Event],
-    members: list[int],
+    members: Sequence[int],
     streams: Mapping[str, dict[str, int]],
     fields: Mapping[str, tuple[str, ...]],
     channels: bool,
@@ -238,7 +238,7 @@ def admit(events: Sequence[Event], st: StateTable, field_mode: str, n_features: 
         rows = None
     else:  # every stream is known, one channel each
         streams, _, values = fast
-        seen = dict.fromkeys(streams)
+        seen = dict.fromkeys(streams, ())
         slots = np.array(list(map(st.single_slot.__getitem__, streams)), dtype=np.int64)
         rows = (slots, values[:, None])
     deque(map(st.streams.move_to_end, seen), maxlen=0)  # at C speed: 10,000 streams

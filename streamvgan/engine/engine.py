@@ -103,9 +103,13 @@ class StreamEngine:
         self.scorer = SignalScorer(config, self.device)
         self.events_seen = 0
         self._eviction_listeners: list[Callable[[str], None]] = []
-        self.state.on_evict = lambda stream: [f(stream) for f in self._eviction_listeners]
+        self.state.on_evict = self._evicted
         self._z = {q: normal_quantile(q) for q in config.quantiles}
         self._mutations = 0  # bumped by every state change (revision)
+
+    def _evicted(self, stream: str) -> None:
+        for listener in self._eviction_listeners:
+            listener(stream)
 
     # -- properties --------------------------------------------------------------------------
     @property

@@ -31,7 +31,7 @@ def inverse_mse_blend(candidates: list[Candidate]) -> tuple[np.ndarray, np.ndarr
     w = (1.0 / mse) / (1.0 / mse).sum(axis=0)
     mean = sum(wi * c[0] for wi, c in zip(w, candidates))
     spread = sum(wi * c[1] for wi, c in zip(w, candidates))
-    return mean, spread  # type: ignore[return-value]
+    return mean, spread
 
 
 def _to_fields(field_mode: str) -> Callable[[np.ndarray], np.ndarray]:

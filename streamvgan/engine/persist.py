@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def loads(data: bytes, what: str = "engine bytes") -> dict[str, Any]:
 
 
 def engine_config(
-    state: dict[str, Any], what: str, settings: EngineConfig | None = None
+    state: Mapping[str, Any], what: str, settings: EngineConfig | None = None
 ) -> EngineConfig:
     """The :class:`EngineConfig` to run a loaded state with: the one it holds, or with
     ``settings``, its architecture and everything else from ``settings``

@@ -291,7 +291,7 @@ def learn_one(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
             st.period[s, 0] = seasonal_period(ring[:, 0], cfg.season_min_correlation)
     st.last[s, 0] = value
     st.n[s] = n + 1
-    if b.h is not None:
+    if b.h is not None and b.f_mean is not None and b.f_scale is not None:
         st.h[s] = b.h[0]
         st.f_mean[s] = b.f_mean[0]
         st.f_scale[s] = b.f_scale[0]

@@ -192,7 +192,7 @@ class StateTable:
 
     def _grow(self, capacity: int) -> None:
         for name, (_, dtype) in LAYOUT.items():
-            new = np.zeros(self._shape(name, capacity), dtype=dtype)
+            new: np.ndarray = np.zeros(self._shape(name, capacity), dtype=dtype)
             if self.capacity:
                 new[: self.capacity] = getattr(self, name)
             setattr(self, name, new)
@@ -275,7 +275,7 @@ class StateTable:
         slots: np.ndarray,
         names: Iterable[str] | None = None,
         extra: np.ndarray | None = None,
-    ) -> list[str]:
+    ) -> int:
         """Reset (:meth:`reset_stream`) every stream with a channel in ``slots`` whose state
         (arrays ``names``, all by default) holds a NaN or an infinity, or where ``extra`` is
         True; return how many (also counted in :attr:`streams_reset`).

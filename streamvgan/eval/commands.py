@@ -62,7 +62,7 @@ def _msl(args: argparse.Namespace) -> int:
     from streamvgan.eval import msl
     from streamvgan.eval.report import expand_params
 
-    detectors = _available(args.detectors) if args.skip_missing else args.detectors
+    detectors = args.detectors
     results = msl.run_msl(
         data=args.data,
         detectors=detectors,
