@@ -199,9 +199,9 @@ class Application:
         loop = self.loop
         if not loop.assigned or self._stop.is_set():
             return False
-        producer = self._conn.producer
-        if producer is not None and not producer.healthy:
-            return False
+        for producer in (self._conn.producer, self._conn.changelog_producer):
+            if producer is not None and not producer.healthy:
+                return False
         return loop.coordinator_ok and loop.poll_ok
 
     def _readiness_changed(self) -> None:
@@ -336,11 +336,12 @@ class Application:
                 conn.consumer.close(timeout_ms=5000 if self.loop.coordinator_ok else 1000)
             except Exception:
                 log.exception("error while closing the consumer")
-        if conn.producer is not None:
-            try:
-                conn.producer.close(timeout=10)
-            except Exception:
-                log.exception("error while closing the producer")
+        for producer in (conn.producer, conn.changelog_producer):
+            if producer is not None:
+                try:
+                    producer.close(timeout=10)
+                except Exception:
+                    log.exception("error while closing a producer")
         if server is not None:
             server.stop()
         self.metrics.ready.set(0)

@@ -7,12 +7,21 @@ partitions waiting for a changelog restore, and the checkpoints. Every path that
 
 1. the outputs of the records are acknowledged by the broker (the loop flushes them, then
    calls :meth:`StateStore.acknowledged`);
-2. the changelog records of the streams those records changed are acknowledged
-   (:meth:`StateStore.write_changelog`);
+2. the changelog records of the streams those records changed are acknowledged;
 3. only then the offsets are committed.
 
 So a crash re-reads at most the uncommitted tail, and the committed position never runs ahead
 of the outputs or of the stream state (at-least-once; Kafka Streams' changelog design).
+
+The periodic commit does not stall scoring: :meth:`StateStore.begin_commit` takes the
+acknowledged offsets and the dirty set as a :class:`_Ticket`, and every loop iteration
+(:meth:`StateStore.advance`) exports and sends the next ``chunk`` of those streams' states on
+the changelog's own producer (exporting 1,000 states takes ~0.1 s of CPU), without waiting;
+once the last record is acknowledged, the ticket's offsets are committed. A state exported
+after the ticket was taken holds at least the events of its offsets, so it is never behind
+them (it may be ahead: after a crash those events are applied again, as in Kafka Streams with
+at-least-once). Shutdown, checkpoints and revocations finish the ticket and write the rest
+synchronously (:meth:`StateStore.commit`, :meth:`StateStore.revoke`).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from streamvgan.errors import StreamVGANError
@@ -34,6 +44,16 @@ log = logging.getLogger(__name__)
 
 class ProduceError(StreamVGANError, RuntimeError):
     """The broker did not acknowledge some outputs; offsets were not committed."""
+
+
+@dataclass
+class _Ticket:
+    """A commit in progress: offsets to commit once the changelog of ``streams`` is acked."""
+
+    offsets: dict[TopicPartition, int]
+    streams: list[tuple[str, int]]  # (stream, input partition) still to export and send
+    sent: int = 0
+    errors: list[BaseException] = field(default_factory=list)
 
 
 class StateStore:
@@ -56,6 +76,8 @@ class StateStore:
         Called with each stream dropped because its partition moved to another replica.
     stats
         Running totals (attributes ``commits`` and ``checkpoints``, incremented here).
+    chunk
+        Stream states exported and sent per loop iteration while a commit is in progress.
     """
 
     def __init__(
@@ -68,6 +90,7 @@ class StateStore:
         checkpointed_revision: int | None = None,
         on_forget: Callable[[str], None] | None = None,
         stats: Any = None,
+        chunk: int = 100,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
@@ -83,6 +106,8 @@ class StateStore:
         self.changelog: StateChangelog | None = None
         self.producer: Producer | None = None
         self.stats = stats if stats is not None else _Totals()
+        self.chunk = chunk
+        self.ticket: _Ticket | None = None
 
     def attach_changelog(self, changelog: StateChangelog) -> None:
         self.changelog = changelog
@@ -101,9 +126,24 @@ class StateStore:
 
     # -- 2. changelog acknowledged --------------------------------------------------------------
 
+    def _send_states(self, streams: list[tuple[str, int]], errors: list[BaseException]) -> None:
+        assert self.producer is not None and self.changelog is not None, "not running"
+        for handle in self.changelog.write(self.producer, self.engine, dict(streams)):
+            handle.add_errback(errors.append)
+
+    def _changelog_failed(self, streams: Iterable[tuple[str, int]], errors: list) -> None:
+        with self.lock:
+            for k, p in streams:
+                self.dirty.setdefault(k, p)
+        raise ProduceError(
+            f"{len(errors)} changelog records were not acknowledged "
+            f"(first: {errors[0]!r}); offsets stay uncommitted"
+        )
+
     def write_changelog(self, partitions: set[int] | None = None) -> None:
         """Send the state of streams changed since the last commit (of ``partitions`` only, if
         given) and wait for the broker: the state is never behind the committed offsets."""
+        self._finish_ticket()
         if self.changelog is None or not self.dirty:
             return
         with self.lock:
@@ -117,18 +157,70 @@ class StateStore:
             return
         assert self.producer is not None, "the changelog is written only while running"
         errors: list[BaseException] = []
-        for future in self.changelog.write(self.producer, self.engine, dirty):
-            future.add_errback(errors.append)
+        self._send_states(list(dirty.items()), errors)
         self.producer.flush()
         if errors:
-            with self.lock:
-                for k, p in dirty.items():
-                    self.dirty.setdefault(k, p)
-            raise ProduceError(
-                f"{len(errors)} changelog records were not acknowledged "
-                f"(first: {errors[0]!r}); offsets stay uncommitted"
-            )
+            self._changelog_failed(dirty.items(), errors)
         self.metrics.state_written.inc(len(dirty))
+
+    def begin_commit(self, consumer: Consumer) -> None:
+        """The periodic commit, without stalling the loop: with no changelog (or nothing
+        changed) the acknowledged offsets are committed now; otherwise a ticket takes them and
+        the dirty set, and :meth:`advance` writes the changelog and then commits them. While a
+        ticket is in progress this does nothing (the next interval takes what came since)."""
+        if self.ticket is not None:
+            return
+        if self.changelog is None or not self.dirty:
+            self._commit_offsets(consumer, self.take_pending())
+            return
+        with self.lock:
+            dirty, self.dirty = self.dirty, {}
+            offsets, self.pending = self.pending, {}
+        self.ticket = _Ticket(offsets, list(dirty.items()))
+
+    def advance(self, consumer: Consumer) -> None:
+        """One step of the commit in progress (each loop iteration): send the next ``chunk``
+        of changelog records; once all were sent and acknowledged, commit the ticket's
+        offsets. Raises :class:`ProduceError` if the broker refused changelog records."""
+        ticket = self.ticket
+        if ticket is None:
+            return
+        assert self.producer is not None
+        if ticket.sent < len(ticket.streams):
+            part = ticket.streams[ticket.sent : ticket.sent + self.chunk]
+            self._send_states(part, ticket.errors)
+            ticket.sent += len(part)
+            return
+        if not self.producer.done():
+            return
+        self.producer.flush()  # at once, unless a failed record must be sent again
+        self.ticket = None
+        if ticket.errors:
+            self._restore_offsets(ticket.offsets)
+            self._changelog_failed(ticket.streams, ticket.errors)
+        self.metrics.state_written.inc(len(ticket.streams))
+        self._commit_offsets(consumer, ticket.offsets)
+
+    def _finish_ticket(self) -> None:
+        """Send the rest of the commit in progress and wait for it; its offsets go back to
+        ``pending`` (the caller commits them with what came since)."""
+        ticket = self.ticket
+        if ticket is None:
+            return
+        assert self.producer is not None
+        self._send_states(ticket.streams[ticket.sent :], ticket.errors)
+        ticket.sent = len(ticket.streams)
+        self.producer.flush()
+        self.ticket = None
+        self._restore_offsets(ticket.offsets)
+        if ticket.errors:
+            self._changelog_failed(ticket.streams, ticket.errors)
+        self.metrics.state_written.inc(len(ticket.streams))
+
+    def _restore_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        with self.lock:
+            for tp, offset in offsets.items():
+                self.pending.setdefault(tp, offset)  # a newer one acknowledged since wins
 
     # -- 3. commit ------------------------------------------------------------------------------
 
@@ -141,10 +233,14 @@ class StateStore:
         return taken
 
     def commit(self, consumer: Consumer) -> None:
-        """Changelog first, then the offsets acknowledged so far (a failed commit keeps them
-        pending: a restart re-reads those records)."""
+        """Changelog first (the commit in progress, then every stream changed since), then
+        the offsets acknowledged so far, waiting for both (shutdown and checkpoints)."""
         self.write_changelog()
-        offsets = self.take_pending()
+        self._commit_offsets(consumer, self.take_pending())
+
+    def _commit_offsets(self, consumer: Consumer, offsets: dict[TopicPartition, int]) -> None:
+        """Commit ``offsets``; a failed commit keeps them pending (a restart re-reads those
+        records)."""
         if not offsets:
             return
         try:
@@ -153,9 +249,7 @@ class StateStore:
             log.warning(
                 "offset commit failed (%r); the records will be re-read after a restart", exc
             )
-            with self.lock:
-                for tp, offset in offsets.items():
-                    self.pending.setdefault(tp, offset)
+            self._restore_offsets(offsets)
             return
         self.stats.commits += 1
         if log.isEnabledFor(logging.DEBUG):
@@ -186,6 +280,12 @@ class StateStore:
         theirs is committed or written; their records will be scored again there."""
         self.take_pending(partitions)
         numbers = {tp[1] for tp in partitions}
+        ticket = self.ticket
+        if ticket is not None:  # the rest of a commit in progress: only for partitions kept
+            for tp in [tp for tp in ticket.offsets if tp in partitions]:
+                del ticket.offsets[tp]
+            unsent = [(k, p) for k, p in ticket.streams[ticket.sent :] if p not in numbers]
+            ticket.streams[ticket.sent :] = unsent
         with self.lock:
             self.dirty = {k: p for k, p in self.dirty.items() if p not in numbers}
         if self.changelog is not None:

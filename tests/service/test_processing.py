@@ -153,7 +153,8 @@ class _Handle:
 
 
 class FakeProducer:
-    """Acknowledges at flush (or fails every record of ``fail_topics``); logs to ``log``."""
+    """Acknowledges at :meth:`flush` or :meth:`ack` (or fails every record of
+    ``fail_topics``); logs to ``log``."""
 
     def __init__(self, log: list[tuple], fail_topics: tuple[str, ...] = ()) -> None:
         self.log = log
@@ -161,6 +162,19 @@ class FakeProducer:
         self.healthy = True
         self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
         self._unflushed: list[tuple[str, _Handle]] = []
+        self.acked = 0  # records the broker answered so far
+
+    def done(self) -> bool:
+        return self.acked == len(self.sent)
+
+    def ack(self) -> None:
+        """The broker answers every record sent so far (without a flush)."""
+        for topic, handle in self._unflushed:
+            if topic in self.fail_topics:
+                for fn in handle.errbacks:
+                    fn(RuntimeError(f"{topic} refused"))
+        self._unflushed = []
+        self.acked = len(self.sent)
 
     def send(self, topic, *, key=None, value=None, headers=None, partition=None):
         handle = _Handle()
@@ -170,11 +184,7 @@ class FakeProducer:
         return handle
 
     def flush(self) -> None:
-        for topic, handle in self._unflushed:
-            if topic in self.fail_topics:
-                for fn in handle.errbacks:
-                    fn(RuntimeError(f"{topic} refused"))
-        self._unflushed = []
+        self.ack()
         self.log.append(("flush",))
 
     def close(self, timeout: float = 10) -> None:
@@ -324,3 +334,75 @@ def test_a_revocation_writes_and_commits_only_the_revoked_partitions():
     assert state.producer.sent == [("cl", b"b", b_state, 1)]  # to changelog partition 1
     assert forgotten == ["b"] and engine.streams() == ["a"]  # b's state moved away
     assert state.pending == {TopicPartition("in", 0): 5} and state.dirty == {"a": 0}
+
+
+def test_the_periodic_commit_sends_the_changelog_a_chunk_per_iteration_then_commits():
+    """begin_commit returns at once; each loop iteration (advance) sends one chunk of state
+    records without waiting; the offsets taken with them are committed only after the broker
+    acknowledged every record, and what was acknowledged meanwhile waits for the next one."""
+    log: list[tuple] = []
+    engine = _engine()
+    engine.process([Event(s, {"value": 1.0}) for s in "abc"])
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()), chunk=2)
+    state.attach_changelog(StateChangelog("cl", lambda: None))
+    state.producer = producer = FakeProducer(log)
+    consumer = FakeConsumer([], log, stop=lambda: None)
+    tp0, tp1 = TopicPartition("in", 0), TopicPartition("in", 1)
+    state.acknowledged({tp0: 5, tp1: 3}, {"a": 0, "b": 1, "c": 1})
+    state.begin_commit(consumer)
+    assert log == []  # nothing sent or committed yet: the loop goes on scoring
+    state.advance(consumer)
+    assert log == [("send", "cl"), ("send", "cl")]  # the first chunk
+    state.acknowledged({tp0: 7}, {"a": 0})  # a batch acknowledged meanwhile
+    state.advance(consumer)
+    assert log[2:] == [("send", "cl")]  # the second chunk: all three sent
+    state.advance(consumer)
+    state.advance(consumer)
+    assert not any(e[0] == "commit" for e in log)  # not acknowledged yet: no commit
+    producer.ack()
+    state.advance(consumer)
+    assert log[3:] == [("flush",), ("commit", {tp0: 5, tp1: 3})]
+    assert state.ticket is None
+    assert state.pending == {tp0: 7} and state.dirty == {"a": 0}  # for the next commit
+    assert [k for _, k, _, _ in producer.sent] == [b"a", b"b", b"c"]
+
+    # a blocking commit (shutdown) finishes whatever is in progress first
+    state.begin_commit(consumer)
+    state.commit(consumer)
+    assert log[5:] == [("send", "cl"), ("flush",), ("commit", {tp0: 7})]
+
+
+def test_a_changelog_record_refused_during_the_periodic_commit_commits_nothing():
+    log: list[tuple] = []
+    engine = _engine()
+    engine.process([Event("a", {"value": 1.0})])
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()))
+    state.attach_changelog(StateChangelog("cl", lambda: None))
+    state.producer = FakeProducer(log, fail_topics=("cl",))
+    consumer = FakeConsumer([], log, stop=lambda: None)
+    state.acknowledged({TopicPartition("in", 0): 4}, {"a": 0})
+    state.begin_commit(consumer)
+    state.advance(consumer)
+    state.producer.ack()
+    with pytest.raises(ProduceError, match="1 changelog records were not acknowledged"):
+        state.advance(consumer)
+    assert not any(e[0] == "commit" for e in log)
+    assert state.pending == {TopicPartition("in", 0): 4} and state.dirty == {"a": 0}
+
+
+def test_a_revocation_during_the_periodic_commit_finishes_it_first():
+    log: list[tuple] = []
+    engine = _engine()
+    engine.process([Event(s, {"value": 1.0}) for s in "ab"])
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()), chunk=1)
+    state.attach_changelog(StateChangelog("cl", lambda: None))
+    state.producer = FakeProducer(log)
+    consumer = FakeConsumer([], log, stop=lambda: None)
+    tp0, tp1 = TopicPartition("in", 0), TopicPartition("in", 1)
+    state.acknowledged({tp0: 5, tp1: 3}, {"a": 0, "b": 1})
+    state.begin_commit(consumer)
+    state.advance(consumer)  # a's state sent; b's not yet
+    offsets = state.revoke({tp1}, "in")
+    assert offsets == {tp1: 3}  # committed by the client before partition 1 moves
+    assert [k for _, k, _, _ in state.producer.sent] == [b"a", b"b"]  # b's state written
+    assert state.pending == {tp0: 5} and state.ticket is None
