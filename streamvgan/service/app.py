@@ -53,6 +53,17 @@ __all__ = ["Application", "ProduceError", "Stats"]
 log = logging.getLogger(__name__)
 
 
+def make_clients(settings: Settings) -> ClientFactory:
+    """The client library ``settings.kafka_client`` names, for its cluster and security."""
+    if settings.kafka_client == "confluent-kafka":
+        from streamvgan.service.confluent import ConfluentClients
+
+        return ConfluentClients(settings.bootstrap_servers, settings.kafka_security())
+    from streamvgan.service.kafka_python import KafkaPythonClients
+
+    return KafkaPythonClients(settings.bootstrap_servers, settings.kafka_security())
+
+
 class _Interrupted(BaseException):
     """SIGTERM/SIGINT during start-up. A BaseException, so that no ``except Exception`` in a
     client library swallows it on the way out of a blocking connect or handshake."""
@@ -265,9 +276,7 @@ class Application:
             self.metrics_port = server.port if server is not None else None
             s.check_files()
             if self._clients is None:
-                from streamvgan.service.kafka_python import KafkaPythonClients
-
-                self._clients = KafkaPythonClients(s.bootstrap_servers, s.kafka_security())
+                self._clients = make_clients(s)
             consumer, producer = connect(
                 self._conn, s, self._clients, self._stop, self.state, self.metrics, self.loop
             )

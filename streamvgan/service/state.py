@@ -16,7 +16,8 @@ of the outputs or of the stream state (at-least-once; Kafka Streams' changelog d
 The periodic commit does not stall scoring: :meth:`StateStore.begin_commit` takes the
 acknowledged offsets and the dirty set as a :class:`_Ticket`, and every loop iteration
 (:meth:`StateStore.advance`) exports and sends the next ``chunk`` of those streams' states on
-the changelog's own producer (exporting 1,000 states takes ~0.1 s of CPU), without waiting;
+the changelog's own producer (exporting 1,000 states takes ~0.1 s of CPU; a step stops after
+``step_budget_s``), without waiting;
 once the last record is acknowledged, the ticket's offsets are committed. A state exported
 after the ticket was taken holds at least the events of its offsets, so it is never behind
 them (it may be ahead: after a crash those events are applied again, as in Kafka Streams with
@@ -77,7 +78,10 @@ class StateStore:
     stats
         Running totals (attributes ``commits`` and ``checkpoints``, incremented here).
     chunk
-        Stream states exported and sent per loop iteration while a commit is in progress.
+        Stream states exported and sent per step while a commit is in progress.
+    step_budget_s
+        A step sends chunks until this much time has passed (at least one chunk), so a loop
+        iteration spends at most about this long on the changelog.
     """
 
     def __init__(
@@ -90,7 +94,8 @@ class StateStore:
         checkpointed_revision: int | None = None,
         on_forget: Callable[[str], None] | None = None,
         stats: Any = None,
-        chunk: int = 100,
+        chunk: int = 25,
+        step_budget_s: float = 0.005,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
@@ -107,6 +112,7 @@ class StateStore:
         self.producer: Producer | None = None
         self.stats = stats if stats is not None else _Totals()
         self.chunk = chunk
+        self.step_budget_s = step_budget_s
         self.ticket: _Ticket | None = None
 
     def attach_changelog(self, changelog: StateChangelog) -> None:
@@ -187,9 +193,13 @@ class StateStore:
             return
         assert self.producer is not None
         if ticket.sent < len(ticket.streams):
-            part = ticket.streams[ticket.sent : ticket.sent + self.chunk]
-            self._send_states(part, ticket.errors)
-            ticket.sent += len(part)
+            until = time.monotonic() + self.step_budget_s
+            while ticket.sent < len(ticket.streams):
+                part = ticket.streams[ticket.sent : ticket.sent + self.chunk]
+                self._send_states(part, ticket.errors)
+                ticket.sent += len(part)
+                if time.monotonic() >= until:
+                    break
             return
         if not self.producer.done():
             return

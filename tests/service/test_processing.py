@@ -343,7 +343,8 @@ def test_the_periodic_commit_sends_the_changelog_a_chunk_per_iteration_then_comm
     log: list[tuple] = []
     engine = _engine()
     engine.process([Event(s, {"value": 1.0}) for s in "abc"])
-    state = StateStore(engine, ServiceMetrics(CollectorRegistry()), chunk=2)
+    # one chunk of 2 per step (a zero time budget): the test steps through it
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()), chunk=2, step_budget_s=0)
     state.attach_changelog(StateChangelog("cl", lambda: None))
     state.producer = producer = FakeProducer(log)
     consumer = FakeConsumer([], log, stop=lambda: None)
@@ -394,7 +395,7 @@ def test_a_revocation_during_the_periodic_commit_finishes_it_first():
     log: list[tuple] = []
     engine = _engine()
     engine.process([Event(s, {"value": 1.0}) for s in "ab"])
-    state = StateStore(engine, ServiceMetrics(CollectorRegistry()), chunk=1)
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()), chunk=1, step_budget_s=0)
     state.attach_changelog(StateChangelog("cl", lambda: None))
     state.producer = FakeProducer(log)
     consumer = FakeConsumer([], log, stop=lambda: None)
