@@ -13,16 +13,16 @@ partitions waiting for a changelog restore, and the checkpoints. Every path that
 So a crash re-reads at most the uncommitted tail, and the committed position never runs ahead
 of the outputs or of the stream state (at-least-once; Kafka Streams' changelog design).
 
-The periodic commit does not stall scoring: :meth:`StateStore.begin_commit` takes the
-acknowledged offsets and the dirty set as a :class:`_Ticket`, and every loop iteration
-(:meth:`StateStore.advance`) exports and sends the next ``chunk`` of those streams' states on
-the changelog's own producer (exporting 1,000 states takes ~0.1 s of CPU; a step stops after
-``step_budget_s``), without waiting;
-once the last record is acknowledged, the ticket's offsets are committed. A state exported
-after the ticket was taken holds at least the events of its offsets, so it is never behind
-them (it may be ahead: after a crash those events are applied again, as in Kafka Streams with
-at-least-once). Shutdown, checkpoints and revocations finish the ticket and write the rest
-synchronously (:meth:`StateStore.commit`, :meth:`StateStore.revoke`).
+The periodic commit does not wait for the broker: :meth:`StateStore.begin_commit` takes the
+acknowledged offsets and exports the dirty streams' states at that moment as a
+:class:`_Ticket` (so the states hold exactly the events of those offsets: a stream moved
+after a crash continues from exactly that state, tests/service/test_scaleout.py), and every
+loop iteration (:meth:`StateStore.advance`) sends the next ``chunk`` of them on the changelog's
+own producer until ``step_budget_s`` has passed, without waiting; once the last record is
+acknowledged, the ticket's offsets are committed. The export itself stays on the loop's
+thread (about 0.1 ms per stream here, the engine's per-stream ``export_stream``). Shutdown,
+checkpoints and revocations finish the ticket and write the rest synchronously
+(:meth:`StateStore.commit`, :meth:`StateStore.revoke`).
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ class ProduceError(StreamVGANError, RuntimeError):
 
 @dataclass
 class _Ticket:
-    """A commit in progress: offsets to commit once the changelog of ``streams`` is acked."""
+    """A commit in progress: offsets to commit once the changelog ``states`` are acked."""
 
     offsets: dict[TopicPartition, int]
-    streams: list[tuple[str, int]]  # (stream, input partition) still to export and send
+    states: list[tuple[str, int, bytes | None]]  # (stream, input partition, state) to send
     sent: int = 0
     errors: list[BaseException] = field(default_factory=list)
 
@@ -132,14 +132,18 @@ class StateStore:
 
     # -- 2. changelog acknowledged --------------------------------------------------------------
 
-    def _send_states(self, streams: list[tuple[str, int]], errors: list[BaseException]) -> None:
+    def _send_states(
+        self, states: list[tuple[str, int, bytes | None]], errors: list[BaseException]
+    ) -> None:
         assert self.producer is not None and self.changelog is not None, "not running"
-        for handle in self.changelog.write(self.producer, self.engine, dict(streams)):
+        for handle in self.changelog.send(self.producer, states):
             handle.add_errback(errors.append)
 
-    def _changelog_failed(self, streams: Iterable[tuple[str, int]], errors: list) -> None:
+    def _changelog_failed(
+        self, states: Iterable[tuple[str, int, bytes | None]], errors: list
+    ) -> None:
         with self.lock:
-            for k, p in streams:
+            for k, p, _ in states:
                 self.dirty.setdefault(k, p)
         raise ProduceError(
             f"{len(errors)} changelog records were not acknowledged "
@@ -163,10 +167,11 @@ class StateStore:
             return
         assert self.producer is not None, "the changelog is written only while running"
         errors: list[BaseException] = []
-        self._send_states(list(dirty.items()), errors)
+        states = self.changelog.export(self.engine, dirty)
+        self._send_states(states, errors)
         self.producer.flush()
         if errors:
-            self._changelog_failed(dirty.items(), errors)
+            self._changelog_failed(states, errors)
         self.metrics.state_written.inc(len(dirty))
 
     def begin_commit(self, consumer: Consumer) -> None:
@@ -182,7 +187,7 @@ class StateStore:
         with self.lock:
             dirty, self.dirty = self.dirty, {}
             offsets, self.pending = self.pending, {}
-        self.ticket = _Ticket(offsets, list(dirty.items()))
+        self.ticket = _Ticket(offsets, self.changelog.export(self.engine, dirty))
 
     def advance(self, consumer: Consumer) -> None:
         """One step of the commit in progress (each loop iteration): send the next ``chunk``
@@ -192,10 +197,10 @@ class StateStore:
         if ticket is None:
             return
         assert self.producer is not None
-        if ticket.sent < len(ticket.streams):
+        if ticket.sent < len(ticket.states):
             until = time.monotonic() + self.step_budget_s
-            while ticket.sent < len(ticket.streams):
-                part = ticket.streams[ticket.sent : ticket.sent + self.chunk]
+            while ticket.sent < len(ticket.states):
+                part = ticket.states[ticket.sent : ticket.sent + self.chunk]
                 self._send_states(part, ticket.errors)
                 ticket.sent += len(part)
                 if time.monotonic() >= until:
@@ -207,8 +212,8 @@ class StateStore:
         self.ticket = None
         if ticket.errors:
             self._restore_offsets(ticket.offsets)
-            self._changelog_failed(ticket.streams, ticket.errors)
-        self.metrics.state_written.inc(len(ticket.streams))
+            self._changelog_failed(ticket.states, ticket.errors)
+        self.metrics.state_written.inc(len(ticket.states))
         self._commit_offsets(consumer, ticket.offsets)
 
     def _finish_ticket(self) -> None:
@@ -218,14 +223,14 @@ class StateStore:
         if ticket is None:
             return
         assert self.producer is not None
-        self._send_states(ticket.streams[ticket.sent :], ticket.errors)
-        ticket.sent = len(ticket.streams)
+        self._send_states(ticket.states[ticket.sent :], ticket.errors)
+        ticket.sent = len(ticket.states)
         self.producer.flush()
         self.ticket = None
         self._restore_offsets(ticket.offsets)
         if ticket.errors:
-            self._changelog_failed(ticket.streams, ticket.errors)
-        self.metrics.state_written.inc(len(ticket.streams))
+            self._changelog_failed(ticket.states, ticket.errors)
+        self.metrics.state_written.inc(len(ticket.states))
 
     def _restore_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
         with self.lock:
@@ -294,8 +299,8 @@ class StateStore:
         if ticket is not None:  # the rest of a commit in progress: only for partitions kept
             for tp in [tp for tp in ticket.offsets if tp in partitions]:
                 del ticket.offsets[tp]
-            unsent = [(k, p) for k, p in ticket.streams[ticket.sent :] if p not in numbers]
-            ticket.streams[ticket.sent :] = unsent
+            unsent = [s for s in ticket.states[ticket.sent :] if s[1] not in numbers]
+            ticket.states[ticket.sent :] = unsent
         with self.lock:
             self.dirty = {k: p for k, p in self.dirty.items() if p not in numbers}
         if self.changelog is not None:

@@ -337,9 +337,11 @@ def test_a_revocation_writes_and_commits_only_the_revoked_partitions():
 
 
 def test_the_periodic_commit_sends_the_changelog_a_chunk_per_iteration_then_commits():
-    """begin_commit returns at once; each loop iteration (advance) sends one chunk of state
-    records without waiting; the offsets taken with them are committed only after the broker
-    acknowledged every record, and what was acknowledged meanwhile waits for the next one."""
+    """begin_commit exports the states as of its offsets and returns; each loop iteration
+    (advance) sends one chunk of them without waiting; the offsets are committed only after
+    the broker acknowledged every record, and what was acknowledged meanwhile waits for the
+    next commit. The records hold the states of begin_commit's moment exactly, not later ones
+    (a stream restored after a crash replays from those offsets onto exactly that state)."""
     log: list[tuple] = []
     engine = _engine()
     engine.process([Event(s, {"value": 1.0}) for s in "abc"])
@@ -350,11 +352,13 @@ def test_the_periodic_commit_sends_the_changelog_a_chunk_per_iteration_then_comm
     consumer = FakeConsumer([], log, stop=lambda: None)
     tp0, tp1 = TopicPartition("in", 0), TopicPartition("in", 1)
     state.acknowledged({tp0: 5, tp1: 3}, {"a": 0, "b": 1, "c": 1})
+    at_commit = [engine.export_stream(s) for s in "abc"]
     state.begin_commit(consumer)
     assert log == []  # nothing sent or committed yet: the loop goes on scoring
     state.advance(consumer)
     assert log == [("send", "cl"), ("send", "cl")]  # the first chunk
-    state.acknowledged({tp0: 7}, {"a": 0})  # a batch acknowledged meanwhile
+    engine.process([Event("c", {"value": 9.0})])  # a batch scored and acknowledged meanwhile
+    state.acknowledged({tp0: 7}, {"a": 0})
     state.advance(consumer)
     assert log[2:] == [("send", "cl")]  # the second chunk: all three sent
     state.advance(consumer)
@@ -366,6 +370,7 @@ def test_the_periodic_commit_sends_the_changelog_a_chunk_per_iteration_then_comm
     assert state.ticket is None
     assert state.pending == {tp0: 7} and state.dirty == {"a": 0}  # for the next commit
     assert [k for _, k, _, _ in producer.sent] == [b"a", b"b", b"c"]
+    assert [v for _, _, v, _ in producer.sent] == at_commit  # c as of the commit, not after
 
     # a blocking commit (shutdown) finishes whatever is in progress first
     state.begin_commit(consumer)
