@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # file on disk on these machines), so the range is already met and pip pulls no CUDA build.
 TORCH := torch==2.13.*
 
-.PHONY: demo test install system-deps bench evaluate lint dist
+.PHONY: demo test test-fast install system-deps bench evaluate lint dist
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ demo: $(STAMP)
 
 test: $(STAMP) system-deps
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+# The development loop: unit tests and quick doctests only. No broker (tests marked `kafka`,
+# tests/conftest.py marks every user of the broker fixture), nothing marked `slow` (training,
+# example scripts, service processes, promtool, the wheel build). `make test` runs them all.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not kafka and not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engine.py

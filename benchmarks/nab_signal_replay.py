@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamvgan.engine.engine import StreamEngine, calibrated_score
+from streamvgan.engine.signals import SignalScorer, calibrated_score
 from streamvgan.eval import nab_scorer
 from streamvgan.eval.baselines import NAB_PARAMS, make_detector
 from streamvgan.eval.nab import read_data_file
@@ -46,14 +46,14 @@ def _dump_file(data: Path, rel: str, out: Path, params: dict) -> str:
 
     torch.set_num_threads(1)
     rows: list[np.ndarray] = []
-    original = StreamEngine._compute
+    original = SignalScorer.compute
 
-    def recording(self, slots, values):  # one call per event in the River adapter
-        c = original(self, slots, values)
-        rows.append(np.concatenate([c["z"][0], [c["likely"][0], c["score"][0]]]))
-        return c
+    def recording(self, *args):  # one call per event in the River adapter
+        b = original(self, *args)
+        rows.append(np.concatenate([b.z[0], [b.likely[0], b.score[0]]]))
+        return b
 
-    StreamEngine._compute = recording
+    SignalScorer.compute = recording
     try:
         detector = make_detector("streamvgan", seed=0, params=params)
         for v in read_data_file(data / "data" / rel)[1]:
@@ -61,7 +61,7 @@ def _dump_file(data: Path, rel: str, out: Path, params: dict) -> str:
             detector.score_one(x)
             detector.learn_one(x)
     finally:
-        StreamEngine._compute = original
+        SignalScorer.compute = original
     np.save(out / (rel.replace("/", "__") + ".npy"), np.array(rows))
     return rel
 

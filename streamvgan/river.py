@@ -12,7 +12,7 @@ import numbers
 from river import base as river_base
 from river.time_series.base import Forecaster
 
-from streamvgan.engine import DEFAULT_FIELD, EngineConfig, Event, StreamEngine
+from streamvgan.engine import DEFAULT_FIELD, EngineConfig, Event, Scored, StreamEngine
 from streamvgan.engine.values import check_value
 from streamvgan.errors import InvalidInputError
 
@@ -53,6 +53,9 @@ class _EngineMixin:
         self.params = params
         self._check_params()
         self._engine: StreamEngine | None = None
+        # score_one's computation, which learn_one of the same point (River's loop) reuses
+        # instead of computing it again; the engine checks it still applies
+        self._scored: Scored | None = None
 
     @classmethod
     def _unit_test_params(cls):
@@ -103,11 +106,13 @@ class _EngineMixin:
         return 0 if self._engine is None else self.engine.model_version
 
     def _learn_event(self, event: Event) -> None:
-        self.engine.process([event])
+        scored, self._scored = self._scored, None
+        self.engine.process([event], scored)
         self.engine.fine_tune()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
+        state["_scored"] = None
         engine = state.pop("_engine")
         state["_engine_bytes"] = None if engine is None else engine.to_bytes()
         return state
@@ -121,14 +126,12 @@ class _EngineMixin:
 class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
     """Online anomaly detector built on a recurrent VAE-GAN.
 
-    Scores each observation (a dict of one or more numeric fields, in time order) by how
-    surprising it is: the largest of three signals, each calibrated online as a tail
-    probability of its own recent values (as Numenta's anomaly likelihood): the errors of a
-    recurrent variational autoencoder trained adversarially on the stream's own recent past
-    (forecast made one step earlier, reconstruction, a window critic's verdict), the jump from
-    the previous value (or from one season back once a season is found), and the shift of the
-    short-run level. Until the first fit (``warmup_events``), the model signal falls back to
-    the distance from the running mean and the jump from the previous value.
+    Scores each observation (a dict of one or more numeric fields, in time order) in [0, 1]
+    by how surprising it is: the most surprising of a model signal (from a recurrent
+    variational autoencoder trained adversarially on the stream's own recent past), the jump
+    and the level shift, each calibrated online against its own history. The recipe, with
+    the cold start before the first fit (``warmup_events``): the project README, section
+    "How the score is computed".
 
     Values must be real numbers within +-1e30
     (:data:`~streamvgan.engine.values.MAX_ABS_VALUE`): ``learn_one`` and ``score_one`` raise
@@ -197,7 +200,8 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
         self._learn_event(self._event(x))
 
     def score_one(self, x: dict) -> float:
-        return self.engine.score([self._event(x)])[0].score
+        self._scored = self.engine.assess([self._event(x)])
+        return self._scored.scores[0].score
 
     def generate(self, horizon: int, n_samples: int) -> list[list[dict]]:
         """``n_samples`` sampled continuations of ``horizon`` steps, each a list of dicts."""

@@ -37,6 +37,31 @@ def kafka_group_settings() -> dict[str, Any]:
     return group_settings(6000)
 
 
+#: Doctests that train a model (seconds each), marked ``slow`` so that ``make test-fast`` skips
+#: them; matched by the documented object's name, whatever module it lives in.
+SLOW_DOCTESTS = frozenset(
+    (
+        "VAEGANDetector",
+        "VAEGANForecaster",
+        "StreamEngine",
+        "BackgroundFineTuner",
+        "predictive_score",
+        "discriminative_score",
+    )
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses the session broker, directly or through another fixture,
+    ``kafka`` (so ``-m "not kafka"`` never starts it), and the training doctests ``slow``."""
+    for item in items:
+        if "kafka_broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
+        documented = item.name.rsplit(".", 1)[-1]
+        if isinstance(item, pytest.DoctestItem) and documented in SLOW_DOCTESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[Any]:
     """The session's embedded broker (an ``EmbeddedBroker``); stopped after the last test."""

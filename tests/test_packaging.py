@@ -19,6 +19,7 @@ import streamvgan
 from streamvgan._optional import MissingExtraError, require
 from streamvgan._version import __version__
 from streamvgan.errors import StreamVGANError
+from streamvgan.schemas import SCHEMA_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,7 +179,7 @@ def test_built_wheel_installs_and_runs_in_a_fresh_venv(tmp_path: Path) -> None:
         meta = email.parser.Parser().parsestr(
             whl.read(f"streamvgan-{__version__}.dist-info/METADATA").decode()
         )
-    assert "streamvgan/schemas/event.schema.json" in names
+    assert {f"streamvgan/schemas/{name}.schema.json" for name in SCHEMA_NAMES} <= names
     assert "streamvgan/nn/weights/pretrained.pt" in names  # init="pretrained" works offline
     assert "streamvgan/nn/weights/pretrained.json" in names
     assert not any(n.startswith(("tests/", "benchmarks/", "docs/")) for n in names)

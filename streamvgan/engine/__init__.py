@@ -11,22 +11,26 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from streamvgan.engine.config import EngineConfig
-    from streamvgan.engine.engine import COMPONENTS, StreamEngine
-    from streamvgan.engine.training import BackgroundFineTuner, FitReport
+    from streamvgan.engine.engine import Scored, StreamEngine
+    from streamvgan.engine.signals import COMPONENTS, ScoreBatch
+    from streamvgan.engine.training import FitReport
+    from streamvgan.engine.tuner import BackgroundFineTuner
     from streamvgan.engine.types import DEFAULT_FIELD, Event, Forecast, Score
     from streamvgan.nn.model import ModelConfig
 
 #: public name -> the module it is imported from on first use
 _LAZY = {
-    "COMPONENTS": "streamvgan.engine.engine",
+    "COMPONENTS": "streamvgan.engine.signals",
     "DEFAULT_FIELD": "streamvgan.engine.types",
-    "BackgroundFineTuner": "streamvgan.engine.training",
+    "BackgroundFineTuner": "streamvgan.engine.tuner",
     "EngineConfig": "streamvgan.engine.config",
     "Event": "streamvgan.engine.types",
     "FitReport": "streamvgan.engine.training",
     "Forecast": "streamvgan.engine.types",
     "ModelConfig": "streamvgan.nn.model",
     "Score": "streamvgan.engine.types",
+    "ScoreBatch": "streamvgan.engine.signals",
+    "Scored": "streamvgan.engine.engine",
     "StreamEngine": "streamvgan.engine.engine",
 }
 
@@ -40,6 +44,8 @@ __all__ = [
     "Forecast",
     "ModelConfig",
     "Score",
+    "ScoreBatch",
+    "Scored",
     "StreamEngine",
 ]
 

@@ -2,28 +2,21 @@
 hand the new weights to the engine, which swaps them in atomically.
 
 The trainer never touches the network that scores events, so scoring goes on while it trains
-(in :class:`BackgroundFineTuner`'s thread, or inline in :meth:`StreamEngine.fine_tune`).
+(in :class:`~streamvgan.engine.tuner.BackgroundFineTuner`'s thread, or inline in
+:meth:`StreamEngine.fine_tune`).
 """
 
 from __future__ import annotations
 
 import copy
-import logging
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from streamvgan.engine.state import StateTable
 from streamvgan.nn.model import RecurrentVAEGAN
-
-if TYPE_CHECKING:
-    from streamvgan.engine.engine import StreamEngine
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,19 +95,18 @@ class Trainer:
             x, w = x_all[idx], w_all[idx]
             out = model.losses(x, w, self.burn_in, self.generator)
             self.optimizer.zero_grad(set_to_none=True)
-            out["total"].backward()
+            out.total.backward()
             torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], 1.0)
             self.optimizer.step()
-            if self.critic_optimizer is not None and "_fake" in out:
+            if self.critic_optimizer is not None and out.fake is not None:
                 real = x[:, self.burn_in : self.burn_in + wc]
-                critic_loss = model.critic_loss(real, out["_fake"])
+                critic_loss = model.critic_loss(real, out.fake)
                 self.critic_optimizer.zero_grad(set_to_none=True)
                 critic_loss.backward()
                 self.critic_optimizer.step()
                 totals["critic"] = totals.get("critic", 0.0) + critic_loss.item()
-            for key, value in out.items():
-                if not key.startswith("_"):
-                    totals[key] = totals.get(key, 0.0) + value.detach().item()
+            for key, value in [*out.terms.items(), ("total", out.total)]:
+                totals[key] = totals.get(key, 0.0) + value.detach().item()
         model.eval()
         return {k: v / max(steps, 1) for k, v in totals.items()}
 
@@ -165,80 +157,19 @@ def _rng_from_tensor(t: torch.Tensor) -> np.random.Generator:
     return rng
 
 
-class BackgroundFineTuner:
-    """Fine-tunes ``engine`` in a daemon thread whenever it is due, so scoring never waits for
-    training; the new weights are swapped in between two batches.
-
-    Parameters
-    ----------
-    engine
-        The engine to train and update.
-    on_fit
-        Called with each :class:`FitReport` (from the training thread).
-    interval_s
-        How often the thread checks whether a fine-tune is due.
-
-    Examples
-    --------
-    >>> import math, time
-    >>> from streamvgan.engine import StreamEngine, EngineConfig, Event
-    >>> engine = StreamEngine(EngineConfig(warmup_events=100, first_fit_steps=5), seed=0)
-    >>> with BackgroundFineTuner(engine, interval_s=0.01) as tuner:
-    ...     for t in range(200):
-    ...         _ = engine.process([Event("s", {"value": math.sin(t / 3)})])
-    ...     deadline = time.monotonic() + 30
-    ...     while engine.model_version == 0 and time.monotonic() < deadline:
-    ...         time.sleep(0.01)
-    >>> engine.model_version >= 1
-    True
-    """
-
-    def __init__(
-        self,
-        engine: StreamEngine,
-        on_fit: Callable[[FitReport], None] | None = None,
-        interval_s: float = 1.0,
-    ) -> None:
-        self.engine = engine
-        self.on_fit = on_fit
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-
-    def start(self) -> BackgroundFineTuner:
-        self._thread = threading.Thread(target=self._run, name="streamvgan-finetune", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                report = self.engine.fine_tune(should_stop=self._stop.is_set)
-            except Exception as exc:  # keep scoring alive; the error is logged and kept
-                log.exception("fine-tune failed; scoring continues with the current weights")
-                self.error = exc
-                report = None
-            if report is not None and self.on_fit is not None:
-                self.on_fit(report)
-            if report is None:
-                self._stop.wait(self.interval_s)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("fine-tune thread still running after %.1fs; leaving it", timeout)
-
-    def __enter__(self) -> BackgroundFineTuner:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def timed(fn: Callable[[], dict[str, float]]) -> tuple[dict[str, float], float]:
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
+def sample_windows(
+    st: StateTable, rng: np.random.Generator, n_windows: int, window: int, replay_size: int
+) -> TrainingWindows | None:
+    """Up to ``n_windows`` windows of ``window`` points from the replay buffers of ``st``,
+    uniformly over eligible channels and positions; None when no channel has a full window."""
+    used = st.used_slots()
+    n = st.n[used]
+    eligible = used[n >= window]
+    if len(eligible) == 0:
+        return None
+    pick = eligible[rng.integers(0, len(eligible), n_windows)]
+    n_pick = st.n[pick]
+    span = np.minimum(n_pick, replay_size) - window
+    ends = n_pick - (rng.random(n_windows) * (span + 1)).astype(np.int64)
+    x, w = st.windows(pick, ends, window)
+    return TrainingWindows(x.copy(), w.astype(np.float32))

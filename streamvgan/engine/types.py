@@ -36,9 +36,11 @@ class Score:
     """The anomaly score of one event.
 
     ``score`` is the calibrated tail probability in [0, 1] (higher is more anomalous);
-    ``raw`` the uncalibrated combination of the normalised ``components``
-    (``surprise``, ``reconstruction``, ``critic``). ``warm`` is False while the score
-    came from the cold-start fallback (no fitted model yet).
+    ``raw`` the uncalibrated model signal, the weighted combination of ``surprise``,
+    ``reconstruction`` and the standardised ``critic``. ``components`` holds five values:
+    those three, ``jump`` and ``level`` (for a stream with several fields, the channel that
+    scored highest). ``warm`` is False while the score came from the cold-start fallback (no
+    fitted model yet). How each is computed: README "How the score is computed".
     """
 
     stream: str

@@ -161,6 +161,16 @@ class StepOutput:
     forecast_scale: torch.Tensor  # (B, H, F)
 
 
+@dataclass
+class Losses:
+    """What :meth:`RecurrentVAEGAN.losses` returns for one minibatch."""
+
+    total: torch.Tensor  # the weighted sum to minimise
+    terms: dict[str, torch.Tensor]  # reconstruction, kl, forecast, and generator if adversarial
+    fake: torch.Tensor | None  # (B, critic_window, F) generated windows, detached, for the
+    # critic's step; None without a critic or when the windows are too short
+
+
 class RecurrentVAEGAN(nn.Module):
     """The network; see the module docstring. Build it inside ``torch.random.fork_rng`` with a
     seed (as :class:`streamvgan.engine.StreamEngine` does) for reproducible weights.
@@ -174,8 +184,8 @@ class RecurrentVAEGAN(nn.Module):
     >>> tuple(out.h.shape), tuple(out.forecast_mean.shape)
     ((4, 32), (4, 6, 1))
     >>> losses = model.losses(torch.randn(2, 40, 1), torch.ones(2, 40), burn_in=8)
-    >>> sorted(k for k in losses if not k.startswith("_"))
-    ['forecast', 'generator', 'kl', 'reconstruction', 'total']
+    >>> sorted(losses.terms), tuple(losses.fake.shape)  # fake: windows for the critic's step
+    (['forecast', 'generator', 'kl', 'reconstruction'], (2, 16, 1))
     >>> tuple(model.generate(h, steps=5).shape)
     (4, 5, 1)
     """
@@ -225,11 +235,6 @@ class RecurrentVAEGAN(nn.Module):
         w_ih, w_hh, b_ih, b_hh = self.rnn.all_weights[0]
         return torch.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
 
-    def critic_score(self, window: torch.Tensor) -> torch.Tensor:
-        if self.critic is None:
-            return torch.zeros(window.shape[0], device=window.device)
-        return self.critic(window)
-
     # -- online ------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, x: torch.Tensor, h_prev: torch.Tensor) -> StepOutput:
@@ -271,11 +276,12 @@ class RecurrentVAEGAN(nn.Module):
         weight: torch.Tensor,
         burn_in: int,
         generator: torch.Generator | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> Losses:
         """Generator-side losses on windows x (B, T, F) with per-step weights (B, T).
 
-        The first ``burn_in`` steps only warm the state. Returns the terms and their
-        weighted ``total`` (ELBO + forecast NLL + adversarial hinge term).
+        The first ``burn_in`` steps only warm the state. Returns the terms, their weighted
+        ``total`` (ELBO + forecast NLL + adversarial hinge term) and the windows generated
+        for the adversarial term (for the critic's own step, :meth:`critic_loss`).
         """
         cfg = self.config
         b, t, _ = x.shape
@@ -318,15 +324,15 @@ class RecurrentVAEGAN(nn.Module):
             forecast = x.new_zeros(())
 
         total = recon + kl_loss + cfg.forecast_weight * forecast
-        out = {"reconstruction": recon, "kl": kl_report, "forecast": forecast}
+        terms = {"reconstruction": recon, "kl": kl_report, "forecast": forecast}
+        fake = None
         if self.critic is not None and t - burn_in >= cfg.critic_window:
             fake = self.generate(hs[:, burn_in - 1], cfg.critic_window, generator)
             adv = -self.critic(fake).mean()
             total = total + cfg.adversarial_weight * adv
-            out["generator"] = adv
-            out["_fake"] = fake.detach()
-        out["total"] = total
-        return out
+            terms["generator"] = adv
+            fake = fake.detach()
+        return Losses(total, terms, fake)
 
     def critic_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """Hinge loss of the critic on real and generated windows (B, W, F)."""

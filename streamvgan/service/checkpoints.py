@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from streamvgan.engine import EngineConfig, StreamEngine
-from streamvgan.engine.checkpoint import MANIFEST
+from streamvgan.engine.persist import MANIFEST
 from streamvgan.errors import CheckpointError
 
 log = logging.getLogger(__name__)

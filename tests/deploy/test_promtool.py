@@ -10,6 +10,8 @@ import subprocess
 import pytest
 from promql_names import ALERTS, PROMETHEUS_CONFIG, REPO
 
+pytestmark = pytest.mark.slow  # runs an external tool, not part of the fast lane
+
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,

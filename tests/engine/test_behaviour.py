@@ -19,6 +19,8 @@ import torch
 
 from streamvgan.engine import EngineConfig, Event, StreamEngine
 
+pytestmark = pytest.mark.slow  # one engine learns four streams for 2,400 steps
+
 N = 2400
 PERIOD = 40
 NAMES = ["clean", "spike", "shift", "flat"]

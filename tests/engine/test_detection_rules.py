@@ -183,6 +183,7 @@ def test_jump_and_level_signals_fire_without_the_network():
 
 
 @pytest.mark.parametrize("season_window", [0, 600])
+@pytest.mark.slow
 def test_a_season_makes_a_missing_daily_peak_stand_out(season_window):
     # a square wave of period 100 (high for 30 steps); one "day" its high phase is missing.
     # No single step is unusual, so only the jump from one season back sees it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numpy as np
@@ -42,19 +43,23 @@ def test_batched_step_equals_one_stream_at_a_time():
         res = batched.process(chunk)
         got_a += [r.score for r in res if r.stream == "a"]
         got_b += [r.score for r in res if r.stream == "b"]
-    for e in a:
-        single_a.process([e])
-    for e in b:
-        single_b.process([e])
-    ref_a = [r.score for r in single_a.score(a[-1:])]
+    ref_a = [r.score for e in a for r in single_a.process([e])]
+    ref_b = [r.score for e in b for r in single_b.process([e])]
     assert batched.events_seen == 500 and batched.n_streams == 2
-    # no fit happened in this test (fine_tune not called), so the cold path must agree exactly
+    # no fit happened in this test (fine_tune not called), so the cold path must agree exactly:
+    # every event's score, then the forecasts and a score of the state both end in
+    assert len(got_a) == len(got_b) == 250
+    np.testing.assert_allclose(got_a, ref_a)
+    np.testing.assert_allclose(got_b, ref_b)
+    assert len(set(np.round(got_a, 6))) > 10  # real scores, not one constant on both sides
     np.testing.assert_allclose(batched.forecast(["a"])[0].mean, single_a.forecast(["a"])[0].mean)
     np.testing.assert_allclose(batched.forecast(["b"])[0].mean, single_b.forecast(["b"])[0].mean)
-    np.testing.assert_allclose(batched.score(a[-1:])[0].score, ref_a[0])
-    assert len(got_a) == len(got_b) == 250
+    np.testing.assert_allclose(
+        batched.score(a[-1:])[0].score, single_a.score(a[-1:])[0].score
+    )
 
 
+@pytest.mark.slow
 def test_batched_warm_step_matches_sequential_after_fit():
     engine = StreamEngine(TINY, seed=1)
     feed(engine, sine_events("a", 200) + sine_events("b", 200, offset=3))
@@ -69,6 +74,7 @@ def test_batched_warm_step_matches_sequential_after_fit():
     )
 
 
+@pytest.mark.slow
 def test_same_seed_same_scores_different_seed_different_weights():
     runs = []
     for seed in (5, 5, 6):
@@ -78,6 +84,7 @@ def test_same_seed_same_scores_different_seed_different_weights():
     assert runs[0] != runs[2]
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_gives_identical_scores(tmp_path):
     engine = StreamEngine(TINY, seed=2)
     feed(engine, sine_events("a", 220) + sine_events("b", 220, scale=1e6))
@@ -105,6 +112,7 @@ def test_checkpoint_round_trip_gives_identical_scores(tmp_path):
         (Event("", {"value": 1.0}), ["stream"]),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_raises_clear_error_and_changes_nothing(event, words):
     engine = StreamEngine(TINY, seed=0)
     feed(engine, sine_events("a", 200))
@@ -131,6 +139,7 @@ def test_least_recently_seen_streams_are_evicted():
 
 
 @pytest.mark.parametrize("scale", [1e-6, 1.0, 1e9])
+@pytest.mark.slow
 def test_normaliser_is_scale_free(scale):
     """Scores and forecasts (in units of the stream) do not depend on the stream's scale."""
     ref = StreamEngine(TINY, seed=4)
@@ -143,6 +152,7 @@ def test_normaliser_is_scale_free(scale):
     )
 
 
+@pytest.mark.slow
 def test_constant_stream_then_change_is_flagged(one_torch_thread):
     engine = StreamEngine(TINY, seed=0)
     scores = [s.score for s in feed(engine, [Event("c", {"value": 42.0}) for _ in range(300)])]
@@ -159,6 +169,7 @@ def test_constant_stream_then_change_is_flagged(one_torch_thread):
     assert np.all(np.isfinite(fc.mean)) and abs(fc.mean[0, 0] - 42.25) < 0.5
 
 
+@pytest.mark.slow
 def test_level_shift_is_followed(one_torch_thread):
     engine = StreamEngine(TINY, seed=0)
     feed(engine, sine_events("s", 300))
@@ -166,6 +177,7 @@ def test_level_shift_is_followed(one_torch_thread):
     assert abs(engine.forecast(["s"])[0].mean[0, 0] - 100.0) < 3.0  # seeds 0-7: 0.28-0.40
 
 
+@pytest.mark.slow
 def test_multivariate_channels_and_joint(one_torch_thread):
     evs = [Event("m", {"cpu": math.sin(t / 4), "mem": 50 + 5 * math.cos(t / 9)}) for t in range(260)]
     for config in (TINY, EngineConfig(field_mode="joint", warmup_events=150, first_fit_steps=5).with_model(n_features=2, hidden_size=8)):
@@ -186,6 +198,7 @@ def test_joint_mode_rejects_wrong_field_count():
         engine.process([Event("m", {"cpu": 1.0})])
 
 
+@pytest.mark.slow
 def test_background_fine_tuner_swaps_weights_while_scoring():
     engine = StreamEngine(TINY, seed=0)
     reports = []
@@ -205,6 +218,7 @@ def test_background_fine_tuner_swaps_weights_while_scoring():
     assert score.warm and score.model_version == engine.model_version
 
 
+@pytest.mark.slow
 def test_stream_state_export_import_continues_identically():
     engine = StreamEngine(TINY, seed=0)
     feed(engine, sine_events("a", 220) + sine_events("b", 220, offset=5))
@@ -225,6 +239,7 @@ def test_state_per_stream_is_small():
     assert StreamEngine(EngineConfig(season_window=600), seed=0).state_bytes_per_stream() < 4608
 
 
+@pytest.mark.slow
 def test_corrupt_or_foreign_stream_state_is_rejected_and_leaves_stream_cold():
     from streamvgan.errors import CheckpointError
 
@@ -248,12 +263,32 @@ def test_corrupt_or_foreign_stream_state_is_rejected_and_leaves_stream_cold():
     assert other.drop_stream("a") and other.streams() == []
 
 
+@pytest.mark.slow
 def test_background_fine_tuner_stop_interrupts_a_long_fit():
     engine = StreamEngine(EngineConfig(warmup_events=100, first_fit_steps=100_000).with_model(hidden_size=8), seed=0)
     feed(engine, sine_events("a", 120), fit=False)
+    # Record every answer of the stop flag the fit checks before each of its steps.
+    answers: list[bool] = []
+    fine_tune = engine.fine_tune
+
+    def watched_fine_tune(**kwargs):
+        stop = kwargs["should_stop"]
+
+        def should_stop() -> bool:
+            answers.append(stop())
+            return answers[-1]
+
+        return fine_tune(**{**kwargs, "should_stop": should_stop})
+
+    engine.fine_tune = watched_fine_tune
     tuner = BackgroundFineTuner(engine, interval_s=0.01).start()
-    time.sleep(0.5)  # the first fit (100,000 steps) is now running
-    start = time.monotonic()
-    tuner.stop(timeout=10)
-    assert time.monotonic() - start < 5
+    deadline = time.monotonic() + 60
+    while len(answers) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(answers) >= 20  # the first fit (100,000 steps) is running
+    tuner.stop(timeout=60)
+    # the thread ended, at the first step after the stop, long before the fit's 100,000 steps
+    assert "streamvgan-finetune" not in {t.name for t in threading.enumerate()}
+    assert answers[-1] is True and answers.count(True) == 1
+    assert len(answers) < 100_000
     assert engine.model_version == 0  # the partial fit was discarded

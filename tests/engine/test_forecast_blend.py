@@ -32,6 +32,7 @@ def run(config: EngineConfig, values: np.ndarray, start: int) -> tuple[StreamEng
     return engine, float(np.mean(errors)) if errors else float("nan")
 
 
+@pytest.mark.slow
 def test_forecast_is_the_error_weighted_mix_of_network_and_last_value():
     values = random_walk(400)
     blended, _ = run(TINY, values, start=400)
@@ -46,6 +47,7 @@ def test_forecast_is_the_error_weighted_mix_of_network_and_last_value():
     np.testing.assert_allclose(mix, w * network + (1 - w) * values[-1], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_blend_on_a_random_walk_is_close_to_persistence_and_better_than_the_network(
     one_torch_thread,
 ):
@@ -78,6 +80,7 @@ def _multi_step_mae(config: EngineConfig, values: np.ndarray, origins: range) ->
     return float(np.mean(errors))
 
 
+@pytest.mark.slow
 def test_a_known_season_joins_the_blend_as_the_value_one_season_back(one_torch_thread):
     # a square wave of period 40 with a little noise: the value one season back forecasts
     # every step ahead; neither the last value nor a network fitted on 150 points does

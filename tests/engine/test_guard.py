@@ -113,3 +113,51 @@ def test_eviction_listeners_hear_every_evicted_stream():
         engine.process([Event(f"s{k}", {"value": 1.0})])
     assert evicted == [f"s{k}" for k in range(7)]  # least recently seen first
     assert engine.evictions == 7 and sorted(engine.fields_of) == ["s7", "s8", "s9"]
+
+
+EXTREMES = [0.0, 1e-30, -1e-30, 1e-20, 1.0, 1e10, 1e30, -1e30, 9.99e29, -5e29]
+
+
+@pytest.mark.parametrize("field_mode", ["channels", "joint"])
+def test_accepted_extremes_never_make_a_stream_non_finite(field_mode):
+    """Every value within +-1e30 is accepted, so none may turn a stream's state non-finite.
+
+    The fuzz test of the service found one (a stream near 1e-30 that jumped to 1e30: its level
+    signal, 2e41 sd, overflowed the float32 ring of recent signals and the stream was reset).
+    Each sequence here starts quiet, then alternates extremes; before the fix 3 of them reset.
+    """
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    values = st.lists(st.sampled_from(EXTREMES), min_size=1, max_size=20)
+    configs = {
+        "channels": EngineConfig(warmup_events=10**9).with_model(hidden_size=8),
+        "joint": EngineConfig(field_mode="joint", warmup_events=10**9).with_model(
+            hidden_size=8, n_features=2
+        ),
+    }
+
+    @settings(max_examples=15, deadline=None, derandomize=True, database=None)
+    @given(base=st.sampled_from(EXTREMES), tail=values)
+    def check(base, tail):
+        engine = StreamEngine(configs[field_mode], seed=0)
+        quiet = [base * (1 - 0.01 * (i % 3)) for i in range(40)]
+        for v in quiet + tail:
+            (score,) = engine.process([Event("s", {"a": v, "b": -v})])
+            assert 0.0 <= score.score <= 1.0 and math.isfinite(score.raw)
+        assert engine.streams_reset == 0
+        (fc,) = engine.forecast(["s"])
+        assert np.isfinite(fc.mean).all()
+
+    check()
+
+
+@pytest.mark.parametrize("base,jump", [(1e-30, 1e30), (0.0, 1e30), (1e-20, -1e30)])
+def test_a_jump_across_the_whole_range_is_scored_not_reset(base, jump):
+    engine = StreamEngine(EngineConfig(), seed=0)
+    for i in range(40):
+        engine.process([Event("s", {"value": base * (1 + 0.01 * (i % 3))})])
+    (score,) = engine.process([Event("s", {"value": jump})])
+    assert score.score == 1.0  # a new extreme, far beyond anything seen
+    assert engine.streams_reset == 0 and engine.n_streams == 1
+    assert math.isfinite(score.components["level"])

@@ -65,6 +65,7 @@ def test_crps_of_a_point_forecast_is_the_absolute_error():
     assert c[0] == 2.0
 
 
+@pytest.mark.slow
 def test_baselines_on_airline_passengers():
     report = fc.run_forecasts(["snarimax", "holtwinters", "last", "snaive"], ["airline"])
     rows = {r.model: r for r in report.rows}
@@ -93,6 +94,7 @@ def test_nab_series_with_data(nab_root):
     assert len(s.values) == 4032 and s.season == 288
 
 
+@pytest.mark.slow
 def test_streamvgan_forecaster_is_scored_on_its_own_band():
     pytest.importorskip("streamvgan.river")
     report = fc.run_forecasts(

@@ -46,6 +46,7 @@ class _Noise:
         return self.rng.uniform(-1, 1, (n_samples, horizon)).tolist()
 
 
+@pytest.mark.slow
 def test_scores_separate_a_perfect_generator_from_a_bad_one(one_torch_thread):
     y = gen.sines_series(1200, seed=0)
     perfect = gen.collect_windows(y, _Oracle(y), n_origins=150)
@@ -67,6 +68,7 @@ def test_scores_separate_a_perfect_generator_from_a_bad_one(one_torch_thread):
     assert p_perfect < 0.5 * p_noise
 
 
+@pytest.mark.slow
 def test_scores_are_deterministic_for_a_seed():
     rng = np.random.default_rng(1)
     a, b = rng.uniform(size=(40, 24)), rng.uniform(size=(40, 24))
@@ -78,6 +80,7 @@ def test_scores_are_deterministic_for_a_seed():
     )
 
 
+@pytest.mark.slow
 def test_streamvgan_continuations_are_scored():
     pytest.importorskip("streamvgan.river")
     from streamvgan.river import VAEGANForecaster

@@ -12,6 +12,7 @@ pytest.importorskip("statsforecast", reason="statsforecast is in the eval extra"
 
 
 @pytest.mark.parametrize("kind", ["autoets", "autotheta"])
+@pytest.mark.slow
 def test_forecasts_a_seasonal_series_better_than_the_last_value(kind: str) -> None:
     t = np.arange(72)
     y = 10 + 3 * np.sin(2 * np.pi * t / 12) + 0.05 * t

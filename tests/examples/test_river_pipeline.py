@@ -7,6 +7,9 @@ import doctest
 
 import pytest
 
+# runs the example end to end: trains a detector on WaterFlow and a forecaster
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def result(examples):

@@ -14,9 +14,11 @@ import urllib.error
 import urllib.request
 from collections import Counter
 
+import jsonschema
 import pytest
 from prometheus_client import CollectorRegistry
 
+from streamvgan.schemas import load_schema
 from streamvgan.service.app import Application
 from streamvgan.service.settings import Settings
 from streamvgan.service.wire import H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
@@ -162,6 +164,20 @@ def test_each_malformed_record_is_dead_lettered_with_original_bytes_and_reason(r
         assert headers[H_TOPIC].decode() == run["settings"].input_topic
         original = source[(int(headers[H_PARTITION]), int(headers[H_OFFSET]))]
         assert original.value == value and original.key == key
+
+
+def test_every_record_written_follows_its_published_schema(run):
+    """What a downstream consumer reads from each output topic validates against the JSON
+    Schemas in streamvgan/schemas/ (dead letters: their headers, decoded as UTF-8)."""
+    for topic, name in [("scores", "score"), ("forecasts", "forecast"),
+                        ("continuations", "continuation")]:
+        validator = jsonschema.Draft202012Validator(load_schema(name))
+        assert run["outputs"][topic]
+        for record in run["outputs"][topic]:
+            validator.validate(record.json())
+    validator = jsonschema.Draft202012Validator(load_schema("dead_letter_headers"))
+    for record in run["outputs"]["dlq"]:
+        validator.validate({k: v.decode("utf-8") for k, v in record.headers})
 
 
 def test_metrics_scraped_over_http_match_what_was_sent(run):

@@ -133,6 +133,7 @@ def test_no_checkpoint_is_rewritten_when_nothing_changed(tmp_path):
     assert again.stats.checkpoints == 0
 
 
+@pytest.mark.slow
 def test_evicted_streams_leave_the_service_maps(tmp_path):
     config = EngineConfig.from_params(hidden_size=8, latent_size=2, max_streams=100,
                                       warmup_events=10**9)

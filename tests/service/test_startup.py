@@ -78,6 +78,7 @@ def _terminate(proc: subprocess.Popen, log_path: Path) -> int:
                              f"{log_path.read_text()[-3000:]}") from None
 
 
+@pytest.mark.slow
 def test_no_broker_health_first_retries_then_sigterm_exits_0(tmp_path):
     log_path = tmp_path / "serve.log"
     port = free_port()
@@ -100,6 +101,7 @@ def test_no_broker_health_first_retries_then_sigterm_exits_0(tmp_path):
     assert "stopped during start-up" in text and "Traceback" not in text
 
 
+@pytest.mark.slow
 def test_broker_retry_s_bounds_the_retries(tmp_path):
     log_path = tmp_path / "serve.log"
     proc = _serve(["--bootstrap-servers", f"127.0.0.1:{free_port()}", "--metrics-port", "-1",
@@ -277,6 +279,7 @@ def test_restore_of_a_partition_the_changelog_lacks_is_a_clear_error(kafka_broke
         store.restore(engine=None, partitions=[0, 1, 3])
 
 
+@pytest.mark.slow
 def test_healthz_answers_before_the_model_loads(monkeypatch):
     """`serve` starts /healthz before it imports torch and builds the engine (seconds on a
     loaded machine): an orchestrator's liveness probe passes from the first second, and
@@ -316,6 +319,7 @@ def test_healthz_answers_before_the_model_loads(monkeypatch):
     assert _status(port, "/healthz") is None  # and its server is gone
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_model_loads_exits_0(tmp_path):
     """/healthz answers before torch and the model load, so an orchestrator may stop the
     process in that window: nothing was consumed, it exits 0 at once (not killed, -15)."""

@@ -1,29 +1,35 @@
 """Wire format: every kind of bad record gets its typed reason; outputs round-trip; the
-JSON Schema file and the validator in code agree."""
+published JSON Schemas (streamvgan/schemas/) and the code agree: the input validator accepts
+what the event schema accepts, and every message the service encodes follows its schema."""
 
 from __future__ import annotations
 
+import functools
 import json
-import re
+import math
+from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 
-from streamvgan.engine import Forecast, Score
+from streamvgan.engine import EngineConfig, Event, Forecast, Score, StreamEngine
+from streamvgan.schemas import SCHEMA_NAMES, load_schema
 from streamvgan.service.wire import (
     H_OFFSET,
     H_PARTITION,
     H_REASON,
     H_TOPIC,
     REASONS,
+    SCHEMA_VERSION,
     ContinuationMessage,
     DeadLetter,
     DecodeError,
     ForecastMessage,
     ScoreMessage,
     decode_event,
-    load_schema,
 )
+from streamvgan.service.wire import load_schema as load_event_schema
 
 VALID = [
     (b'{"stream": "host-1/cpu", "ts": 1732867200000, "value": 0.42}', None, "host-1/cpu",
@@ -169,59 +175,25 @@ def test_dead_letter_headers_round_trip_and_keep_original_headers():
     assert DeadLetter.from_headers(headers) == letter
 
 
-# -- the schema file and the validator agree -----------------------------------------------
+# -- the published schemas and the code agree ----------------------------------------------
 
 
-def _conforms(instance, schema) -> bool:
-    """The subset of JSON Schema 2020-12 the event schema uses (no library needed)."""
-    if "type" in schema:
-        kinds = {
-            "object": lambda x: isinstance(x, dict),
-            "string": lambda x: isinstance(x, str),
-            "integer": lambda x: isinstance(x, int) and not isinstance(x, bool),
-            "number": lambda x: isinstance(x, int | float) and not isinstance(x, bool),
-        }
-        if not kinds[schema["type"]](instance):
-            return False
-    if "oneOf" in schema and sum(_conforms(instance, s) for s in schema["oneOf"]) != 1:
-        return False
-    if "required" in schema and not all(k in instance for k in schema["required"]):
-        return False
-    if isinstance(instance, str):
-        if len(instance) < schema.get("minLength", 0):
-            return False
-        if len(instance) > schema.get("maxLength", float("inf")):
-            return False
-        if "pattern" in schema and not re.search(schema["pattern"], instance):
-            return False
-    if isinstance(instance, int | float) and not isinstance(instance, bool):
-        if instance < schema.get("minimum", float("-inf")):
-            return False
-        if instance > schema.get("maximum", float("inf")):
-            return False
-    if isinstance(instance, dict) and schema.get("type") == "object":
-        if not schema.get("minProperties", 0) <= len(instance) <= schema.get(
-            "maxProperties", float("inf")
-        ):
-            return False
-        props = schema.get("properties", {})
-        for key, value in instance.items():
-            if "propertyNames" in schema and not _conforms(key, {"type": "string",
-                                                                 **schema["propertyNames"]}):
-                return False
-            if key in props:
-                if not _conforms(value, props[key]):
-                    return False
-            else:
-                extra = schema.get("additionalProperties", True)
-                if extra is False or (isinstance(extra, dict) and not _conforms(value, extra)):
-                    return False
-    return True
+@functools.cache
+def _validator(name: str) -> jsonschema.Draft202012Validator:
+    schema = load_schema(name)
+    jsonschema.Draft202012Validator.check_schema(schema)  # the file itself is a valid schema
+    return jsonschema.Draft202012Validator(schema)
 
 
-def _validator_accepts(instance) -> bool:
+def _schema_accepts(instance: Any) -> bool:
+    return _validator("event").is_valid(instance)
+
+
+def _validator_accepts(instance: Any) -> bool:
+    """Whether the service decodes ``instance``; the record has a key, which the schema allows
+    as the stream id when ``stream`` is absent."""
     try:
-        decode_event(json.dumps(instance).encode(), key=None)
+        decode_event(json.dumps(instance).encode(), key=b"key-stream")
     except DecodeError:
         return False
     return True
@@ -254,25 +226,184 @@ AGREEMENT = [
     {"stream": "", "ts": 1, "value": 1},
     {"stream": "x" * 257, "ts": 1, "value": 1},
     {"stream": 3, "ts": 1, "value": 1},
+    {"stream": None, "ts": 1, "value": 1},
     {"stream": "h", "ts": 1, "value": 1, "unit": "ms"},
     {"stream": "h", "ts": 1, "value": 1e30},
     {"stream": "h", "ts": 1, "value": -1e39},
     {"stream": "h", "ts": 1, "values": {"a": 1e300}},
     {"stream": "h", "ts": 1, "value": 10**400},
+    {"ts": 1, "value": 1},  # the stream comes from the record key
+    {"ts": 1, "values": {"a": 1, "b": 2}},
+    {"ts": 1},
 ]
 
 
-@pytest.mark.parametrize("instance", AGREEMENT + load_schema()["examples"])
+@pytest.mark.parametrize("instance", AGREEMENT + load_schema("event")["examples"])
 def test_schema_file_and_validator_agree(instance):
-    schema = load_schema()
-    assert _conforms(instance, schema) == _validator_accepts(instance) or (
-        "stream" not in instance  # the validator takes the stream from the record key
-    )
+    assert _schema_accepts(instance) == _validator_accepts(instance)
 
 
-def test_schema_examples_are_valid():
-    schema = load_schema()
-    assert schema["additionalProperties"] is False
+def test_both_accept_and_reject_cases_are_covered():
+    verdicts = {_schema_accepts(instance) for instance in AGREEMENT}
+    assert verdicts == {True, False}
+
+
+def test_a_date_that_does_not_exist_is_the_one_known_difference():
+    """A pattern cannot check the calendar; the decoder does (the schema's ts says so)."""
+    instance = {"stream": "h", "ts": "2024-02-30T00:00:00Z", "value": 1}
+    assert _schema_accepts(instance) and not _validator_accepts(instance)
+    assert "2024-02-30" in load_schema("event")["properties"]["ts"]["description"]
+
+
+def test_wire_loads_the_same_event_schema():
+    assert load_event_schema() == load_schema("event")
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_every_schema_is_valid_versioned_and_its_examples_conform(name):
+    schema = load_schema(name)
+    validator = _validator(name)
+    assert schema["x-schema-version"] == SCHEMA_VERSION
+    assert schema["$id"].endswith(f"/{name}.schema.json")
+    assert schema["examples"]
     for example in schema["examples"]:
-        assert _conforms(example, schema)
+        validator.validate(example)
+    if name in ("score", "forecast", "continuation"):
+        assert schema["properties"]["schema_version"] == {
+            "description": schema["properties"]["schema_version"]["description"],
+            "const": SCHEMA_VERSION,
+        }
+        assert "schema_version" in schema["required"]
+        # the outputs echo the input's ts, so they accept exactly what the input accepts
+        assert schema["properties"]["ts"]["oneOf"] == load_schema("event")["properties"]["ts"][
+            "oneOf"
+        ]
+
+
+def test_event_schema_examples_decode():
+    for example in load_schema("event")["examples"]:
         decode_event(json.dumps(example).encode(), key=b"key-stream")
+
+
+def test_dead_letter_reasons_in_the_schema_are_the_code_s():
+    schema = load_schema("dead_letter_headers")
+    assert schema["properties"][H_REASON]["enum"] == list(REASONS)
+
+
+# -- real messages, as the service encodes them, follow their schemas -----------------------
+
+
+def _outputs(events: list[Event], engine: StreamEngine) -> dict[str, list[Any]]:
+    """The JSON of the records the service writes for ``events``, encoded as app.py does: a
+    score per event, a forecast per stream (and per quantile level) and a continuation."""
+    out: dict[str, list[Any]] = {"score": [], "forecast": [], "continuation": []}
+    last_ts: dict[str, Any] = {}
+    for i in range(0, len(events), 9):  # polls of three events per stream
+        poll = events[i : i + 9]
+        for event, score in zip(poll, engine.process(poll)):
+            msg = ScoreMessage.from_score(score, event.ts, threshold=0.99)
+            out["score"].append(json.loads(msg.to_bytes()))
+            last_ts[event.stream] = event.ts
+        engine.fine_tune()
+    streams = sorted(last_ts)
+    for fc in engine.forecast(streams):
+        out["forecast"].append(
+            json.loads(ForecastMessage.from_forecast(fc, last_ts[fc.stream]).to_bytes())
+        )
+    for stream in streams:
+        samples = engine.generate(stream, engine.config.horizon, 3)
+        cm = ContinuationMessage.from_array(
+            stream, last_ts[stream], engine.fields(stream), samples, engine.model_version
+        )
+        out["continuation"].append(json.loads(cm.to_bytes()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_outputs() -> dict[str, list[Any]]:
+    """Three streams (epoch-ms and ISO ts, one with two fields, one constant) through the
+    cold start, the first fit and a later one."""
+    engine = StreamEngine(
+        EngineConfig(warmup_events=90, first_fit_steps=5, fit_steps=2, fit_every=60).with_model(
+            hidden_size=8
+        ),
+        seed=0,
+    )
+    events = []
+    for t in range(200):
+        cpu = 40 + 5 * math.sin(t / 5)
+        events.append(Event("host-1/cpu", {"value": cpu}, 1_700_000_000_000 + t))
+        events.append(
+            Event(
+                "host-1",
+                {"cpu": 0.4 + 0.1 * math.cos(t / 3), "mem": 0.7 + (3.0 if t == 150 else 0.0)},
+                f"2024-11-29T08:{t // 60:02d}:{t % 60:02d}Z",
+            )
+        )
+        events.append(Event("flat", {"value": 5.0}, t))
+    return _outputs(events, engine)
+
+
+def test_real_outputs_cover_cold_warm_and_every_field(real_outputs):
+    scores = real_outputs["score"]
+    assert len(scores) == 600
+    assert {s["warm"] for s in scores} == {False, True}
+    assert max(s["model_version"] for s in scores) >= 2
+    assert {tuple(f["fields"]) for f in real_outputs["forecast"]} == {("value",), ("cpu", "mem")}
+    assert all(len(f["quantiles"]) >= 2 for f in real_outputs["forecast"])
+
+
+@pytest.mark.parametrize("kind", ["score", "forecast", "continuation"])
+def test_every_real_output_follows_its_schema(real_outputs, kind):
+    validator = _validator(kind)
+    for message in real_outputs[kind]:
+        validator.validate(message)
+
+
+def test_real_dead_letter_headers_follow_their_schema():
+    validator = _validator("dead_letter_headers")
+    for reason in REASONS:
+        letter = DeadLetter(reason, f"why: {reason} \u2014 with the value", "events", 3, 42,
+                            original_headers=(("trace-id", b"4bf92f35"),))
+        validator.validate({k: v.decode("utf-8") for k, v in letter.headers()})
+
+
+BROKEN = [
+    # (schema, what is broken, a change to a real message of that kind)
+    ("score", "no schema_version", lambda m: m.pop("schema_version")),
+    ("score", "a future schema_version", lambda m: m.update(schema_version=2)),
+    ("score", "score above 1", lambda m: m.update(score=1.5)),
+    ("score", "score null (non-finite)", lambda m: m.update(score=None)),
+    ("score", "a component missing", lambda m: m["components"].pop("jump")),
+    ("score", "anomaly as a string", lambda m: m.update(anomaly="false")),
+    ("score", "an unknown property", lambda m: m.update(extra=1)),
+    ("score", "ts not an ISO date", lambda m: m.update(ts="yesterday")),
+    ("forecast", "horizon 0", lambda m: m.update(horizon=0)),
+    ("forecast", "a mean that is a number", lambda m: m.update(mean={"value": 1.0})),
+    ("forecast", "a string in the mean", lambda m: m["mean"][m["fields"][0]].append("1")),
+    ("forecast", "a quantile level that is not one", lambda m: m["quantiles"].update(p90={})),
+    ("forecast", "no fields", lambda m: m.update(fields=[])),
+    ("continuation", "n_samples missing", lambda m: m.pop("n_samples")),
+    ("continuation", "a sample that is a number", lambda m: m["samples"][m["fields"][0]].append(1)),
+    ("continuation", "negative model_version", lambda m: m.update(model_version=-1)),
+    ("dead_letter_headers", "a reason outside the closed set", lambda m: m.update(
+        {H_REASON: "oops"})),
+    ("dead_letter_headers", "no offset", lambda m: m.pop(H_OFFSET)),
+    ("dead_letter_headers", "a partition that is not a number", lambda m: m.update(
+        {H_PARTITION: "three"})),
+    ("dead_letter_headers", "an unknown error header", lambda m: m.update(
+        {"__streamvgan.errors.stack": "x"})),
+]
+
+
+@pytest.mark.parametrize("name, broken, change", BROKEN, ids=[b for _, b, _ in BROKEN])
+def test_a_broken_message_fails_validation(real_outputs, name, broken, change):
+    if name == "dead_letter_headers":
+        letter = DeadLetter("schema", "bad", "events", 3, 42, original_headers=(("t", b"x"),))
+        message = {k: v.decode() for k, v in letter.headers()}
+    else:
+        message = json.loads(json.dumps(real_outputs[name][-1]))  # a deep copy
+    validator = _validator(name)
+    validator.validate(message)  # valid before the change
+    change(message)
+    assert not validator.is_valid(message), broken

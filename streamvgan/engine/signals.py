@@ -1,0 +1,245 @@
+"""The anomaly score of a batch of events: the model signal, the jump and level signals,
+their calibration, the new-extreme rule and the alert cooldown.
+
+README "How the score is computed" is the one description of the recipe; this module is its
+implementation, step by step in :meth:`SignalScorer.compute`. Nothing here changes state: the
+result, a :class:`ScoreBatch` of arrays, is what :func:`streamvgan.engine.learn.learn` then
+folds into the state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from streamvgan.engine.config import SIGNALS, EngineConfig
+from streamvgan.engine.state import StateTable
+from streamvgan.engine.stats import ew_alpha, robust_std
+from streamvgan.nn.model import RecurrentVAEGAN, WindowCritic
+
+#: the components of a score, in the order of :attr:`ScoreBatch.comps`'s columns
+COMPONENTS = ("surprise", "reconstruction", "critic", "jump", "level")
+SIGNAL_WARMUP = 10  # events before the jump and level signals are computed
+CAL_SD_FLOOR = 0.05  # calibration sd floor (see SignalScorer.compute)
+SIGNAL_CAP = 1e30  # largest magnitude a detection signal is kept at (float32 ring)
+_SQRT1_2 = math.sqrt(0.5)
+
+
+def normal_cdf(z: np.ndarray) -> np.ndarray:
+    """Phi(z), the standard normal distribution function, elementwise in float64."""
+    return torch.special.ndtr(torch.from_numpy(np.asarray(z, dtype=np.float64))).numpy()
+
+
+def normal_quantile(p: float) -> float:
+    """Phi^-1(p), the standard normal quantile function."""
+    return float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
+
+
+Z_TAIL = normal_quantile(0.9995)  # 2 * Phi(z) - 1 = 0.999 here
+
+
+def calibrated_score(z: np.ndarray) -> np.ndarray:
+    """``max(0, 2 Phi(z) - 1)`` up to 0.999; above, ``0.999 + 0.001 (1 - 1 / (1 + ln(1 + z -
+    z_0.999)))``, which keeps growing with z instead of rounding to exactly 1.0 in float64
+    (z > 8.3), so the most extreme points stay ranked above merely rare ones.
+
+    >>> calibrated_score(np.array([-1.0, 0.0, 1.0, 3.2905, 9.0, 40.0])).round(5).tolist()
+    [0.0, 0.0, 0.68269, 0.999, 0.99966, 0.99978]
+    """
+    z = np.asarray(z, dtype=np.float64)
+    body = np.clip(2.0 * normal_cdf(z) - 1.0, 0.0, 1.0)
+    tail = 0.999 + 0.001 * (1.0 - 1.0 / (1.0 + np.log1p(np.maximum(z - Z_TAIL, 0.0))))
+    return np.where(z > Z_TAIL, tail, body)
+
+
+@dataclass
+class ScoreBatch:
+    """Everything about B events (one row each, at channels ``slots``) that scoring computes
+    and learning needs; arrays in float64 unless said otherwise."""
+
+    slots: np.ndarray  # (B,) int64 channel slots
+    values: np.ndarray  # (B, F) the events' values, original units
+    n: np.ndarray  # (B,) events the channel had learned before this one
+    mean: np.ndarray  # (B, F) the normaliser's mean and variance before this event
+    var: np.ndarray
+    std: np.ndarray  # (B, F) robust sd from them
+    xn: np.ndarray  # (B, F) normalised, clipped value
+    comps: np.ndarray  # (B, 5) COMPONENTS
+    raw: np.ndarray  # (B,) the model signal
+    signals: np.ndarray  # (B, K) model signal, jump per field, level per field
+    short: np.ndarray  # (B, F) short-run level after this event
+    smoothed: np.ndarray  # (B, K) each signal averaged over its last `smoothing` values
+    z: np.ndarray  # (B, K) calibrated z of each signal
+    likely: np.ndarray  # (B,) score before the cooldown (decides the learning weight)
+    score: np.ndarray  # (B,) the score
+    warm: bool  # scored by a fitted network (False: the cold-start fallback)
+    fm: np.ndarray | None  # (B, F) the network's forecast of x_t (None when cold)
+    h: np.ndarray | None  # (B, hidden) float32 network state after this event (None when cold)
+    f_mean: np.ndarray | None  # (B, H, F) float32 forecast made after this event
+    f_scale: np.ndarray | None
+
+
+class SignalScorer:
+    """Computes :class:`ScoreBatch` es for one engine configuration (see the module
+    docstring)."""
+
+    def __init__(self, config: EngineConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        f = config.model.n_features
+        # columns of the signal arrays: the model's raw score, then jump and level per field
+        self.signal_col = np.array([0] + [1] * f + [2] * f)  # index into SIGNALS
+        self.signal_on = np.isin(self.signal_col, [SIGNALS.index(s) for s in config.signals])
+
+    def compute(
+        self,
+        st: StateTable,
+        slots: np.ndarray,
+        values: np.ndarray,
+        model: RecurrentVAEGAN | None,
+        critic: WindowCritic | None,
+    ) -> ScoreBatch:
+        """Score ``values`` (B, F) at channels ``slots`` as their next events; ``model`` is
+        None before the first fit (the cold-start fallback)."""
+        cfg = self.config
+        n = st.n[slots]
+        mean, var = st.norm_mean[slots], st.norm_var[slots]
+        std = robust_std(mean, var)
+        xn = np.clip((values - mean) / std, -cfg.clip, cfg.clip)
+        xn[n < 2] = 0.0
+        warm = model is not None
+
+        # 1. the model signal, in normalised units
+        comps = np.zeros((len(slots), len(COMPONENTS)), dtype=np.float64)
+        fm = h = f_mean = f_scale = None
+        if model is not None:
+            fm, fs = st.f_mean[slots, 0], st.f_scale[slots, 0]  # (B, F) forecast of x_t
+            fs = np.maximum(fs, cfg.model.min_scale)  # a channel new since the last fit has none
+            comps[:, 0] = (np.abs(xn - fm) / fs).sum(-1)
+            x_t = torch.from_numpy(xn.astype(np.float32)).to(self.device)
+            h_t = torch.from_numpy(st.h[slots]).to(self.device)
+            out = model.step(x_t, h_t)
+            comps[:, 1] = out.recon_error.cpu().numpy()
+            h = out.h.cpu().numpy()
+            f_mean, f_scale = out.forecast_mean.cpu().numpy(), out.forecast_scale.cpu().numpy()
+            if critic is not None:
+                wc = cfg.model.critic_window
+                window = np.concatenate([st.recent_values(slots, wc - 1), xn[:, None, :]], axis=1)
+                with torch.no_grad():
+                    d = critic(torch.from_numpy(window.astype(np.float32)).to(self.device))
+                comps[:, 2] = -d.cpu().numpy()
+        else:
+            prev = st.recent_values(slots, 1)[:, 0]
+            comps[:, 0] = np.abs(xn).sum(-1)
+            comps[:, 1] = np.abs(xn - prev).sum(-1) * (n >= 3)
+
+        # surprise and reconstruction are already in units of the model's predicted scale; the
+        # critic's output has no natural unit, so it is standardised by its running statistics
+        c_mean, c_var = (
+            st.critic_mean[slots].astype(np.float64),
+            st.critic_var[slots].astype(np.float64),
+        )
+        critic_z = np.clip((comps[:, 2] - c_mean) / np.sqrt(np.maximum(c_var, 1e-4)), -5.0, 20.0)
+        critic_z[st.warm_n[slots] < 10] = 0.0  # weighted 0 anyway when cold or criticless
+        critic_w = cfg.critic_weight if (warm and critic is not None) else 0.0
+        raw = (
+            cfg.surprise_weight * comps[:, 0]
+            + cfg.reconstruction_weight * comps[:, 1]
+            + critic_w * critic_z
+        ) / (cfg.surprise_weight + cfg.reconstruction_weight + critic_w)
+
+        # 2. and 3. two model-free signals beside it, per field, in the stream's own units: the
+        # jump |x_t - x_{t-1}|, and the level shift |short-run level - long-run level| / long-run
+        # sd
+        lvl_mean = st.lvl_mean[slots]
+        lvl_sd = robust_std(lvl_mean, st.lvl_var[slots])
+        settled = (n >= SIGNAL_WARMUP)[:, None]
+        before = st.last[slots]
+        jump = np.abs(values - before)
+        if cfg.season_window:
+            jump = self._seasonal_jump(st, slots, values, n, jump)
+        jump = np.where(settled, jump, 0.0)
+        a_short = ew_alpha(n, cfg.level_halflife)[:, None]
+        short = st.lvl_short[slots] + a_short * (values - st.lvl_short[slots])
+        level = np.where(settled, np.abs(short - lvl_mean) / lvl_sd, 0.0)
+        # bounded so the float32 ring of recent signals stays finite: a level shift of 1e41
+        # sd (a stream at 1e-30 that jumps to 1e30) is as certain an anomaly as one of 1e30
+        signals = np.clip(
+            np.concatenate([raw[:, None], jump, level], axis=1), -SIGNAL_CAP, SIGNAL_CAP
+        )
+        comps[:, 3] = jump.max(-1)
+        comps[:, 4] = signals[:, 1 + jump.shape[1] :].max(-1)
+
+        # 4. calibration (anomaly likelihood), per signal: its smoothed value against its own
+        # exponentially weighted mean and sd for this channel; the score takes the largest
+        size = st.sizes["S"]
+        recent = st.recent[slots].astype(np.float64)  # (B, S, K)
+        cal_n = st.cal_n[slots]  # (B, K)
+        age = (n[:, None] - np.arange(size)[None, :] - 1) % size + 1  # 1 = written last event
+        unwritten = age[:, :, None] > np.minimum(cal_n, size)[:, None, :]  # since a restart
+        recent[unwritten] = np.nan
+        recent[np.arange(len(slots)), n % size] = signals
+        smoothed = np.nanmean(recent, axis=1)  # (B, K)
+        mu, sd = st.cal_mean[slots], np.sqrt(st.cal_var[slots])
+        # sd floor: absolute for the model's score (already in predicted-scale units), relative
+        # to the signal's mean for the jump and level (in the stream's own units)
+        floor = np.where(self.signal_col == 0, CAL_SD_FLOOR, CAL_SD_FLOOR * np.abs(mu)) + 1e-12
+        z = (smoothed - mu) / np.maximum(sd, floor)
+        z[:, self.signal_col == 0] *= cfg.model_signal_weight
+        z[(cal_n < 2 * size) | ~self.signal_on[None, :]] = -np.inf
+        score = calibrated_score(z.max(-1))
+        young = n < max(cfg.min_history, 2)
+        score[young] = 0.0
+        # 5. a new extreme: beyond the range of everything seen by a fraction of that range
+        if cfg.range_tolerance is not None:
+            lo, hi = st.seen_min[slots], st.seen_max[slots]
+            margin = cfg.range_tolerance * (hi - lo)
+            broken = ((values > hi + margin) | (values < lo - margin)).any(-1)
+            score[broken & ~young] = 1.0
+        likely = score  # before the cooldown: decides the learning weight
+        # 6. the alert cooldown
+        score = np.where(st.quiet[slots] > 0, np.minimum(score, cfg.cooldown_cap), score)
+        return ScoreBatch(
+            slots=slots,
+            values=values,
+            n=n,
+            mean=mean,
+            var=var,
+            std=std,
+            xn=xn,
+            comps=comps,
+            raw=raw,
+            signals=signals,
+            short=short,
+            smoothed=smoothed,
+            z=z,
+            likely=likely,
+            score=score,
+            warm=warm,
+            fm=fm,
+            h=h,
+            f_mean=f_mean,
+            f_scale=f_scale,
+        )
+
+    def _seasonal_jump(
+        self, st: StateTable, slots: np.ndarray, values: np.ndarray, n: np.ndarray, jump
+    ) -> np.ndarray:
+        """With a season of P events found, the jump is from the same moment one season back,
+        or two if that is closer (so an anomaly does not echo one season later)."""
+        window = self.config.season_window
+        period = st.period[slots]  # (B, F)
+        seasonal = (period > 0) & (n[:, None] >= period)
+        if not seasonal.any():
+            return jump
+        ring = st.season_buf[slots]
+        back = []
+        for k in (1, 2):
+            pos = (n[:, None] - k * period) % window
+            lagged = np.take_along_axis(ring, pos[:, None, :], axis=1)[:, 0]
+            ok = seasonal & (n[:, None] >= k * period)
+            back.append(np.where(ok, np.abs(values - lagged), np.inf))
+        return np.where(seasonal, np.minimum(back[0], back[1]), jump)

@@ -1,0 +1,64 @@
+"""Small statistics the engine keeps per channel: exponentially weighted moments, a robust
+standard deviation, and season detection (autocorrelation)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_LN2 = math.log(2.0)
+
+
+def ew_alpha(count: np.ndarray, halflife: float) -> np.ndarray:
+    """Weight of the newest value in an exponentially weighted statistic: the plain mean's
+    1 / (count + 1) until that falls below the half-life's ln 2 / halflife."""
+    return np.maximum(1.0 / (count + 1.0), _LN2 / halflife)
+
+
+def ew_moments(
+    mean: np.ndarray, var: np.ndarray, d: np.ndarray, alpha: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exponentially weighted mean and variance after a value at deviation ``d`` from ``mean``."""
+    return mean + alpha * d, (1 - alpha) * (var + alpha * d**2)
+
+
+def robust_std(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """``sqrt(var)``, floored relative to the level so that constant streams of any scale
+    normalise sanely."""
+    return np.sqrt(np.maximum(var, (1e-4 * np.abs(mean) + 1e-12) ** 2))
+
+
+def seasonal_period(values: np.ndarray, min_correlation: float = 0.8, min_lag: int = 4) -> int:
+    """The season length of ``values`` (1-D) in steps, or 0 if it has none.
+
+    After the first zero crossing of the (unbiased) autocorrelation, the first stretch of lags
+    where it reaches ``min_correlation``, up to half the length; the season is the lag of the
+    highest correlation in that stretch (so a multiple of the season is never chosen over it).
+
+    >>> t = np.arange(600)
+    >>> seasonal_period(np.sin(2 * np.pi * t / 48) + 0.1 * np.cos(t * 1.3))
+    48
+    >>> seasonal_period(np.random.default_rng(0).normal(size=600))
+    0
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v - v.mean()
+    n = len(v)
+    if n < 4 * min_lag or not np.any(v):
+        return 0
+    spectrum = np.fft.rfft(v, 2 * n)
+    ac = np.fft.irfft(spectrum * np.conj(spectrum))[:n]
+    ac = ac / ac[0] * n / (n - np.arange(n))  # unbiased: divide by the overlap
+    half = n // 2
+    negative = np.flatnonzero(ac[min_lag:half] < 0)
+    if len(negative) == 0:
+        return 0
+    start = min_lag + int(negative[0])
+    above = ac[start:half] >= min_correlation
+    if not above.any():
+        return 0
+    first = start + int(np.argmax(above))
+    below = np.flatnonzero(ac[first:half] < min_correlation)
+    last = first + (int(below[0]) if len(below) else half - first)
+    return first + int(np.argmax(ac[first:last]))
