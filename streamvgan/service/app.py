@@ -151,6 +151,8 @@ class Application:
         self.processor = processor
         self.engine: Any = getattr(processor, "engine", None)
         self.stats = Stats()
+        if isinstance(processor, ScoringProcessor):
+            processor.before_change = lambda streams: self.state.before_change(streams)
         self.state = StateStore(
             self.engine,
             m,

@@ -554,10 +554,6 @@ class ResendingProducer:
                 self._unacked.append(s)
         self.healthy = True
 
-    def done(self) -> bool:
-        """True when the broker answered for every record sent so far (does not wait)."""
-        return all(s.future.is_done for s in self._unacked)
-
     def _replace(self) -> None:
         old, self._producer = self._producer, None
         try:

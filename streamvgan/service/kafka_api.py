@@ -66,10 +66,6 @@ class Producer(Protocol):
 
     def flush(self) -> None: ...
 
-    def done(self) -> bool:
-        """True when every record sent so far was acknowledged or failed (does not wait)."""
-        ...
-
     def close(self, timeout: float = 10) -> None: ...
 
 

@@ -164,9 +164,6 @@ class FakeProducer:
         self._unflushed: list[tuple[str, _Handle]] = []
         self.acked = 0  # records the broker answered so far
 
-    def done(self) -> bool:
-        return self.acked == len(self.sent)
-
     def ack(self) -> None:
         """The broker answers every record sent so far (without a flush)."""
         for topic, handle in self._unflushed:
@@ -337,11 +334,11 @@ def test_a_revocation_writes_and_commits_only_the_revoked_partitions():
 
 
 def test_the_periodic_commit_sends_the_changelog_a_chunk_per_iteration_then_commits():
-    """begin_commit exports the states as of its offsets and returns; each loop iteration
-    (advance) sends one chunk of them without waiting; the offsets are committed only after
-    the broker acknowledged every record, and what was acknowledged meanwhile waits for the
-    next commit. The records hold the states of begin_commit's moment exactly, not later ones
-    (a stream restored after a crash replays from those offsets onto exactly that state)."""
+    """begin_commit takes the offsets and returns; each loop iteration (advance) exports and
+    sends one chunk of states without waiting; the offsets are committed only after the broker
+    acknowledged every record, and what was acknowledged meanwhile waits for the next commit.
+    The records hold the states as of begin_commit's offsets exactly, not later ones (a stream
+    restored after a crash replays from those offsets onto exactly that state)."""
     log: list[tuple] = []
     engine = _engine()
     engine.process([Event(s, {"value": 1.0}) for s in "abc"])
@@ -357,15 +354,16 @@ def test_the_periodic_commit_sends_the_changelog_a_chunk_per_iteration_then_comm
     assert log == []  # nothing sent or committed yet: the loop goes on scoring
     state.advance(consumer)
     assert log == [("send", "cl"), ("send", "cl")]  # the first chunk
-    engine.process([Event("c", {"value": 9.0})])  # a batch scored and acknowledged meanwhile
+    # a batch scored and acknowledged meanwhile: c, not exported yet, is exported before it
+    # changes (the scoring processor calls before_change ahead of each engine.process)
+    state.before_change(["c"])
+    engine.process([Event("c", {"value": 9.0})])
     state.acknowledged({tp0: 7}, {"a": 0})
     state.advance(consumer)
     assert log[2:] == [("send", "cl")]  # the second chunk: all three sent
+    assert not any(e[0] == "commit" for e in log)
     state.advance(consumer)
-    state.advance(consumer)
-    assert not any(e[0] == "commit" for e in log)  # not acknowledged yet: no commit
-    producer.ack()
-    state.advance(consumer)
+    # the last acknowledgements waited for (a round trip), then the commit, in one step
     assert log[3:] == [("flush",), ("commit", {tp0: 5, tp1: 3})]
     assert state.ticket is None
     assert state.pending == {tp0: 7} and state.dirty == {"a": 0}  # for the next commit
@@ -388,8 +386,6 @@ def test_a_changelog_record_refused_during_the_periodic_commit_commits_nothing()
     consumer = FakeConsumer([], log, stop=lambda: None)
     state.acknowledged({TopicPartition("in", 0): 4}, {"a": 0})
     state.begin_commit(consumer)
-    state.advance(consumer)
-    state.producer.ack()
     with pytest.raises(ProduceError, match="1 changelog records were not acknowledged"):
         state.advance(consumer)
     assert not any(e[0] == "commit" for e in log)
@@ -412,3 +408,21 @@ def test_a_revocation_during_the_periodic_commit_finishes_it_first():
     assert offsets == {tp1: 3}  # committed by the client before partition 1 moves
     assert [k for _, k, _, _ in state.producer.sent] == [b"a", b"b"]  # b's state written
     assert state.pending == {tp0: 5} and state.ticket is None
+
+
+def test_the_scoring_processor_exports_a_pending_state_before_changing_it():
+    """Wired by the Application: a stream whose state a commit in progress has not exported
+    yet is exported before the batch that changes it is scored."""
+    settings = Settings(input_topic="in", metrics_port=-1, engine_params=ENGINE)
+    engine = _engine()
+    app = Application(settings, engine=engine, registry=CollectorRegistry(),
+                      clients=FakeClients([]))
+    engine.process([Event("a", {"value": 1.0})])
+    state = app.state
+    state.attach_changelog(StateChangelog("cl", lambda: None))
+    state.acknowledged({TopicPartition("in", 0): 1}, {"a": 0})
+    before = engine.export_stream("a")
+    state.begin_commit(FakeConsumer([], [], stop=lambda: None))
+    app.processor.process(_poll(0, 3))  # a, b, c: a changes
+    assert engine.export_stream("a") != before
+    assert state.ticket.states == [("a", 0, before)] and state.ticket.todo == {}
