@@ -53,6 +53,17 @@ __all__ = ["Application", "ProduceError", "Stats"]
 log = logging.getLogger(__name__)
 
 
+def make_clients(settings: Settings) -> ClientFactory:
+    """The client library ``settings.kafka_client`` names, for its cluster and security."""
+    if settings.kafka_client == "confluent-kafka":
+        from streamvgan.service.confluent import ConfluentClients
+
+        return ConfluentClients(settings.bootstrap_servers, settings.kafka_security())
+    from streamvgan.service.kafka_python import KafkaPythonClients
+
+    return KafkaPythonClients(settings.bootstrap_servers, settings.kafka_security())
+
+
 class _Interrupted(BaseException):
     """SIGTERM/SIGINT during start-up. A BaseException, so that no ``except Exception`` in a
     client library swallows it on the way out of a blocking connect or handshake."""
@@ -140,6 +151,8 @@ class Application:
         self.processor = processor
         self.engine: Any = getattr(processor, "engine", None)
         self.stats = Stats()
+        if isinstance(processor, ScoringProcessor):
+            processor.before_change = lambda streams: self.state.before_change(streams)
         self.state = StateStore(
             self.engine,
             m,
@@ -199,9 +212,9 @@ class Application:
         loop = self.loop
         if not loop.assigned or self._stop.is_set():
             return False
-        producer = self._conn.producer
-        if producer is not None and not producer.healthy:
-            return False
+        for producer in (self._conn.producer, self._conn.changelog_producer):
+            if producer is not None and not producer.healthy:
+                return False
         return loop.coordinator_ok and loop.poll_ok
 
     def _readiness_changed(self) -> None:
@@ -265,9 +278,7 @@ class Application:
             self.metrics_port = server.port if server is not None else None
             s.check_files()
             if self._clients is None:
-                from streamvgan.service.kafka_python import KafkaPythonClients
-
-                self._clients = KafkaPythonClients(s.bootstrap_servers, s.kafka_security())
+                self._clients = make_clients(s)
             consumer, producer = connect(
                 self._conn, s, self._clients, self._stop, self.state, self.metrics, self.loop
             )
@@ -336,11 +347,12 @@ class Application:
                 conn.consumer.close(timeout_ms=5000 if self.loop.coordinator_ok else 1000)
             except Exception:
                 log.exception("error while closing the consumer")
-        if conn.producer is not None:
-            try:
-                conn.producer.close(timeout=10)
-            except Exception:
-                log.exception("error while closing the producer")
+        for producer in (conn.producer, conn.changelog_producer):
+            if producer is not None:
+                try:
+                    producer.close(timeout=10)
+                except Exception:
+                    log.exception("error while closing a producer")
         if server is not None:
             server.stop()
         self.metrics.ready.set(0)

@@ -78,19 +78,25 @@ class StateChangelog:
     def write(self, producer: Any, engine: Any, dirty: dict[str, int]) -> list[Any]:
         """Send the state of every stream in ``dirty`` (stream -> input partition); return the
         send futures. The caller flushes the producer before committing offsets."""
+        return self.send(producer, self.export(engine, dirty))
+
+    @staticmethod
+    def export(engine: Any, dirty: dict[str, int]) -> list[tuple[str, int, bytes | None]]:
+        """``(stream, partition, state)`` of each stream in ``dirty``, as of now (None for a
+        stream evicted since it changed: its record is a tombstone that frees the key)."""
+        return [(stream, p, engine.export_stream(stream)) for stream, p in dirty.items()]
+
+    def send(self, producer: Any, states: list[tuple[str, int, bytes | None]]) -> list[Any]:
+        """Send exported ``states`` (see :meth:`export`); return the send futures."""
         futures = []
-        for stream, partition in dirty.items():
-            blob = engine.export_stream(stream)
-            if blob is None:  # evicted since it changed: a tombstone frees its key
-                blob_value = None
-            else:
-                blob_value = blob
+        for stream, partition, blob in states:
+            if blob is not None:
                 self.bytes_written += len(blob)
             futures.append(
                 producer.send(
                     self.topic,
                     key=stream.encode("utf-8"),
-                    value=blob_value,
+                    value=blob,
                     partition=partition,
                     headers=[(HEADER_SCHEMA, SCHEMA_VERSION)],
                 )

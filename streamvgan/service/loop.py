@@ -84,6 +84,7 @@ class ServiceLoop:
                 self.on_readiness()
             if records:
                 self.handle(records, producer)
+            self.state.advance(consumer)  # the commit in progress, a chunk at a time
             now = time.monotonic()
             if now - last_lag >= 1.0:
                 self._housekeeping(consumer)
@@ -93,7 +94,7 @@ class ServiceLoop:
                 self.state.checkpoint()
                 last_commit = last_checkpoint = time.monotonic()
             elif now - last_commit >= s.commit_interval_s:
-                self.state.commit(consumer)
+                self.state.begin_commit(consumer)
                 last_commit = now
 
     def _housekeeping(self, consumer: Consumer) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -228,6 +228,9 @@ class ScoringProcessor(_Base):
         Sampled paths per continuation.
     alert_threshold
         Scores at or above it are flagged ``anomaly``.
+    before_change
+        Called with the streams of each ``engine.process`` call just before it (the commit
+        order exports states a commit in progress still needs, see ``state.py``).
     """
 
     def __init__(
@@ -239,9 +242,11 @@ class ScoringProcessor(_Base):
         continuation_every: int,
         continuation_samples: int,
         alert_threshold: float,
+        before_change: Callable[[list[str]], None] | None = None,
     ) -> None:
         super().__init__(topics, DueSchedule(forecast_every, continuation_every))
         self.engine = engine
+        self.before_change = before_change or (lambda streams: None)
         self.continuation_samples = continuation_samples
         self.alert_threshold = alert_threshold
 
@@ -292,6 +297,7 @@ class ScoringProcessor(_Base):
         if not events:
             return []
         try:
+            self.before_change([e.stream for e in events])
             return list(zip(events, sources, self.engine.process(events)))
         except InvalidInputError as exc:
             log.info("engine rejected a batch (%s); scoring its events one by one", exc)
@@ -302,6 +308,7 @@ class ScoringProcessor(_Base):
         scored = []
         for event, record in zip(events, sources):
             try:
+                self.before_change([event.stream])
                 scored.append((event, record, self.engine.process([event])[0]))
             except Exception as exc:
                 if not isinstance(exc, InvalidInputError):

@@ -128,6 +128,11 @@ class Settings(BaseSettings):
         "where a new group starts reading: earliest or latest", "earliest"
     )
     client_id: str = _opt("Kafka client id, shown in broker logs", "streamvgan")
+    kafka_client: Literal["kafka-python", "confluent-kafka"] = _opt(
+        "Kafka client library: kafka-python (pure Python) or confluent-kafka (librdkafka, "
+        "several times the throughput; pip install 'streamvgan[confluent]')",
+        "kafka-python",
+    )
     session_timeout_ms: int = _opt(
         "consumer group session timeout; the heartbeat interval is a third of it", 6000, ge=3
     )

@@ -28,6 +28,7 @@ class Connection:
 
     consumer: Consumer | None = None
     producer: Producer | None = None
+    changelog_producer: Producer | None = None
     follower: ModelFollower | None = None
     input_partitions: int = 0
 
@@ -58,12 +59,21 @@ def connect(
         retry(
             lambda: kc.ensure_topics(outputs, partitions=partitions), "creating the output topics"
         )
-    producer = conn.producer = state.producer = kc.producer(
+    producer = conn.producer = kc.producer(
         client_id=s.client_id,
         stop=stop,
         retry=retry,
         on_replaced=metrics.producer_replacements.inc,
     )
+    if s.state_changelog and state.engine is not None:
+        # its own producer: the loop's flush of each batch's outputs never waits for the
+        # changelog records in flight (see state.py)
+        conn.changelog_producer = state.producer = kc.producer(
+            client_id=f"{s.client_id}-changelog",
+            stop=stop,
+            retry=retry,
+            on_replaced=metrics.producer_replacements.inc,
+        )
     consumer = conn.consumer = retry(
         lambda: kc.consumer(
             group_id=s.group_id,

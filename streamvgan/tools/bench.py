@@ -67,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="paced rate in events/s (default: --latency-load x the service's throughput)",
     )
+    parser.add_argument(
+        "--kafka-clients",
+        default="kafka-python",
+        help="comma-separated client libraries, each measured at every number of streams in "
+        "the same run: kafka-python, confluent-kafka",
+    )
     parser.add_argument("--partitions", type=int, default=3, help="partitions of the input topic")
     parser.add_argument(
         "--poll-max-records", type=int, default=500, help="records per poll for both contestants"
@@ -101,11 +107,21 @@ class Result:
     n_latency: int
 
 
+KAFKA_CLIENTS = ("kafka-python", "confluent-kafka")
+
+
 def main(args: argparse.Namespace) -> int:
+    from streamvgan.errors import ConfigurationError
     from streamvgan.service.settings import _parse_engine_param
     from streamvgan.tools.broker import bootstrap_or_embedded
 
     counts = [int(x) for x in str(args.streams).split(",") if x.strip()]
+    args.clients = [x.strip() for x in str(args.kafka_clients).split(",") if x.strip()]
+    for client in args.clients:
+        if client not in KAFKA_CLIENTS:
+            raise ConfigurationError(
+                f"--kafka-clients {client!r}: use one or more of {', '.join(KAFKA_CLIENTS)}"
+            )
     engine_params = dict(_parse_engine_param(p) for p in args.engine_params or [])
     args.extra_settings = dict(_parse_engine_param(p) for p in args.settings or [])
     _check_settings(args.extra_settings, args)
@@ -135,7 +151,7 @@ def _check_settings(extra: dict[str, Any], args: argparse.Namespace) -> None:
     from streamvgan.service.settings import Settings
 
     known = set(Settings.model_fields)
-    fixed = set(_fixed_settings("", "", args, {}))
+    fixed = set(_fixed_settings("", "", args, {})) | {"kafka_client"}
     for key in extra:
         if key not in known or key in fixed:
             raise ConfigurationError(
@@ -144,56 +160,62 @@ def _check_settings(extra: dict[str, Any], args: argparse.Namespace) -> None:
             )
 
 
+Row = tuple[int, int, Result, Result, str]  # streams, events, pass-through, service, client
+
+
 def run_bench(
     bootstrap_servers: str,
     counts: Sequence[int],
     args: argparse.Namespace,
     engine_params: dict[str, Any],
-) -> list[tuple[int, int, Result, Result]]:
+) -> list[Row]:
     rows = []
     for n_streams in counts:
-        n_events = max(args.events, 3 * n_streams)
-        log.info("bench: %d streams, %d events", n_streams, n_events)
-        service = _run_contestant(
-            "service",
-            bootstrap_servers,
-            n_streams,
-            n_events,
-            args,
-            engine_params,
-            rate=args.latency_rate,
-        )
-        passthrough = _run_contestant(
-            "passthrough",
-            bootstrap_servers,
-            n_streams,
-            n_events,
-            args,
-            engine_params,
-            rate=service.paced_rate,
-        )
-        log.info(
-            "bench %d streams: pass-through %.0f ev/s, service %.0f ev/s",
-            n_streams,
-            passthrough.events_per_s,
-            service.events_per_s,
-        )
-        rows.append((n_streams, n_events, passthrough, service))
+        for client in getattr(args, "clients", ["kafka-python"]):
+            n_events = max(args.events, 3 * n_streams)
+            log.info("bench: %d streams, %d events, %s", n_streams, n_events, client)
+            contest = dict(client=client, engine_params=engine_params)
+            service = _run_contestant(
+                "service",
+                bootstrap_servers,
+                n_streams,
+                n_events,
+                args,
+                rate=args.latency_rate,
+                **contest,
+            )
+            passthrough = _run_contestant(
+                "passthrough",
+                bootstrap_servers,
+                n_streams,
+                n_events,
+                args,
+                rate=service.paced_rate,
+                **contest,
+            )
+            log.info(
+                "bench %d streams, %s: pass-through %.0f ev/s, service %.0f ev/s",
+                n_streams,
+                client,
+                passthrough.events_per_s,
+                service.events_per_s,
+            )
+            rows.append((n_streams, n_events, passthrough, service, client))
     return rows
 
 
-def format_table(rows: Sequence[tuple[int, int, Result, Result]]) -> str:
+def format_table(rows: Sequence[Row]) -> str:
     lines = [
         "| streams | events | pass-through events/s | service events/s | ratio b/a "
-        "| paced load events/s | pass-through p50 / p99 ms | service p50 / p99 ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| paced load events/s | pass-through p50 / p99 ms | service p50 / p99 ms | client |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for n_streams, n_events, a, b in rows:
+    for n_streams, n_events, a, b, client in rows:
         ratio = b.events_per_s / a.events_per_s if a.events_per_s else float("nan")
         lines.append(
             f"| {n_streams:,} | {n_events:,} | {a.events_per_s:,.0f} | {b.events_per_s:,.0f} "
             f"| {ratio:.2f} | {b.paced_rate:,.0f} | {a.p50_ms:.0f} / {a.p99_ms:.0f} "
-            f"| {b.p50_ms:.0f} / {b.p99_ms:.0f} |"
+            f"| {b.p50_ms:.0f} / {b.p99_ms:.0f} | {client} |"
         )
     return "\n".join(lines)
 
@@ -234,6 +256,7 @@ def _run_contestant(
     args: argparse.Namespace,
     engine_params: dict[str, Any],
     rate: float | None,
+    client: str = "kafka-python",
 ) -> Result:
     from prometheus_client import CollectorRegistry
 
@@ -246,6 +269,7 @@ def _run_contestant(
     settings = Settings(
         **_fixed_settings(bootstrap_servers, topic, args, engine_params),
         **getattr(args, "extra_settings", {}),
+        kafka_client=client,
     )
     clients.ensure_topics(bootstrap_servers, [topic], partitions=args.partitions)
     producer = clients.make_producer(bootstrap_servers, client_id="streamvgan-bench")
@@ -261,7 +285,7 @@ def _run_contestant(
         )
     runner.start()
     try:
-        label = f"bench {n_streams:,} streams, {kind}"
+        label = f"bench {n_streams:,} streams, {kind}, {client}"
         thr = reader.read(
             n_events, timeout_s=max(120.0, n_events / 200), desc=f"{label}, throughput phase"
         )

@@ -62,7 +62,7 @@ def _valid_records():
 
 
 @pytest.fixture(scope="module")
-def run(kafka_broker, kafka_session):
+def run(module_kafka_client, kafka_broker, kafka_session):
     """Produce the mix, run the service until it consumed everything, scrape, stop."""
     kafka = kafka_session
     topic = kafka.topic("app-in", partitions=PARTITIONS)
@@ -74,6 +74,7 @@ def run(kafka_broker, kafka_session):
         bootstrap_servers=kafka_broker.bootstrap_servers,
         input_topic=topic,
         group_id=kafka.group("app"),
+        kafka_client=module_kafka_client,
         metrics_host="127.0.0.1",
         metrics_port=0,
         forecast_every=10,
@@ -228,7 +229,8 @@ def test_readyz_is_503_before_partitions_are_assigned(kafka_broker):
     assert app.ready is False
 
 
-def test_revoked_partitions_are_committed_before_they_move(kafka_session, kafka_broker):
+def test_revoked_partitions_are_committed_before_they_move(kafka_session, kafka_broker,
+                                                           kafka_client):
     """A second replica joins: the first commits what it acknowledged when its partitions are
     revoked (its periodic commit is far away), so nothing is scored twice."""
     kafka = kafka_session
@@ -242,6 +244,7 @@ def test_revoked_partitions_are_committed_before_they_move(kafka_session, kafka_
     def replica():
         settings = Settings(bootstrap_servers=kafka_broker.bootstrap_servers, input_topic=topic,
                             group_id=group, metrics_port=-1, commit_interval_s=3600,
+                            kafka_client=kafka_client,
                             forecast_every=0, continuation_every=0, engine_params=ENGINE)
         return Application(settings, registry=CollectorRegistry()).start()
 

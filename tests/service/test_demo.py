@@ -3,6 +3,7 @@ PNG), and `streamvgan bench` on tiny numbers."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 import pytest
@@ -64,15 +65,20 @@ def test_demo_runs_end_to_end_on_its_own_broker(tmp_path, capsys):
 
 
 def test_bench_prints_a_markdown_table(kafka_broker, capsys):
+    clients = ["kafka-python"]
+    if importlib.util.find_spec("confluent_kafka") is not None:  # the dev extra brings it
+        clients.append("confluent-kafka")
     rc = main(["bench", "--bootstrap-servers", kafka_broker.bootstrap_servers,
                "--streams", "1,20", "--events", "200", "--latency-s", "1",
-               "--latency-rate", "100", "--setting", "state_changelog=false"])
+               "--latency-rate", "100", "--setting", "state_changelog=false",
+               "--kafka-clients", ",".join(clients)])
     assert rc == 0
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| ")]
-    assert len(lines) == 3 and lines[0].startswith("| streams")
-    for row, n in zip(lines[1:], ("1", "20")):
+    assert len(lines) == 1 + 2 * len(clients) and lines[0].startswith("| streams")
+    expected = [(n, c) for n in ("1", "20") for c in clients]  # each client, same run
+    for row, (n, client) in zip(lines[1:], expected):
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[0] == n
+        assert cells[0] == n and cells[-1] == client
         a, b, ratio = (float(c.replace(",", "")) for c in cells[2:5])
         # the table prints the ratio to 2 decimals and the rates to whole events/s
         assert a > 0 and b > 0 and ratio == pytest.approx(b / a, abs=0.0051)
@@ -82,3 +88,4 @@ def test_bench_rejects_a_setting_it_cannot_change(capsys):
     # checked before any broker is started or contacted
     assert main(["bench", "--bootstrap-servers", "127.0.0.1:1", "--setting", "bogus=1"]) != 0
     assert main(["bench", "--bootstrap-servers", "127.0.0.1:1", "--setting", "seed=3"]) != 0
+    assert main(["bench", "--bootstrap-servers", "127.0.0.1:1", "--kafka-clients", "java"]) != 0

@@ -34,6 +34,7 @@ CONFIG = """
 bootstrap_servers = "{bootstrap}"
 input_topic = "{topic}"
 group_id = "{group}"
+kafka_client = "{client}"
 checkpoint_dir = "{checkpoints}"
 checkpoint_interval_s = 1.0
 commit_interval_s = 0.5
@@ -107,7 +108,7 @@ def _serve(config_path, log_path):
 
 
 @pytest.fixture(scope="module")
-def scenario(kafka_session, tmp_path_factory):
+def scenario(module_kafka_client, kafka_session, tmp_path_factory):
     kafka = kafka_session
     tmp = tmp_path_factory.mktemp("serve")
     topic = kafka.topic("proc-in", partitions=PARTITIONS)
@@ -115,7 +116,7 @@ def scenario(kafka_session, tmp_path_factory):
     checkpoints = tmp / "checkpoints"
     config = tmp / "streamvgan.toml"
     config.write_text(CONFIG.format(bootstrap=kafka.bootstrap_servers, topic=topic, group=group,
-                                    checkpoints=checkpoints))
+                                    checkpoints=checkpoints, client=module_kafka_client))
     from streamvgan.service.clients import ensure_topics
 
     ensure_topics(kafka.bootstrap_servers, [f"{topic}.scores"], partitions=PARTITIONS)

@@ -153,7 +153,8 @@ class _Handle:
 
 
 class FakeProducer:
-    """Acknowledges at flush (or fails every record of ``fail_topics``); logs to ``log``."""
+    """Acknowledges at :meth:`flush` or :meth:`ack` (or fails every record of
+    ``fail_topics``); logs to ``log``."""
 
     def __init__(self, log: list[tuple], fail_topics: tuple[str, ...] = ()) -> None:
         self.log = log
@@ -161,6 +162,16 @@ class FakeProducer:
         self.healthy = True
         self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
         self._unflushed: list[tuple[str, _Handle]] = []
+        self.acked = 0  # records the broker answered so far
+
+    def ack(self) -> None:
+        """The broker answers every record sent so far (without a flush)."""
+        for topic, handle in self._unflushed:
+            if topic in self.fail_topics:
+                for fn in handle.errbacks:
+                    fn(RuntimeError(f"{topic} refused"))
+        self._unflushed = []
+        self.acked = len(self.sent)
 
     def send(self, topic, *, key=None, value=None, headers=None, partition=None):
         handle = _Handle()
@@ -170,11 +181,7 @@ class FakeProducer:
         return handle
 
     def flush(self) -> None:
-        for topic, handle in self._unflushed:
-            if topic in self.fail_topics:
-                for fn in handle.errbacks:
-                    fn(RuntimeError(f"{topic} refused"))
-        self._unflushed = []
+        self.ack()
         self.log.append(("flush",))
 
     def close(self, timeout: float = 10) -> None:
@@ -324,3 +331,98 @@ def test_a_revocation_writes_and_commits_only_the_revoked_partitions():
     assert state.producer.sent == [("cl", b"b", b_state, 1)]  # to changelog partition 1
     assert forgotten == ["b"] and engine.streams() == ["a"]  # b's state moved away
     assert state.pending == {TopicPartition("in", 0): 5} and state.dirty == {"a": 0}
+
+
+def test_the_periodic_commit_sends_the_changelog_a_chunk_per_iteration_then_commits():
+    """begin_commit takes the offsets and returns; each loop iteration (advance) exports and
+    sends one chunk of states without waiting; the offsets are committed only after the broker
+    acknowledged every record, and what was acknowledged meanwhile waits for the next commit.
+    The records hold the states as of begin_commit's offsets exactly, not later ones (a stream
+    restored after a crash replays from those offsets onto exactly that state)."""
+    log: list[tuple] = []
+    engine = _engine()
+    engine.process([Event(s, {"value": 1.0}) for s in "abc"])
+    # one chunk of 2 per step (a zero time budget): the test steps through it
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()), chunk=2, step_budget_s=0)
+    state.attach_changelog(StateChangelog("cl", lambda: None))
+    state.producer = producer = FakeProducer(log)
+    consumer = FakeConsumer([], log, stop=lambda: None)
+    tp0, tp1 = TopicPartition("in", 0), TopicPartition("in", 1)
+    state.acknowledged({tp0: 5, tp1: 3}, {"a": 0, "b": 1, "c": 1})
+    at_commit = [engine.export_stream(s) for s in "abc"]
+    state.begin_commit(consumer)
+    assert log == []  # nothing sent or committed yet: the loop goes on scoring
+    state.advance(consumer)
+    assert log == [("send", "cl"), ("send", "cl")]  # the first chunk
+    # a batch scored and acknowledged meanwhile: c, not exported yet, is exported before it
+    # changes (the scoring processor calls before_change ahead of each engine.process)
+    state.before_change(["c"])
+    engine.process([Event("c", {"value": 9.0})])
+    state.acknowledged({tp0: 7}, {"a": 0})
+    state.advance(consumer)
+    assert log[2:] == [("send", "cl")]  # the second chunk: all three sent
+    assert not any(e[0] == "commit" for e in log)
+    state.advance(consumer)
+    # the last acknowledgements waited for (a round trip), then the commit, in one step
+    assert log[3:] == [("flush",), ("commit", {tp0: 5, tp1: 3})]
+    assert state.ticket is None
+    assert state.pending == {tp0: 7} and state.dirty == {"a": 0}  # for the next commit
+    assert [k for _, k, _, _ in producer.sent] == [b"a", b"b", b"c"]
+    assert [v for _, _, v, _ in producer.sent] == at_commit  # c as of the commit, not after
+
+    # a blocking commit (shutdown) finishes whatever is in progress first
+    state.begin_commit(consumer)
+    state.commit(consumer)
+    assert log[5:] == [("send", "cl"), ("flush",), ("commit", {tp0: 7})]
+
+
+def test_a_changelog_record_refused_during_the_periodic_commit_commits_nothing():
+    log: list[tuple] = []
+    engine = _engine()
+    engine.process([Event("a", {"value": 1.0})])
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()))
+    state.attach_changelog(StateChangelog("cl", lambda: None))
+    state.producer = FakeProducer(log, fail_topics=("cl",))
+    consumer = FakeConsumer([], log, stop=lambda: None)
+    state.acknowledged({TopicPartition("in", 0): 4}, {"a": 0})
+    state.begin_commit(consumer)
+    with pytest.raises(ProduceError, match="1 changelog records were not acknowledged"):
+        state.advance(consumer)
+    assert not any(e[0] == "commit" for e in log)
+    assert state.pending == {TopicPartition("in", 0): 4} and state.dirty == {"a": 0}
+
+
+def test_a_revocation_during_the_periodic_commit_finishes_it_first():
+    log: list[tuple] = []
+    engine = _engine()
+    engine.process([Event(s, {"value": 1.0}) for s in "ab"])
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()), chunk=1, step_budget_s=0)
+    state.attach_changelog(StateChangelog("cl", lambda: None))
+    state.producer = FakeProducer(log)
+    consumer = FakeConsumer([], log, stop=lambda: None)
+    tp0, tp1 = TopicPartition("in", 0), TopicPartition("in", 1)
+    state.acknowledged({tp0: 5, tp1: 3}, {"a": 0, "b": 1})
+    state.begin_commit(consumer)
+    state.advance(consumer)  # a's state sent; b's not yet
+    offsets = state.revoke({tp1}, "in")
+    assert offsets == {tp1: 3}  # committed by the client before partition 1 moves
+    assert [k for _, k, _, _ in state.producer.sent] == [b"a", b"b"]  # b's state written
+    assert state.pending == {tp0: 5} and state.ticket is None
+
+
+def test_the_scoring_processor_exports_a_pending_state_before_changing_it():
+    """Wired by the Application: a stream whose state a commit in progress has not exported
+    yet is exported before the batch that changes it is scored."""
+    settings = Settings(input_topic="in", metrics_port=-1, engine_params=ENGINE)
+    engine = _engine()
+    app = Application(settings, engine=engine, registry=CollectorRegistry(),
+                      clients=FakeClients([]))
+    engine.process([Event("a", {"value": 1.0})])
+    state = app.state
+    state.attach_changelog(StateChangelog("cl", lambda: None))
+    state.acknowledged({TopicPartition("in", 0): 1}, {"a": 0})
+    before = engine.export_stream("a")
+    state.begin_commit(FakeConsumer([], [], stop=lambda: None))
+    app.processor.process(_poll(0, 3))  # a, b, c: a changes
+    assert engine.export_stream("a") != before
+    assert state.ticket.states == [("a", 0, before)] and state.ticket.todo == {}

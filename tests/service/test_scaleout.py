@@ -40,6 +40,7 @@ CONFIG = """
 bootstrap_servers = "{bootstrap}"
 input_topic = "{topic}"
 group_id = "{group}"
+kafka_client = "{client}"
 model_source = "topic"
 commit_interval_s = 0.5
 poll_max_records = 50
@@ -118,7 +119,7 @@ def _engine() -> StreamEngine:
 
 
 @pytest.fixture(scope="module")
-def scenario(kafka_session, tmp_path_factory):
+def scenario(module_kafka_client, kafka_session, tmp_path_factory):
     from test_process import _Watcher  # the same bounded reader of score records
 
     kafka = kafka_session
@@ -146,7 +147,8 @@ def scenario(kafka_session, tmp_path_factory):
     try:
         for name in ("r0", "r1", "r2"):
             port = _free_port()
-            text = CONFIG.format(bootstrap=kafka.bootstrap_servers, topic=topic, group=group, port=port)
+            text = CONFIG.format(bootstrap=kafka.bootstrap_servers, topic=topic, group=group,
+                                 port=port, client=module_kafka_client)
             replicas.append(Replica(name, text, tmp, port))
         # all three joined and split the six partitions
         def split() -> bool:

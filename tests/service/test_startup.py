@@ -196,9 +196,10 @@ def _partitions(bootstrap_servers: str, topic: str) -> int | None:
 
 
 @pytest.mark.kafka
-def test_missing_input_topic_is_created_with_partitions_and_outputs_follow(kafka_broker, kafka):
+def test_missing_input_topic_is_created_with_partitions_and_outputs_follow(kafka_broker, kafka,
+                                                                          kafka_client):
     topic = f"{kafka.group('created')}-in"
-    settings = _settings(kafka_broker, kafka, topic, partitions=3)
+    settings = _settings(kafka_broker, kafka, topic, partitions=3, kafka_client=kafka_client)
     app = Application(settings, registry=CollectorRegistry()).start()
     try:
         assert app.wait_started(60)
@@ -219,13 +220,13 @@ def test_missing_input_topic_is_created_with_partitions_and_outputs_follow(kafka
 
 
 @pytest.mark.kafka
-def test_input_created_later_sets_the_layout(kafka_broker, kafka):
+def test_input_created_later_sets_the_layout(kafka_broker, kafka, kafka_client):
     """The issue's crash loop: outputs created with 1 partition before the broker auto-created
     the input with more. Now serve waits, then follows the input's count."""
     from streamvgan.service.clients import ensure_topics
 
     topic = f"{kafka.group('later')}-in"
-    settings = _settings(kafka_broker, kafka, topic)
+    settings = _settings(kafka_broker, kafka, topic, kafka_client=kafka_client)
     app = Application(settings, registry=CollectorRegistry()).start()
     try:
         time.sleep(2.0)  # serve is waiting; it must not have created anything

@@ -116,9 +116,9 @@ def _settings(tls, cafile: Path, topic: str, **changes) -> Settings:
     })
 
 
-def test_serve_scores_through_tls(tls):
-    topic = "tls-in"
-    settings = _settings(tls, tls["ca"], topic, partitions=2)
+def test_serve_scores_through_tls(tls, kafka_client):
+    topic = f"tls-in-{kafka_client}"
+    settings = _settings(tls, tls["ca"], topic, partitions=2, kafka_client=kafka_client)
     security = settings.kafka_security()
     assert security["security_protocol"] == "SSL" and security["ssl_check_hostname"] is True
     app = Application(settings, registry=CollectorRegistry()).start()
@@ -157,8 +157,9 @@ def test_serve_scores_through_tls(tls):
         assert app.join(60) == 0
 
 
-def test_wrong_ca_is_one_clear_error(tls, caplog):
-    app = Application(_settings(tls, tls["wrong_ca"], "tls-wrong"), registry=CollectorRegistry())
+def test_wrong_ca_is_one_clear_error(tls, caplog, kafka_client):
+    settings = _settings(tls, tls["wrong_ca"], "tls-wrong", kafka_client=kafka_client)
+    app = Application(settings, registry=CollectorRegistry())
     with caplog.at_level("ERROR"):
         app.start()
         code = app.join(WAIT_S)  # returns at once; the bound only keeps a regression finite
