@@ -241,7 +241,7 @@ class StreamEngine:
         deviation (a persistence forecast)."""
         with self._lock:
             cfg, st, v = self.config, self.state, self.model_version
-            return [forecasting.forecast(cfg, st, s, v, self._z) for s in streams]
+            return forecasting.forecast(cfg, st, list(streams), v, self._z)
 
     def generate(self, stream: str, horizon: int, n_samples: int) -> np.ndarray:
         """``n_samples`` sampled continuations (n_samples, horizon, n_fields) in original units,

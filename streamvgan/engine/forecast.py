@@ -9,7 +9,7 @@ with a band from the running standard deviation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -42,50 +42,86 @@ def _to_fields(field_mode: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def forecast(
-    cfg: EngineConfig, st: StateTable, stream: str, model_version: int, z: dict[float, float]
-) -> Forecast:
-    """The forecast of ``stream``; ``z`` maps each quantile level to its standard normal
-    quantile."""
-    names, slots = st.channels(stream)
+    cfg: EngineConfig,
+    st: StateTable,
+    streams: Sequence[str],
+    model_version: int,
+    z: dict[float, float],
+) -> list[Forecast]:
+    """The forecasts of ``streams``, computed for all their channels at once (every step is
+    elementwise per channel, so this equals one stream at a time to the last bit); ``z`` maps
+    each quantile level to its standard normal quantile."""
+    channels = [st.channels(stream) for stream in streams]
+    if not channels:
+        return []
+    sizes = [len(slots) for _, slots in channels]
+    slots = np.concatenate([s for _, s in channels])
     horizon = cfg.horizon
     std = robust_std(st.norm_mean[slots], st.norm_var[slots])  # (U, F)
     last = np.repeat(st.last[slots][:, None, :], horizon, axis=1)  # persistence (U, H, F)
     last_spread = np.repeat(std[:, None, :], horizon, axis=1)
-    if model_version > 0 and st.n[slots].min() >= 1:
-        mean = st.norm_mean[slots][:, None, :] + std[:, None, :] * st.f_mean[slots]  # (U, H, F)
-        spread = std[:, None, :] * st.f_scale[slots]
+    mean, spread = last, last_spread
+    # the network serves a stream once it is fitted and every channel has a value
+    served = np.repeat([int(st.n[s].min()) >= 1 for _, s in channels], sizes)
+    if model_version > 0 and served.any():
+        net_mean = st.norm_mean[slots][:, None, :] + std[:, None, :] * st.f_mean[slots]
+        net_spread = std[:, None, :] * st.f_scale[slots]
         if cfg.forecast_blend:
-            # inverse-MSE weights from the recent one-step errors; equal weights until both
-            # have been measured
-            e_m, e_l = (
-                st.err_model[slots].astype(np.float64),
-                st.err_last[slots].astype(np.float64),
-            )
-            measured = (st.warm_n[slots] >= 2)[:, None] & (e_m + e_l > 0)
-            e_m, e_l = np.where(measured, e_m, 1.0), np.where(measured, e_l, 1.0)
-            # the last value's band: its own one-step error, growing as a random walk's
-            steps = np.arange(1, horizon + 1)[None, :, None]
-            walk = std[:, None, :] * np.sqrt(e_l[:, None, :] * steps)
-            last_spread = np.where(
-                (measured & (st.err_last[slots] > 0))[:, None, :], walk, last_spread
-            )
-            # both errors grow with the horizon alike, so their weights do not depend on it
-            candidates = [
-                (mean, spread, e_m[:, None, :] * steps),
-                (last, last_spread, e_l[:, None, :] * steps),
-            ]
-            # and the value one season back, where a season is known: its error does
-            # not grow within a season, so it weighs more the further ahead
-            season = seasonal_naive(cfg, st, slots, std)
-            if season is not None:
-                s_mean, s_spread, s_mse = season
-                candidates.append((s_mean, s_spread, np.where(measured[:, None, :], s_mse, np.inf)))
-            mean, spread = inverse_mse_blend(candidates)
-    else:
-        mean, spread = last, last_spread
+            net_mean, net_spread = _blend(cfg, st, slots, std, net_mean, net_spread, last)
+        on = served[:, None, None]
+        mean, spread = np.where(on, net_mean, last), np.where(on, net_spread, last_spread)
     to_fields = _to_fields(cfg.field_mode)
-    quantiles = {q: to_fields(mean + zq * spread) for q, zq in z.items()}
-    return Forecast(stream, names, to_fields(mean), quantiles, model_version, model_version > 0)
+    out, start = [], 0
+    for stream, (names, _), size in zip(streams, channels, sizes):
+        m, sp = mean[start : start + size], spread[start : start + size]
+        start += size
+        quantiles = {q: to_fields(m + zq * sp) for q, zq in z.items()}
+        out.append(
+            Forecast(stream, names, to_fields(m), quantiles, model_version, model_version > 0)
+        )
+    return out
+
+
+def _blend(
+    cfg: EngineConfig,
+    st: StateTable,
+    slots: np.ndarray,
+    std: np.ndarray,
+    mean: np.ndarray,
+    spread: np.ndarray,
+    last: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The network's forecast blended with the last value (and the value one season back)
+    by inverse-MSE weights from the recent one-step errors; equal weights until both have been
+    measured."""
+    horizon = cfg.horizon
+    e_m, e_l = (
+        st.err_model[slots].astype(np.float64),
+        st.err_last[slots].astype(np.float64),
+    )
+    measured = (st.warm_n[slots] >= 2)[:, None] & (e_m + e_l > 0)
+    e_m, e_l = np.where(measured, e_m, 1.0), np.where(measured, e_l, 1.0)
+    # the last value's band: its own one-step error, growing as a random walk's
+    steps = np.arange(1, horizon + 1)[None, :, None]
+    walk = std[:, None, :] * np.sqrt(e_l[:, None, :] * steps)
+    last_spread = np.where(
+        (measured & (st.err_last[slots] > 0))[:, None, :],
+        walk,
+        np.repeat(std[:, None, :], horizon, axis=1),
+    )
+    # both errors grow with the horizon alike, so their weights do not depend on it
+    candidates = [
+        (mean, spread, e_m[:, None, :] * steps),
+        (last, last_spread, e_l[:, None, :] * steps),
+    ]
+    # and the value one season back, where a season is known: its error does not grow within
+    # a season, so it weighs more the further ahead (channels without one: infinite error,
+    # weight exactly 0, so the blend of the others is unchanged to the last bit)
+    season = seasonal_naive(cfg, st, slots, std)
+    if season is not None:
+        s_mean, s_spread, s_mse = season
+        candidates.append((s_mean, s_spread, np.where(measured[:, None, :], s_mse, np.inf)))
+    return inverse_mse_blend(candidates)
 
 
 def seasonal_naive(

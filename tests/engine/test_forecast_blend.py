@@ -102,3 +102,37 @@ def test_a_known_season_joins_the_blend_as_the_value_one_season_back(one_torch_t
     # seasonal-naive 0.995-1.008
     assert mae_season < 0.12 * mae_plain
     assert mae_season < 1.2 * mae_snaive
+
+
+@pytest.mark.parametrize("season_window", [0, 64])
+def test_forecasts_of_many_streams_at_once_equal_one_at_a_time(season_window):
+    """engine.forecast(streams) computes every channel in one pass (the service asks for all
+    due streams of a poll at once); each stream's forecast must equal asking for it alone,
+    bit for bit: with and without a season, a fitted and a not yet served stream, two fields."""
+    config = replace(TINY, warmup_events=120, season_window=season_window)
+    engine = StreamEngine(config, seed=0)
+    t = np.arange(300)
+    square = np.where((t // 8) % 2 == 0, 1.0, -1.0)  # period 16: a season to find
+    for i in range(300):
+        engine.process(
+            [
+                Event("square", {"value": float(square[i])}),
+                Event("walk", {"value": float(random_walk(300)[i])}),
+                Event("host", {"cpu": float(np.sin(i / 5)), "mem": float(i % 7)}),
+            ]
+        )
+        engine.fine_tune()
+    engine.process([Event("new", {"value": 3.0})])  # a stream with a single value
+    assert engine.model_version >= 1
+    streams = ["square", "walk", "host", "new"]
+    together = engine.forecast(streams)
+    alone = [engine.forecast([s])[0] for s in streams]
+    assert [f.stream for f in together] == streams
+    for a, b in zip(together, alone):
+        assert a.fields == b.fields
+        np.testing.assert_array_equal(a.mean, b.mean)
+        for q in a.quantiles:
+            np.testing.assert_array_equal(a.quantiles[q], b.quantiles[q])
+    # the network and the blend were in play: the square's forecast is not persistence
+    assert not np.allclose(together[0].mean[:, 0], square[-1])
+    assert engine.forecast([]) == []
