@@ -375,6 +375,13 @@ class StreamEngine:
             record = self.state.record(stream, self.model_version)
             return None if record is None else persist.stream_to_bytes(record)
 
+    def export_streams(self, streams: Sequence[str]) -> list[bytes | None]:
+        """:meth:`export_stream` of each of ``streams`` (equal bytes), gathering the state of
+        all of them at once."""
+        with self._lock:
+            records = self.state.records(streams, self.model_version)
+            return [None if r is None else persist.stream_to_bytes(r) for r in records]
+
     def drop_stream(self, stream: str) -> bool:
         """Forget a stream's state (e.g. its partition moved to another replica)."""
         with self._lock:

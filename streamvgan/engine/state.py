@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -376,11 +376,29 @@ class StateTable:
 
     def record(self, stream: str, model_version: int) -> StreamRecord | None:
         """``stream``'s state (None if unknown), written under ``model_version``."""
-        slots = self.streams.get(stream)
-        if slots is None:
-            return None
-        rows = self.rows(np.asarray(list(slots.values()), dtype=np.int64))
-        return StreamRecord(stream, list(self.fields[stream]), list(slots), model_version, rows)
+        return self.records([stream], model_version)[0]
+
+    def records(self, streams: Sequence[str], model_version: int) -> list[StreamRecord | None]:
+        """:meth:`record` of each of ``streams``, with one gather per array for all of them
+        (a changelog commit exports hundreds at once)."""
+        known = [self.streams.get(stream) for stream in streams]
+        slots = [np.asarray(list(s.values()), dtype=np.int64) for s in known if s is not None]
+        if not slots:
+            return [None] * len(streams)
+        every = self.rows(np.concatenate(slots))
+        out: list[StreamRecord | None] = []
+        start = 0
+        for stream, channels in zip(streams, known):
+            if channels is None:
+                out.append(None)
+                continue
+            end = start + len(channels)
+            rows = {name: arr[start:end] for name, arr in every.items()}
+            out.append(
+                StreamRecord(stream, list(self.fields[stream]), list(channels), model_version, rows)
+            )
+            start = end
+        return out
 
     def restore_record(self, record: StreamRecord) -> np.ndarray:
         """Install ``record`` (replacing the stream's state if any) and return its slots;

@@ -84,7 +84,8 @@ class StateChangelog:
     def export(engine: Any, dirty: dict[str, int]) -> list[tuple[str, int, bytes | None]]:
         """``(stream, partition, state)`` of each stream in ``dirty``, as of now (None for a
         stream evicted since it changed: its record is a tombstone that frees the key)."""
-        return [(stream, p, engine.export_stream(stream)) for stream, p in dirty.items()]
+        states = engine.export_streams(list(dirty))
+        return [(stream, p, blob) for (stream, p), blob in zip(dirty.items(), states)]
 
     def send(self, producer: Any, states: list[tuple[str, int, bytes | None]]) -> list[Any]:
         """Send exported ``states`` (see :meth:`export`); return the send futures."""

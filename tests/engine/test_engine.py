@@ -233,6 +233,26 @@ def test_stream_state_export_import_continues_identically():
     assert engine.export_stream("nope") is None
 
 
+def test_exporting_many_streams_at_once_gives_each_stream_its_own_bytes():
+    """export_streams (one gather for a whole changelog commit) must write exactly what
+    export_stream writes for each stream: the changelog's readers and the restore depend on
+    it. Unknown streams give None in their place; a multivariate stream has two channels."""
+    engine = StreamEngine(TINY, seed=0)
+    for t in range(40):
+        engine.process(
+            [
+                Event("a", {"value": math.sin(t / 3)}),
+                Event("host", {"cpu": math.cos(t / 4), "mem": t % 5}),
+                Event("b", {"value": 7.0 + t}),
+            ]
+        )
+    names = ["b", "nope", "host", "a"]
+    together = engine.export_streams(names)
+    assert together == [engine.export_stream(s) for s in names]
+    assert together[1] is None and len(set(together)) == 4
+    assert engine.export_streams(["nope"]) == [None] and engine.export_streams([]) == []
+
+
 def test_state_per_stream_is_small():
     # measured: 2,042 bytes by default; 4,442 with a 600-value season ring (600 float32 values)
     assert StreamEngine(EngineConfig(), seed=0).state_bytes_per_stream() < 2200
