@@ -24,7 +24,6 @@ import numpy as np
 from streamvgan.engine import EngineConfig, Event, StreamEngine
 
 
-
 def cpu_ms(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
