@@ -224,7 +224,7 @@ class SignalScorer:
             extreme = outside.any(-1) & ~young
             score[extreme] = 1.0
             if extreme.any():  # the field furthest beyond its range, in units of that range
-                with np.errstate(over="ignore", divide="ignore"):  # a constant field: inf
+                with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # range 0
                     beyond = np.maximum(values - hi, lo - values) / (hi - lo)
                 beyond = np.where(outside, beyond, -np.inf)
                 cause[extreme] = EXTREME
