@@ -12,7 +12,7 @@ import numbers
 from river import base as river_base
 from river.time_series.base import Forecaster
 
-from streamvgan.engine import DEFAULT_FIELD, EngineConfig, Event, Scored, StreamEngine
+from streamvgan.engine import DEFAULT_FIELD, Cause, EngineConfig, Event, Scored, StreamEngine
 from streamvgan.engine.values import check_value
 from streamvgan.errors import InvalidInputError
 
@@ -181,6 +181,10 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
     True
     >>> detector.model_version
     1
+    >>> detector.score_one({"value": 20.0}) == 1.0  # far beyond every value seen
+    True
+    >>> detector.cause  # what drove the latest score_one, and in which field
+    Cause(signal='extreme', field='value')
 
     References
     ----------
@@ -200,8 +204,18 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
         self._learn_event(self._event(x))
 
     def score_one(self, x: dict) -> float:
-        self._scored = self.engine.assess([self._event(x)])
-        return float(self._scored.columns.score[0])
+        self._scored = scored = self.engine.assess([self._event(x)])
+        self._last_scored = scored.columns  # for .cause, after learn_one too
+        return float(scored.columns.score[0])
+
+    @property
+    def cause(self) -> Cause | None:
+        """What drove the latest :meth:`score_one`'s score: the signal (``"model"``,
+        ``"jump"``, ``"level"``, or ``"extreme"`` for a value beyond the range seen) and the
+        field (:class:`~streamvgan.engine.Cause`); None before any score and while no signal
+        is counted yet (the first events)."""
+        last = getattr(self, "_last_scored", None)
+        return None if last is None else last.cause_of(0)
 
     def generate(self, horizon: int, n_samples: int) -> list[list[dict]]:
         """``n_samples`` sampled continuations of ``horizon`` steps, each a list of dicts."""

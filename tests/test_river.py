@@ -225,3 +225,26 @@ def test_forecaster_beyond_head_horizon_uses_continuations(one_torch_thread):
 def test_unknown_parameter_is_rejected_at_construction():
     with pytest.raises(ValueError, match="unknown parameters \\['hiden_size'\\]"):
         streamvgan.VAEGANDetector(hiden_size=3)
+
+
+def test_detector_says_what_drove_each_score():
+    # issue 15: after score_one (and after the learn_one that follows it), .cause names the
+    # signal and the field; a spike in field "b" of a 2-field stream is a new extreme in b,
+    # and the next point (the spike still in the jump signal's smoothing window) a jump in b
+    detector = streamvgan.VAEGANDetector(seed=0, warmup_events=10_000)
+    assert detector.cause is None  # nothing scored yet
+    rng = np.random.default_rng(0)
+    causes, scores = [], []
+    for t in range(260):
+        x = {"a": math.sin(t / 5) + rng.normal(scale=0.2), "b": 10 + rng.normal(scale=0.2)}
+        x["b"] += 6.0 if t == 250 else 0.0
+        scores.append(detector.score_one(x))
+        detector.learn_one(x)
+        causes.append(detector.cause)
+    assert all(c is None for c in causes[:20])  # the first events: no signal counted yet
+    assert scores[250] == 1.0
+    assert causes[250] == streamvgan.engine.Cause("extreme", "b")
+    assert causes[251] == streamvgan.engine.Cause("jump", "b")
+    assert {c.field for c in causes[20:250]} == {"a", "b"}  # each field drives some scores
+    clone = pickle.loads(pickle.dumps(detector))
+    assert clone.cause == causes[-1]

@@ -15,14 +15,16 @@ if TYPE_CHECKING:
     from streamvgan.engine.signals import COMPONENTS, ScoreBatch
     from streamvgan.engine.training import FitReport
     from streamvgan.engine.tuner import BackgroundFineTuner
-    from streamvgan.engine.types import DEFAULT_FIELD, Event, Forecast, Score
+    from streamvgan.engine.types import CAUSES, DEFAULT_FIELD, Cause, Event, Forecast, Score
     from streamvgan.nn.model import ModelConfig
 
 #: public name -> the module it is imported from on first use
 _LAZY = {
+    "CAUSES": "streamvgan.engine.types",
     "COMPONENTS": "streamvgan.engine.signals",
     "DEFAULT_FIELD": "streamvgan.engine.types",
     "BackgroundFineTuner": "streamvgan.engine.tuner",
+    "Cause": "streamvgan.engine.types",
     "EngineConfig": "streamvgan.engine.config",
     "Event": "streamvgan.engine.types",
     "FitReport": "streamvgan.engine.training",
@@ -35,9 +37,11 @@ _LAZY = {
 }
 
 __all__ = [
+    "CAUSES",
     "COMPONENTS",
     "DEFAULT_FIELD",
     "BackgroundFineTuner",
+    "Cause",
     "EngineConfig",
     "Event",
     "FitReport",

@@ -7,15 +7,15 @@ from __future__ import annotations
 import gc
 import math
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from streamvgan.engine.signals import COMPONENTS, ScoreBatch
+from streamvgan.engine.signals import COMPONENTS, NO_CAUSE, ScoreBatch
 from streamvgan.engine.state import StateTable
-from streamvgan.engine.types import Event, Score
+from streamvgan.engine.types import CAUSES, Cause, Event, Score
 from streamvgan.engine.validate import univariate_batch, validate_batch
 
 # ScoreColumns.scores() spells the components out (a dict literal per event is 4x faster
@@ -28,8 +28,10 @@ class ScoreColumns:
     """The scores of a batch of events as columns, one row per event in the order given.
 
     ``score`` (N,) in [0, 1], ``raw`` (N,), ``components`` (N, 5) in the order of
-    ``COMPONENTS``, ``warm`` (N,) bool; ``streams`` and ``ts`` as the events had them. See
-    :class:`Score` for what each is; :meth:`scores` builds those objects.
+    ``COMPONENTS``, ``warm`` (N,) bool; ``streams`` and ``ts`` as the events had them;
+    ``cause`` (N,) int8, the index into ``CAUSES`` of what drove the score (-1: none yet), and
+    ``cause_field`` (N,) the index of its field into the stream's ``field_names`` (-1: none).
+    See :class:`Score` for what each is; :meth:`scores` builds those objects.
     """
 
     streams: list[str]
@@ -39,10 +41,18 @@ class ScoreColumns:
     components: np.ndarray
     warm: np.ndarray
     model_version: int
+    cause: np.ndarray
+    cause_field: np.ndarray
+    #: stream -> its field names (the engine's table, read when the scores are built)
+    field_names: Mapping[str, tuple[str, ...]]
 
     @classmethod
     def zeros(
-        cls, events: Sequence[Event], model_version: int, streams: list[str] | None = None
+        cls,
+        events: Sequence[Event],
+        model_version: int,
+        streams: list[str] | None = None,
+        field_names: Mapping[str, tuple[str, ...]] | None = None,
     ) -> ScoreColumns:
         n = len(events)
         return cls(
@@ -53,6 +63,9 @@ class ScoreColumns:
             np.zeros((n, len(COMPONENTS))),
             np.zeros(n, dtype=bool),
             model_version,
+            np.full(n, NO_CAUSE, dtype=np.int8),
+            np.full(n, -1, dtype=np.int64),
+            {} if field_names is None else field_names,
         )
 
     def __len__(self) -> int:
@@ -72,17 +85,45 @@ class ScoreColumns:
             self.raw[0] = x if math.isfinite(x) else 0.0
             self.components[0] = [x if math.isfinite(x) else 0.0 for x in b.comps[0].tolist()]
             self.warm[0] = b.warm
+            self.cause[0], self.cause_field[0] = b.cause.item(0), b.cause_field.item(0)
             return
         score = np.minimum(np.maximum(np.where(np.isnan(b.score), 0.0, b.score), 0.0), 1.0)
-        raw, comps = b.raw, b.comps
+        raw, comps, cause, cause_field = b.raw, b.comps, b.cause, b.cause_field
         if starts is not None and len(starts) != len(b.slots):
             bounds = [*starts, len(b.slots)]
             best = [a + int(np.argmax(score[a:c])) for a, c in zip(bounds[:-1], bounds[1:])]
-            score, raw, comps = score[best], raw[best], comps[best]
+            score, raw, comps, cause = score[best], raw[best], comps[best], cause[best]
+            # one channel per field, in the stream's field order: the row is the field
+            cause_field = np.where(cause != NO_CAUSE, np.subtract(best, starts), -1)
         self.score[members] = score
         self.raw[members] = np.where(np.isfinite(raw), raw, 0.0)
         self.components[members] = np.where(np.isfinite(comps), comps, 0.0)
         self.warm[members] = b.warm
+        self.cause[members] = cause
+        self.cause_field[members] = cause_field
+
+    def cause_of(self, i: int) -> Cause | None:
+        """The :class:`Cause` of event ``i``'s score (None while no signal is counted)."""
+        return self._causes({})(self.streams[i], self.cause.item(i), self.cause_field.item(i))
+
+    def _causes(
+        self, known: dict[tuple[int, str | None], Cause]
+    ) -> Callable[[str, int, int], Cause | None]:
+        """A function (stream, cause code, field index) -> :class:`Cause`, sharing one object
+        per distinct cause through ``known`` (there are few: signals times field names)."""
+        names = self.field_names
+
+        def cause_of(stream: str, code: int, column: int) -> Cause | None:
+            if code == NO_CAUSE:
+                return None
+            fields = names.get(stream, ())
+            field = fields[column] if 0 <= column < len(fields) else None
+            found = known.get((code, field))
+            if found is None:
+                found = known[code, field] = Cause(CAUSES[code], field)
+            return found
+
+        return cause_of
 
     def scores(self) -> list[Score]:
         """One :class:`Score` per event (built without the dataclass constructor: the
@@ -101,19 +142,22 @@ class ScoreColumns:
         return out
 
     def _build(self, out: list[Score], new, set_dict, version: int) -> None:
-        for stream, s, r, (a, b, c, d, e), w, t in zip(
+        cause_of = self._causes({})
+        for stream, s, r, (a, b, c, d, e), w, t, k, f in zip(
             self.streams,
             self.score.tolist(),
             self.raw.tolist(),
             self.components.tolist(),
             self.warm.tolist(),
             self.ts,
+            self.cause.tolist(),
+            self.cause_field.tolist(),
         ):
             obj = new(Score)
             components = {"surprise": a, "reconstruction": b, "critic": c, "jump": d, "level": e}
             set_dict(obj, "__dict__", {
                 "stream": stream, "score": s, "raw": r, "components": components,
-                "model_version": version, "warm": w, "ts": t,
+                "model_version": version, "warm": w, "ts": t, "cause": cause_of(stream, k, f),
             })  # fmt: skip
             out.append(obj)
 

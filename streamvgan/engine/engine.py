@@ -180,7 +180,9 @@ class StreamEngine:
             cfg = self.config
             batch = admit(events, self.state, cfg.field_mode, cfg.model.n_features)
             self._mutations += batch.new_streams
-            columns = ScoreColumns.zeros(events, self.model_version, batch.streams)
+            columns = ScoreColumns.zeros(
+                events, self.model_version, batch.streams, self.state.fields
+            )
             for members, slots, values, starts in batch.rounds():
                 columns.fill(members, self._step(slots, values, True, scored), starts)
             self.events_seen += len(events)
@@ -197,7 +199,7 @@ class StreamEngine:
         with self._lock:
             st, cfg = self.state, self.config
             rows = known_rows(events, st, cfg.field_mode, cfg.model.n_features)
-            columns = ScoreColumns.zeros(events, self.model_version)
+            columns = ScoreColumns.zeros(events, self.model_version, None, st.fields)
             batch = None
             if rows is not None:  # score() never advances state: a stream's events independent
                 known, slots, values, starts = rows

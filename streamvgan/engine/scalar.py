@@ -22,6 +22,8 @@ from streamvgan.engine.config import EngineConfig
 from streamvgan.engine.learn import ERROR_CAP
 from streamvgan.engine.signals import (
     CAL_SD_FLOOR,
+    EXTREME,
+    NO_CAUSE,
     SIGNAL_CAP,
     SIGNAL_WARMUP,
     Z_TAIL,
@@ -167,16 +169,21 @@ def compute_one(
         if cal_n[k] < 2 * size or not signal_on[k]:
             zk = -math.inf
         z.append((zk, smoothed_k))
-    score = _calibrated(max(z[0][0], z[1][0], z[2][0]))
+    z_max = max(z[0][0], z[1][0], z[2][0])
+    score = _calibrated(z_max)
     young = n < max(cfg.min_history, 2)
     if young:
         score = 0.0
+    # the cause: the first signal of the largest z (np.argmax's choice), in the one field
+    live = z_max > -math.inf and not young
+    cause = [z[0][0], z[1][0], z[2][0]].index(z_max) if live else NO_CAUSE
     # 5. a new extreme
     if cfg.range_tolerance is not None and not young:
         lo, hi = st.seen_min.item(s, 0), st.seen_max.item(s, 0)
         margin = cfg.range_tolerance * (hi - lo)
         if value > hi + margin or value < lo - margin:
             score = 1.0
+            cause = EXTREME
     likely = score
     # 6. the alert cooldown
     if st.quiet.item(s) > 0:
@@ -201,6 +208,8 @@ def compute_one(
         z=np.array([[z[0][0], z[1][0], z[2][0]]]),
         likely=np.array([likely]),
         score=np.array([score]),
+        cause=np.array([cause], dtype=np.int8),
+        cause_field=np.array([0 if cause != NO_CAUSE else -1]),
         warm=warm,
         fm=None if fm is None else col(fm),
         h=h,

@@ -18,6 +18,7 @@ import torch
 from streamvgan.engine.config import SIGNALS, EngineConfig
 from streamvgan.engine.state import StateTable
 from streamvgan.engine.stats import ew_alpha, robust_std
+from streamvgan.engine.types import CAUSES
 from streamvgan.nn.model import RecurrentVAEGAN, WindowCritic
 
 #: the components of a score, in the order of :attr:`ScoreBatch.comps`'s columns
@@ -26,6 +27,9 @@ SIGNAL_WARMUP = 10  # events before the jump and level signals are computed
 CAL_SD_FLOOR = 0.05  # calibration sd floor (see SignalScorer.compute)
 SIGNAL_CAP = 1e30  # largest magnitude a detection signal is kept at (float32 ring)
 _SQRT1_2 = math.sqrt(0.5)
+NO_CAUSE = -1  # ScoreBatch.cause where no signal is counted yet
+EXTREME = CAUSES.index("extreme")
+assert CAUSES[: len(SIGNALS)] == SIGNALS  # a signal's index is its cause code
 
 
 def normal_cdf(z: np.ndarray) -> np.ndarray:
@@ -78,6 +82,8 @@ class ScoreBatch:
     z: np.ndarray  # (B, K) calibrated z of each signal
     likely: np.ndarray  # (B,) score before the cooldown (decides the learning weight)
     score: np.ndarray  # (B,) the score
+    cause: np.ndarray  # (B,) int8 index into CAUSES of what drove the score (NO_CAUSE: none)
+    cause_field: np.ndarray  # (B,) int64 column of the field behind it (-1 with NO_CAUSE)
     warm: bool  # scored by a fitted network (False: the cold-start fallback)
     fm: np.ndarray | None  # (B, F) the network's forecast of x_t (None when cold)
     h: np.ndarray | None  # (B, hidden) float32 network state after this event (None when cold)
@@ -121,7 +127,8 @@ class SignalScorer:
         if model is not None:
             fm, fs = st.f_mean[slots, 0], st.f_scale[slots, 0]  # (B, F) forecast of x_t
             fs = np.maximum(fs, cfg.model.min_scale)  # a channel new since the last fit has none
-            comps[:, 0] = (np.abs(xn - fm) / fs).sum(-1)
+            errors = np.abs(xn - fm) / fs  # (B, F) per field: the model's cause field
+            comps[:, 0] = errors.sum(-1)
             x_t = torch.from_numpy(xn.astype(np.float32)).to(self.device)
             h_t = torch.from_numpy(st.h[slots]).to(self.device)
             out = model.step(x_t, h_t)
@@ -138,7 +145,8 @@ class SignalScorer:
                 comps[:, 2] = -d.cpu().numpy()
         else:
             prev = st.recent_values(slots, 1)[:, 0]
-            comps[:, 0] = np.abs(xn).sum(-1)
+            errors = np.abs(xn)
+            comps[:, 0] = errors.sum(-1)
             comps[:, 1] = np.abs(xn - prev).sum(-1) * (n >= 3)
 
         # surprise and reconstruction are already in units of the model's predicted scale; the
@@ -197,15 +205,31 @@ class SignalScorer:
         z = (smoothed - mu) / np.maximum(sd, floor)
         z[:, self.signal_col == 0] *= cfg.model_signal_weight
         z[(cal_n < 2 * size) | ~self.signal_on[None, :]] = -np.inf
-        score = calibrated_score(z.max(-1))
+        z_max = z.max(-1)
+        score = calibrated_score(z_max)
         young = n < max(cfg.min_history, 2)
         score[young] = 0.0
+        # the cause: the signal (and field) of the largest z; for the model signal, the field
+        # with the largest normalised error
+        top = z.argmax(-1)
+        f = values.shape[1]
+        live = (z_max > -np.inf) & ~young
+        cause = np.where(live, self.signal_col[top], NO_CAUSE).astype(np.int8)
+        cause_field = np.where(top == 0, errors.argmax(-1), (top - 1) % f)
         # 5. a new extreme: beyond the range of everything seen by a fraction of that range
         if cfg.range_tolerance is not None:
             lo, hi = st.seen_min[slots], st.seen_max[slots]
             margin = cfg.range_tolerance * (hi - lo)
-            broken = ((values > hi + margin) | (values < lo - margin)).any(-1)
-            score[broken & ~young] = 1.0
+            outside = (values > hi + margin) | (values < lo - margin)
+            extreme = outside.any(-1) & ~young
+            score[extreme] = 1.0
+            if extreme.any():  # the field furthest beyond its range, in units of that range
+                with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # range 0
+                    beyond = np.maximum(values - hi, lo - values) / (hi - lo)
+                beyond = np.where(outside, beyond, -np.inf)
+                cause[extreme] = EXTREME
+                cause_field = np.where(extreme, beyond.argmax(-1), cause_field)
+        cause_field = np.where(cause == NO_CAUSE, -1, cause_field)
         likely = score  # before the cooldown: decides the learning weight
         # 6. the alert cooldown
         score = np.where(st.quiet[slots] > 0, np.minimum(score, cfg.cooldown_cap), score)
@@ -225,6 +249,8 @@ class SignalScorer:
             z=z,
             likely=likely,
             score=score,
+            cause=cause,
+            cause_field=cause_field,
             warm=warm,
             fm=fm,
             h=h,

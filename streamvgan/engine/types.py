@@ -13,6 +13,9 @@ import numpy as np
 #: The field name a univariate event's value is stored under.
 DEFAULT_FIELD = "value"
 
+#: What can drive a score (:attr:`Cause.signal`); the engine's arrays carry the index.
+CAUSES = ("model", "jump", "level", "extreme")
+
 
 @dataclass(frozen=True)
 class Event:
@@ -32,6 +35,23 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Cause:
+    """What drove a score: the detection ``signal`` whose calibrated z was the largest
+    (``"model"``, ``"jump"`` or ``"level"``), or ``"extreme"`` where the new-extreme rule set the
+    score to 1.0; and the ``field`` behind it (for jump and level the field whose calibrated z
+    was the largest, for extreme the field furthest beyond its range, for the model signal the
+    field with the largest normalised forecast error; in ``channels`` mode the field of the
+    channel that scored highest). README "How the score is computed" says more.
+
+    >>> Cause("jump", "cpu")
+    Cause(signal='jump', field='cpu')
+    """
+
+    signal: str
+    field: str | None
+
+
+@dataclass(frozen=True)
 class Score:
     """The anomaly score of one event.
 
@@ -40,7 +60,9 @@ class Score:
     ``reconstruction`` and the standardised ``critic``. ``components`` holds five values:
     those three, ``jump`` and ``level`` (for a stream with several fields, the channel that
     scored highest). ``warm`` is False while the score came from the cold-start fallback (no
-    fitted model yet). How each is computed: README "How the score is computed".
+    fitted model yet). ``cause`` says which signal and field drove the score (None while
+    no signal is counted yet: a stream's first events, or one unknown to :meth:`score`). How
+    each is computed: README "How the score is computed".
     """
 
     stream: str
@@ -50,6 +72,7 @@ class Score:
     model_version: int
     warm: bool
     ts: Any = None
+    cause: Cause | None = None
 
 
 @dataclass(frozen=True)

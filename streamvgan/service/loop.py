@@ -144,6 +144,8 @@ class ServiceLoop:
         for value in result.score_values:
             m.scores.observe(value)
         m.anomalies.inc(result.anomalies)
+        for signal, count in result.anomaly_causes.items():
+            m.anomaly_causes.labels(signal=signal).inc(count)
         producer.flush()
         if errors:
             raise ProduceError(

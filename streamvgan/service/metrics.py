@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from streamvgan.engine.types import CAUSES
 from streamvgan.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,14 @@ class ServiceMetrics:
             "Scored events at or above the alert threshold.",
             registry=r,
         )
+        self.anomaly_causes = Counter(
+            "streamvgan_scores_anomaly_causes",
+            "Scored events at or above the alert threshold, by the signal that drove the score.",
+            ["signal"],
+            registry=r,
+        )
+        for signal in CAUSES:  # every series from the start, at 0: rate() sees the first alert
+            self.anomaly_causes.labels(signal=signal)
         self.ready = Gauge(
             "streamvgan_service_ready",
             "1 when partitions are assigned and a model is loaded.",

@@ -77,6 +77,7 @@ class BatchResult:
     dead_lettered: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, reason)
     score_values: list[float] = field(default_factory=list)
     anomalies: int = 0
+    anomaly_causes: Counter[str] = field(default_factory=Counter)  # anomalies by cause signal
     records: int = 0
     scored: int = 0
     forecasts: int = 0
@@ -264,6 +265,8 @@ class ScoringProcessor(_Base):
             result.score_values.append(msg.score)
             if msg.anomaly:
                 result.anomalies += 1
+                if score.cause is not None:
+                    result.anomaly_causes[score.cause.signal] += 1
             last_ts[event.stream] = event.ts
             touched[event.stream] = record.partition
         result.scored = len(scored)

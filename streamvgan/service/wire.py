@@ -350,9 +350,13 @@ class ScoreMessage:
     warm: bool
     anomaly: bool
     schema_version: int = SCHEMA_VERSION
+    #: what drove the score, {"signal": ..., "field": ...}; None (left out of the record)
+    #: while no signal is counted yet
+    cause: dict[str, str | None] | None = None
 
     @classmethod
     def from_score(cls, score: Score, ts: Any, threshold: float) -> ScoreMessage:
+        cause = score.cause
         return cls(
             stream=score.stream,
             ts=ts,
@@ -362,10 +366,11 @@ class ScoreMessage:
             model_version=int(score.model_version),
             warm=bool(score.warm),
             anomaly=bool(score.score >= threshold),
+            cause=None if cause is None else {"signal": cause.signal, "field": cause.field},
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema_version": self.schema_version,
             "stream": self.stream,
             "ts": self.ts,
@@ -376,6 +381,9 @@ class ScoreMessage:
             "warm": self.warm,
             "anomaly": self.anomaly,
         }
+        if self.cause is not None:
+            out["cause"] = self.cause
+        return out
 
     def to_bytes(self) -> bytes:
         return _dumps(self.to_dict())

@@ -291,6 +291,25 @@ def test_outputs_the_broker_refused_are_never_committed():
     assert fake.consumer_.committed == {}
 
 
+def test_alerts_are_counted_by_the_signal_that_drove_them():
+    # issue 15: streamvgan_scores_anomaly_causes_total{signal} splits the alerts the
+    # anomalies counter counts; a value far beyond stream a's range is an "extreme"
+    values = [math.sin(i / 4) for i in range(80)]
+    values[60] = 20.0
+    tp = TopicPartition("in", 0)
+    poll = {tp: [Rec("in", 0, i, b"a", _event("a", i, v)) for i, v in enumerate(values)]}
+    app, fake = _app([poll])
+    assert app.run() == 0
+    scores = [json.loads(v) for t, _, v, *_ in fake.producer_.sent if t == "in.scores"]
+    assert scores[60]["cause"] == {"signal": "extreme", "field": "value"}
+    get = app.metrics.registry.get_sample_value
+    by_signal = {s: get("streamvgan_scores_anomaly_causes_total", {"signal": s})
+                 for s in ("model", "jump", "level", "extreme")}
+    assert by_signal["extreme"] >= 1 and None not in by_signal.values()  # all exported
+    assert sum(by_signal.values()) == get("streamvgan_scores_anomalies_total") >= 1
+    assert sum(by_signal.values()) == sum(s["anomaly"] for s in scores)
+
+
 def test_changelog_is_acknowledged_before_the_offsets_are_committed():
     log: list[tuple] = []
     engine = _engine()

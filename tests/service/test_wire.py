@@ -13,7 +13,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from streamvgan.engine import EngineConfig, Event, Forecast, Score, StreamEngine
+from streamvgan.engine import Cause, EngineConfig, Event, Forecast, Score, StreamEngine
 from streamvgan.schemas import SCHEMA_NAMES, load_schema
 from streamvgan.service.wire import (
     H_OFFSET,
@@ -140,6 +140,15 @@ def test_score_message_echoes_stream_and_ts_and_flags_at_threshold():
     assert (data["stream"], data["ts"]) == ("s/1", "2024-11-29T08:00:00Z")
     assert data["anomaly"] is True and data["model_version"] == 4
     assert ScoreMessage.from_score(score, 7, threshold=0.999).anomaly is False
+    assert ScoreMessage.from_bytes(msg.to_bytes()) == msg
+    assert "cause" not in data  # a Score without a cause: the field is left out
+
+
+def test_score_message_carries_the_cause():
+    score = Score("s/1", 1.0, 3.2, {"surprise": 1.0}, 4, True, ts=None,
+                  cause=Cause("extreme", "mem"))
+    msg = ScoreMessage.from_score(score, 7, threshold=0.99)
+    assert json.loads(msg.to_bytes())["cause"] == {"signal": "extreme", "field": "mem"}
     assert ScoreMessage.from_bytes(msg.to_bytes()) == msg
 
 
@@ -347,6 +356,13 @@ def real_outputs() -> dict[str, list[Any]]:
 def test_real_outputs_cover_cold_warm_and_every_field(real_outputs):
     scores = real_outputs["score"]
     assert len(scores) == 600
+    # every score says why once its stream has history; the spike in host-1's "mem" (t = 150)
+    # is a new extreme in that field
+    assert ["cause" in s for s in scores[:60]] == [False] * 60  # 20 events of 3 streams
+    assert all("cause" in s for s in scores[60:])
+    spike = next(s for s in scores if s["stream"] == "host-1" and s["ts"].endswith("02:30Z"))
+    assert spike["cause"] == {"signal": "extreme", "field": "mem"} and spike["score"] == 1.0
+    assert {s["cause"]["field"] for s in scores[60:]} == {"value", "cpu", "mem"}
     assert {s["warm"] for s in scores} == {False, True}
     assert max(s["model_version"] for s in scores) >= 2
     assert {tuple(f["fields"]) for f in real_outputs["forecast"]} == {("value",), ("cpu", "mem")}
@@ -378,6 +394,8 @@ BROKEN = [
     ("score", "anomaly as a string", lambda m: m.update(anomaly="false")),
     ("score", "an unknown property", lambda m: m.update(extra=1)),
     ("score", "ts not an ISO date", lambda m: m.update(ts="yesterday")),
+    ("score", "a cause that is no signal", lambda m: m["cause"].update(signal="critic")),
+    ("score", "a cause without its field", lambda m: m["cause"].pop("field")),
     ("forecast", "horizon 0", lambda m: m.update(horizon=0)),
     ("forecast", "a mean that is a number", lambda m: m.update(mean={"value": 1.0})),
     ("forecast", "a string in the mean", lambda m: m["mean"][m["fields"][0]].append("1")),
