@@ -13,6 +13,7 @@ import argparse
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from streamvgan.errors import StreamVGANError
@@ -147,24 +148,22 @@ def _restore(previous: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from streamvgan.tools import demo
 
-    previous = _terminate_as_interrupt()
-    try:
-        code = demo.main(args)
-    except StreamVGANError as exc:
-        return _fail(exc)
-    finally:
-        _restore(previous)
-    if _finetune_threads_alive():
-        exit_now(code)
-    return code
+    return _run_long(demo.main, args)
 
 
 def _bench(args: argparse.Namespace) -> int:
     from streamvgan.tools import bench
 
+    return _run_long(bench.main, args)
+
+
+def _run_long(main: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a long tool with SIGTERM as a KeyboardInterrupt (its clean-up runs), an error as
+    one logged line and exit code 1 (2 for a configuration error), and an immediate exit if a
+    fine-tune thread outlives it."""
     previous = _terminate_as_interrupt()
     try:
-        code = bench.main(args)
+        code = main(args)
     except StreamVGANError as exc:
         return _fail(exc)
     finally:
