@@ -1,4 +1,4 @@
-"""``streamvgan evaluate nab | msl | forecast | generation | all``: the benchmark commands.
+"""``streamvgan evaluate nab | msl | skab | forecast | generation | all``: the benchmark commands.
 
 Each subcommand sets ``func(args) -> int``; ``streamvgan.cli`` calls :func:`register`.
 Tables go to stdout (they are the command's output); progress goes to the log.
@@ -76,6 +76,24 @@ def _msl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _skab(args: argparse.Namespace) -> int:
+    from streamvgan.eval import skab
+    from streamvgan.eval.report import expand_params
+
+    detectors = args.detectors
+    results = skab.run_skab(
+        data=args.data,
+        detectors=detectors,
+        runs=args.runs,
+        jobs=args.jobs,
+        seed=args.seed,
+        params=expand_params(detectors, args.params),
+    )
+    table = skab.write_results(results, Path(args.out))
+    sys.stdout.write(table + "\n")
+    return 0
+
+
 def _forecast(args: argparse.Namespace) -> int:
     from streamvgan.eval import forecast
     from streamvgan.eval.report import expand_params
@@ -131,6 +149,7 @@ def _all(args: argparse.Namespace) -> int:
         out=Path(args.out),
         nab_data=Path(args.data) if args.data else None,
         msl_data=Path(args.msl_data) if args.msl_data else None,
+        skab_data=Path(args.skab_data) if args.skab_data else None,
         jobs=args.jobs,
         seed=args.seed,
         params=args.params,
@@ -190,6 +209,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--jobs", type=int, default=2, help="worker processes. Default: 2")
     p.set_defaults(func=_msl)
 
+    p = sub.add_parser(
+        "skab", help="SKAB multivariate test rig: pooled ROC AUC and best-threshold F1"
+    )
+    p.add_argument("--data", required=True, help="the SKAB folder (../shared/datasets/skab-other)")
+    # the names of streamvgan.eval.skab.DEFAULT_DETECTORS, written out (see msl above)
+    _common(p, "--detectors", "streamvgan,streamvgan_joint,hst")
+    p.add_argument("--runs", type=_csv, default=None, help="comma-separated runs, e.g. 1,5,10")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes. Default: 2")
+    p.set_defaults(func=_skab)
+
     p = sub.add_parser("forecast", help="prequential 1..H-step forecasts on real series")
     _common(p, "--models", "streamvgan,snarimax,holtwinters,last,snaive")
     p.add_argument(
@@ -233,6 +262,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", default=None, help="NAB checkout (NAB parts skipped without it)")
     p.add_argument(
         "--msl-data", default=None, help="the MSL folder (the MSL benchmark skipped without it)"
+    )
+    p.add_argument(
+        "--skab-data",
+        default=None,
+        help="the SKAB folder (the SKAB benchmark skipped without it)",
     )
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

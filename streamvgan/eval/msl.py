@@ -34,6 +34,7 @@ from river import base
 from streamvgan.errors import ConfigurationError, InvalidInputError
 from streamvgan.eval.baselines import DETECTORS, RollingZScore, make_detector
 from streamvgan.eval.nab import run_tasks
+from streamvgan.eval.scoring import finite_scores, score_series
 
 log = logging.getLogger(__name__)
 
@@ -332,25 +333,9 @@ def run_channel(task: ChannelTask) -> ChannelResult:
     """A fresh detector over one channel, strictly online; the test rows judged."""
     ch = read_channel(task.path)
     detector = make_msl_detector(task.detector, seed=task.seed, params=task.params)
-    scores = np.empty(len(ch.values))
-    t0 = time.perf_counter()
-    for i, v in enumerate(ch.values.tolist()):
-        x = {"value": v}
-        scores[i] = detector.score_one(x)
-        detector.learn_one(x)
-    seconds = time.perf_counter() - t0
-    test = scores[ch.n_train :]
-    bad = ~np.isfinite(test)
-    if bad.any():
-        # A non-finite score cannot be ranked; count it as the lowest, and make it visible.
-        log.warning(
-            "%s on %s: %d non-finite test scores (first at test row %d) ranked as 0.0",
-            task.detector,
-            ch.name,
-            int(bad.sum()),
-            int(np.flatnonzero(bad)[0]),
-        )
-        test = np.where(bad, 0.0, test)
+    scores, seconds = score_series(detector, ({"value": v} for v in ch.values.tolist()))
+    # A non-finite score cannot be ranked; count it as the lowest, and make it visible.
+    test, n_bad = finite_scores(scores[ch.n_train :], f"{task.detector} on {ch.name} (test rows)")
     hits, threshold = caught(test, ch.labels)
     return ChannelResult(
         detector=task.detector,
@@ -358,7 +343,7 @@ def run_channel(task: ChannelTask) -> ChannelResult:
         n_train=ch.n_train,
         n_test=ch.n_test,
         seconds=seconds,
-        n_non_finite=int(bad.sum()),
+        n_non_finite=n_bad,
         auc=roc_auc(test, ch.labels),
         threshold=threshold,
         caught=hits,

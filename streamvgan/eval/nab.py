@@ -34,6 +34,7 @@ import numpy as np
 from streamvgan.errors import ConfigurationError
 from streamvgan.eval import nab_scorer
 from streamvgan.eval.baselines import make_detector
+from streamvgan.eval.scoring import finite_scores, score_series
 from streamvgan.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -171,24 +172,9 @@ def run_file(task: FileTask) -> FileRun:
     stamps, raw_values = read_data_file(task.data_file)
     timestamps = np.array(stamps, dtype="datetime64[s]")
     detector = make_detector(task.detector, seed=task.seed, params=task.params)
-    scores = np.empty(len(raw_values))
-    t0 = time.perf_counter()
-    for i, v in enumerate(raw_values):
-        x = {"value": float(v)}
-        scores[i] = detector.score_one(x)
-        detector.learn_one(x)
-    seconds = time.perf_counter() - t0
-    bad = ~np.isfinite(scores)
-    if bad.any():
-        # NAB needs a finite score on every row; keep the run but make the fault visible.
-        log.warning(
-            "%s on %s: %d non-finite scores (first at row %d) written as 0.0",
-            task.detector,
-            task.name,
-            int(bad.sum()),
-            int(np.flatnonzero(bad)[0]),
-        )
-        scores[bad] = 0.0
+    raw, seconds = score_series(detector, ({"value": float(v)} for v in raw_values))
+    # NAB needs a finite score on every row; keep the run but make the fault visible.
+    scores, n_bad = finite_scores(raw, f"{task.detector} on {task.name}")
     labels = np.zeros(len(stamps), dtype=int)
     for start, end in task.windows:
         labels[(timestamps >= start) & (timestamps <= end)] = 1
@@ -204,7 +190,7 @@ def run_file(task: FileTask) -> FileRun:
         name=task.name,
         n_rows=len(stamps),
         seconds=seconds,
-        n_non_finite=int(bad.sum()),
+        n_non_finite=n_bad,
         timestamps=timestamps,
         scores=scores,
     )

@@ -3,7 +3,7 @@ ablations (``adversarial=False``, ``variational=False``) beside the baselines, a
 telemetry benchmark, in one run.
 
 Writes ``<out>/nab/`` (NAB results files and scores), ``<out>/nab.md``, ``<out>/msl.md``,
-``<out>/msl.json``, ``<out>/forecast.md``,
+``<out>/msl.json``, ``<out>/skab.md``, ``<out>/skab.json``, ``<out>/forecast.md``,
 ``<out>/generation.md``, ``<out>/ablations.md``, the JSON behind them, a few PNG plots and
 ``<out>/README.md`` with everything and the time each part took.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from streamvgan._optional import require
-from streamvgan.eval import forecast, generation, msl, nab, nab_scorer, plots
+from streamvgan.eval import forecast, generation, msl, nab, nab_scorer, plots, skab
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ def run_all(
     include_streamvgan: bool = True,
     nab_files: list[str] | None = None,
     msl_data: Path | None = None,
+    skab_data: Path | None = None,
     forecast_series: list[str] | None = None,
     forecast_origins: int = 400,
     generation_datasets: tuple[str, ...] = ("sines", "stocks"),
@@ -182,6 +183,25 @@ def run_all(
         ]
     else:
         log.warning("no MSL folder given (--msl-data): skipping MSL")
+
+    if skab_data is not None:
+        names = [d for d in skab.DEFAULT_DETECTORS if include_streamvgan or "streamvgan" not in d]
+        t0 = time.perf_counter()
+        skab_results = skab.run_skab(
+            skab_data, names, None, jobs, seed, expand_params(names, params)
+        )
+        timings["skab"] = time.perf_counter() - t0
+        table = skab.write_results(skab_results, out)
+        sections += [
+            "## SKAB multivariate test rig",
+            "",
+            f"All detectors in {timings['skab']:.0f} s wall with {jobs} worker processes.",
+            "",
+            table,
+            "",
+        ]
+    else:
+        log.warning("no SKAB folder given (--skab-data): skipping SKAB")
 
     models = variants + ["snarimax", "holtwinters", "last", "snaive"]
     t0 = time.perf_counter()
