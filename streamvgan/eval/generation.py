@@ -197,15 +197,15 @@ def collect_windows(
 # -- the post-hoc models -------------------------------------------------------------------
 
 
-def _gru_net(out_size: int, seed: int) -> Any:
+def _gru_net(out_size: int, seed: int, n_in: int = 1, hidden: int = _HIDDEN) -> Any:
     import torch
     from torch import nn
 
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.gru = nn.GRU(1, _HIDDEN, batch_first=True)
-            self.head = nn.Linear(_HIDDEN, out_size)
+            self.gru = nn.GRU(n_in, hidden, batch_first=True)
+            self.head = nn.Linear(hidden, out_size)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             h, _ = self.gru(x)  # (batch, time, hidden)
@@ -217,15 +217,21 @@ def _gru_net(out_size: int, seed: int) -> Any:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in net.parameters():
-            bound = 1.0 / math.sqrt(_HIDDEN)
+            bound = 1.0 / math.sqrt(hidden)
             p.copy_(torch.rand(p.shape, generator=g) * 2 * bound - bound)
     return net
 
 
 def discriminative_score(
-    real: np.ndarray, synthetic: np.ndarray, steps: int = 1000, seed: int = 0, lr: float = 1e-3
+    real: np.ndarray,
+    synthetic: np.ndarray,
+    steps: int = 1000,
+    seed: int = 0,
+    lr: float = 1e-3,
+    hidden: int = _HIDDEN,
 ) -> float:
-    """``|accuracy - 0.5|`` of a GRU classifier on a held-out 20% (windows already scaled).
+    """``|accuracy - 0.5|`` of a GRU classifier (``hidden`` units) on a held-out 20%; windows
+    already scaled, (N, T) univariate or (N, T, F).
 
     >>> rng = np.random.default_rng(0)
     >>> a = rng.normal(0.5, 0.1, (64, 24))
@@ -235,12 +241,14 @@ def discriminative_score(
     import torch
 
     rng = np.random.default_rng(seed)
-    x = np.concatenate([real, synthetic])[..., None].astype(np.float32)
+    x = np.concatenate([real, synthetic]).astype(np.float32)
+    if x.ndim == 2:
+        x = x[..., None]
     y = np.concatenate([np.ones(len(real)), np.zeros(len(synthetic))]).astype(np.float32)
     idx = rng.permutation(len(x))
     n_train = int(0.8 * len(x))
     tr, te = idx[:n_train], idx[n_train:]
-    net = _gru_net(1, seed)
+    net = _gru_net(1, seed, n_in=x.shape[-1], hidden=hidden)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     loss_fn = torch.nn.BCEWithLogitsLoss()
