@@ -46,6 +46,7 @@ __all__ = [
     "Run",
     "RunResult",
     "best_f1",
+    "flag_all_f1",
     "format_table",
     "make_skab_detector",
     "read_run",
@@ -133,6 +134,16 @@ def best_f1(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     f1 = 2.0 * tp / (flagged + n_pos)
     best = int(np.argmax(f1))
     return float(f1[best]), float(cut[best])
+
+
+def flag_all_f1(labels: np.ndarray) -> float:
+    """F1 of flagging every row: ``2 p / (1 + p)`` for a labelled share ``p``.
+
+    >>> round(flag_all_f1(np.array([1, 1, 0, 0])), 4)
+    0.6667
+    """
+    p = float(np.mean(np.asarray(labels) != 0))
+    return 2.0 * p / (1.0 + p)
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -340,7 +351,13 @@ def format_table(results: list[DetectorResult]) -> str:
         )
     if not results:
         return "\n".join(lines)
+    labels = results[0].pooled[1]
+    share = float(labels.mean())
     lines += [
+        "",
+        f"{share:.0%} of the judged rows are labelled: flagging every one of them scores "
+        f"F1 {flag_all_f1(labels):.3f}, the floor a detector's best-threshold F1 is to be read "
+        "against (the best threshold can always flag everything).",
         "",
         "ROC AUC per run:",
         "",
@@ -364,6 +381,7 @@ def to_json(results: list[DetectorResult]) -> dict[str, Any]:
             "pooled_roc_auc": num(r.auc),
             "best_f1": num(r.f1[0]),
             "best_f1_threshold": num(r.f1[1]),
+            "flag_all_f1": num(flag_all_f1(r.pooled[1])),
             "seconds_in_runs": round(r.seconds, 2),
             "runs": [
                 {

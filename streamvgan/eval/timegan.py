@@ -16,8 +16,10 @@ windows with the engine's :class:`~streamvgan.engine.training.Trainer` (ELBO + f
 the critic's hinge term on whole 24-step windows), in the engine's normalised units (here
 ``(x - 0.5) / 0.5``). Each window is read after one constant start step, so the state the
 network generates from is the same for every window; sampling runs the learned prior ->
-decoder -> GRU from that state for 24 steps (:meth:`RecurrentVAEGAN.generate`), with no real
-value to condition on. The samples are mapped back to the data's units and not clipped.
+decoder -> GRU from that state for 24 steps, with no real value to condition on; each step is
+the decoder's mean given the sampled latent unless ``observation_noise`` adds the decoder's
+Gaussian noise (as :meth:`RecurrentVAEGAN.generate` does for the engine's continuations). The
+samples are mapped back to the data's units and not clipped.
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ class TimeGANConfig:
     hidden_size: int = 32
     latent_size: int = 4
     adversarial: bool = True
+    # False: each generated step is the decoder's mean given a latent drawn from the prior
+    # (as TimeVAE outputs its decoder's mean); True: plus the decoder's Gaussian noise, as the
+    # engine's continuations draw it
+    observation_noise: bool = False
     disc_steps: int = 2000  # TimeGAN's iterations of the post-hoc discriminator
     disc_runs: int = 10  # TimeGAN's metric_iteration
     seed: int = 0
@@ -140,8 +146,18 @@ def train_and_sample(real: np.ndarray, config: TimeGANConfig) -> tuple[np.ndarra
     trained.eval()
     gen = torch.Generator().manual_seed(config.seed + 7)
     with torch.no_grad():
-        h0 = trained.advance(torch.zeros(1, f), torch.zeros(1, config.hidden_size))
-        samples = trained.generate(h0.expand(n, -1).contiguous(), t, gen).numpy()
+        h = trained.advance(torch.zeros(1, f), torch.zeros(1, config.hidden_size))
+        h = h.expand(n, -1).contiguous()
+        drawn: list[torch.Tensor] = []
+        for _ in range(t):  # RecurrentVAEGAN.generate, with the observation noise optional
+            mu, logvar = trained.latent_prior(h)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+            mean, scale = trained.decode(z, h)
+            x_t = mean + scale * torch.randn(mean.shape, generator=gen)
+            x_t = x_t if config.observation_noise else mean
+            drawn.append(x_t)
+            h = trained.advance(x_t, h)
+        samples = torch.stack(drawn, dim=1).numpy()
     return samples.astype(np.float64) * 0.5 + 0.5, seconds
 
 
@@ -190,6 +206,7 @@ def run(config: TimeGANConfig, name: str = "streamvgan") -> TimeGANRow:
 GENERATORS: dict[str, dict[str, Any]] = {
     "streamvgan": {},
     "streamvgan_noadv": {"adversarial": False},
+    "streamvgan_noisy": {"observation_noise": True},
 }
 
 

@@ -66,6 +66,14 @@ def test_best_f1_on_hand_made_cases():
         skab.best_f1(np.array([0.1, 0.2]), np.array([0, 1, 0]))
 
 
+def test_best_f1_never_falls_below_flagging_everything():
+    rng = np.random.default_rng(0)
+    labels = (rng.random(500) < 0.6).astype(int)
+    useless = rng.random(500)  # a score that knows nothing
+    assert skab.best_f1(useless, labels)[0] >= skab.flag_all_f1(labels) - 1e-12
+    assert skab.flag_all_f1(labels) == pytest.approx(2 * labels.mean() / (1 + labels.mean()))
+
+
 def test_best_f1_equals_a_brute_force_sweep_with_many_ties():
     for seed in range(20):
         rng = np.random.default_rng(seed)
