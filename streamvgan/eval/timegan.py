@@ -17,8 +17,8 @@ the critic's hinge term on whole 24-step windows), in the engine's normalised un
 ``(x - 0.5) / 0.5``). Each window is read after one constant start step, so the state the
 network generates from is the same for every window; sampling runs the learned prior ->
 decoder -> GRU from that state for 24 steps, with no real value to condition on; each step is
-the decoder's mean given the sampled latent unless ``observation_noise`` adds the decoder's
-Gaussian noise (as :meth:`RecurrentVAEGAN.generate` does for the engine's continuations). The
+drawn from the decoder's Gaussian (as :meth:`RecurrentVAEGAN.generate` does for the engine's
+continuations), or with ``observation_noise=False`` is the decoder's mean given the latent. The
 samples are mapped back to the data's units and not clipped.
 """
 
@@ -85,10 +85,11 @@ class TimeGANConfig:
     hidden_size: int = 32
     latent_size: int = 4
     adversarial: bool = True
-    # False: each generated step is the decoder's mean given a latent drawn from the prior
-    # (as TimeVAE outputs its decoder's mean); True: plus the decoder's Gaussian noise, as the
-    # engine's continuations draw it
-    observation_noise: bool = False
+    # True: each generated step is drawn from the decoder's Gaussian, as the engine's
+    # continuations are; False: the decoder's mean given a latent drawn from the prior (as
+    # TimeVAE outputs its decoder's mean)
+    observation_noise: bool = True
+    min_scale: float = 0.02  # ModelConfig.min_scale: the floor of the decoder's scale
     disc_steps: int = 2000  # TimeGAN's iterations of the post-hoc discriminator
     disc_runs: int = 10  # TimeGAN's metric_iteration
     seed: int = 0
@@ -115,6 +116,7 @@ def train_and_sample(real: np.ndarray, config: TimeGANConfig) -> tuple[np.ndarra
         critic_window=t,  # the critic judges whole windows, as TimeGAN's discriminator does
         horizon=min(12, t - 2),
         adversarial=config.adversarial,
+        min_scale=config.min_scale,
     )
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
@@ -206,7 +208,7 @@ def run(config: TimeGANConfig, name: str = "streamvgan") -> TimeGANRow:
 GENERATORS: dict[str, dict[str, Any]] = {
     "streamvgan": {},
     "streamvgan_noadv": {"adversarial": False},
-    "streamvgan_noisy": {"observation_noise": True},
+    "streamvgan_mean": {"observation_noise": False},
 }
 
 
