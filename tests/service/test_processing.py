@@ -8,6 +8,7 @@ loop runs on fake clients that log every send, flush and commit, so the at-least
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamvgan.engine import EngineConfig, Event, StreamEngine
+from streamvgan.errors import InvalidInputError
 from streamvgan.service.app import Application
 from streamvgan.service.changelog import StateChangelog
 from streamvgan.service.kafka_api import TopicPartition
@@ -29,7 +31,7 @@ from streamvgan.service.processing import (
 )
 from streamvgan.service.settings import Settings
 from streamvgan.service.state import ProduceError, StateStore
-from streamvgan.service.wire import H_OFFSET, H_REASON, ScoreMessage
+from streamvgan.service.wire import H_OFFSET, H_REASON, ScoreMessage, decode_event
 
 TOPICS = OutputTopics("in.scores", "in.forecasts", "in.continuations", "in.dlq")
 ENGINE = {"hidden_size": 8, "latent_size": 2, "warmup_events": 10**9}
@@ -111,6 +113,56 @@ def test_scoring_processor_outputs_equal_a_twin_engine_and_dead_letter_the_bad()
     assert sorted(json.loads(o.value)["stream"] for o in result.outputs
                   if o.topic == TOPICS.forecasts) == ["a", "b", "c"]
     assert result.forecasts == 3 and result.produced[TOPICS.forecasts] == 3
+
+
+def _old_score_records(engine: StreamEngine, events: list[Event], threshold: float) -> list:
+    """What the service sent before it used the columnar path (per-event Score objects and
+    ScoreMessage.from_score), including its one-by-one retry of a batch the engine rejects."""
+    try:
+        scores = engine.process(events)
+    except InvalidInputError:
+        scores = []
+        for event in events:
+            with contextlib.suppress(InvalidInputError):
+                scores += engine.process([event])
+    return [(s.stream.encode(), ScoreMessage.from_score(s, s.ts, threshold).to_bytes())
+            for s in scores]
+
+
+def test_score_records_from_the_columns_are_the_bytes_of_the_per_event_path():
+    """Issue 13: the service builds its score records straight from the engine's columns;
+    they must be byte for byte those of the former path (Score -> ScoreMessage -> bytes):
+    cold and fitted model, one- and two-field streams (cause fields), epoch and ISO ts,
+    alerts on both sides of the threshold, and a batch the engine rejects."""
+    config = dict(ENGINE, warmup_events=40, first_fit_steps=3, window=40)
+    new = StreamEngine(EngineConfig.from_params(**config), seed=3)
+    old = StreamEngine(EngineConfig.from_params(**config), seed=3)
+    threshold = 0.6  # about half the cold-start scores of these streams are above it
+    proc = ScoringProcessor(new, TOPICS, forecast_every=0, continuation_every=0,
+                            continuation_samples=2, alert_threshold=threshold)
+    tp = TopicPartition("in", 0)
+    compared = alerts = causes = 0
+    for poll in range(6):
+        recs = []
+        for i in range(poll * 20, poll * 20 + 20):
+            ts = i if i % 2 else f"2024-11-29T08:{i % 60:02d}:00Z"
+            a = {"stream": "a", "ts": ts, "value": math.sin(i / 3) + (5.0 if i == 70 else 0)}
+            hm = {"stream": "h/m", "ts": ts, "values": {"cpu": i % 7, "mem": 1e6 + i * 13.5}}
+            recs += [json.dumps(a), json.dumps(hm)]
+        if poll == 4:  # a field the stream never had: the engine rejects the batch
+            recs.insert(5, json.dumps({"stream": "a", "ts": 1, "values": {"other": 1.0}}))
+        records = {tp: [Rec("in", 0, k, None, r.encode()) for k, r in enumerate(recs)]}
+        events = [decode_event(r.value) for r in records[tp]]
+        expected = _old_score_records(old, events, threshold)
+        got = [(o.key, o.value) for o in proc.process(records).outputs if o.topic == TOPICS.scores]
+        assert got == expected
+        compared += len(got)
+        alerts += sum(json.loads(v)["anomaly"] for _, v in got)
+        causes += sum("cause" in json.loads(v) for _, v in got)
+        if poll == 2:  # fit both the same way: the later polls are scored by a model
+            assert new.fine_tune(force=True) is not None and old.fine_tune(force=True) is not None
+    assert compared == 240 and 0 < alerts < compared and causes > 0
+    assert json.loads(got[-1][1])["warm"] and json.loads(got[-1][1])["model_version"] == 1
 
 
 def test_pass_through_sends_the_same_records_as_the_service():
