@@ -236,6 +236,9 @@ class FakeProducer:
         self.ack()
         self.log.append(("flush",))
 
+    def settled(self) -> bool:
+        return not self._unflushed
+
     def close(self, timeout: float = 10) -> None:
         self.log.append(("close-producer",))
 
@@ -434,7 +437,11 @@ def test_the_periodic_commit_sends_the_changelog_a_chunk_per_iteration_then_comm
     assert log[2:] == [("send", "cl")]  # the second chunk: all three sent
     assert not any(e[0] == "commit" for e in log)
     state.advance(consumer)
-    # the last acknowledgements waited for (a round trip), then the commit, in one step
+    state.advance(consumer)
+    assert log[3:] == []  # the broker has not answered yet: the loop does not wait for it
+    producer.ack()
+    state.advance(consumer)
+    # every record answered: the flush returns at once, then the commit
     assert log[3:] == [("flush",), ("commit", {tp0: 5, tp1: 3})]
     assert state.ticket is None
     assert state.pending == {tp0: 7} and state.dirty == {"a": 0}  # for the next commit
@@ -457,10 +464,82 @@ def test_a_changelog_record_refused_during_the_periodic_commit_commits_nothing()
     consumer = FakeConsumer([], log, stop=lambda: None)
     state.acknowledged({TopicPartition("in", 0): 4}, {"a": 0})
     state.begin_commit(consumer)
+    state.advance(consumer)  # sent; no answer yet
+    state.producer.ack()  # the broker refuses it
     with pytest.raises(ProduceError, match="1 changelog records were not acknowledged"):
         state.advance(consumer)
     assert not any(e[0] == "commit" for e in log)
     assert state.pending == {TopicPartition("in", 0): 4} and state.dirty == {"a": 0}
+
+
+def test_a_crash_or_outage_between_changelog_send_and_ack_commits_nothing():
+    """Issue 13's pipelining: the changelog records of a commit are sent without waiting and
+    the loop goes on scoring; while the broker has not answered them (an outage) nothing is
+    committed however many steps pass, batches scored meanwhile are acknowledged but not
+    committed either, and a crash at that point leaves the committed offsets where they were
+    (a restart re-reads from there)."""
+    log: list[tuple] = []
+    engine = _engine()
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()))
+    state.attach_changelog(StateChangelog("cl", lambda: None))
+    state.producer = producer = FakeProducer(log)
+    proc = ScoringProcessor(engine, TOPICS, forecast_every=0, continuation_every=0,
+                            continuation_samples=2, alert_threshold=0.99,
+                            before_change=state.before_change)
+    consumer = FakeConsumer([], log, stop=lambda: None)
+    offsets = {0: 0, 1: 0}
+    first = proc.process(_poll(0, 30, offsets=offsets))
+    state.acknowledged(first.next_offsets, first.touched)
+    state.begin_commit(consumer)
+    for start in range(30, 130, 10):  # scoring goes on while the broker is silent
+        state.advance(consumer)
+        batch = proc.process(_poll(start, 10, offsets=offsets))
+        assert batch.scored == 10
+        state.acknowledged(batch.next_offsets, batch.touched)
+    assert [e for e in log if e[0] != "send"] == []  # no flush waited on, nothing committed
+    assert len(producer.sent) == 3 and producer.acked == 0
+    # a crash now (kill -9): the group's committed offsets are still the initial ones
+    assert consumer.committed == {}
+    # the broker answers: the next step commits the first batch's offsets, and only those
+    producer.ack()
+    state.advance(consumer)
+    assert consumer.committed == first.next_offsets
+    assert state.pending == {TopicPartition("in", 0): 44, TopicPartition("in", 1): 86}
+
+
+@pytest.mark.parametrize("field_mode", ["channels", "joint"])
+def test_changelog_records_keep_their_format_and_restore(field_mode):
+    """The changelog's stream records are put together from pieces (issue 13: the JSON header
+    was most of their cost); they must stay the bytes ``json.dumps`` of the header gave
+    (records already on changelog topics restore; tests/engine/test_persist.py checks one
+    of an old engine), restore to an equal state, and a damaged one must be refused."""
+    import hashlib
+
+    from streamvgan.engine.persist import stream_from_bytes
+    from streamvgan.errors import CheckpointError
+
+    n = 2 if field_mode == "joint" else 1
+    engine = StreamEngine(EngineConfig.from_params(**ENGINE, field_mode=field_mode,
+                                                   n_features=n), seed=0)
+    multi = {"cpu": 1.0, "mém \"x\"": 2.5}
+    for t in range(30):
+        engine.process([Event("hôst/é\n1", {k: v + t for k, v in multi.items()}),
+                        Event("b", {"x": t % 4, "y": 1e9 - t} if n == 2 else {"value": t})])
+    for stream in engine.streams():
+        blob = engine.export_stream(stream)
+        size = int.from_bytes(blob[4:8], "big")
+        header = json.loads(blob[8 : 8 + size])
+        assert blob[8 : 8 + size] == json.dumps(header, separators=(",", ":")).encode()
+        assert list(header) == ["format", "format_version", "stream", "fields", "keys",
+                                "model_version", "arrays", "sha256"]
+        assert header["sha256"] == hashlib.sha256(blob[8 + size :]).hexdigest()
+        twin = StreamEngine(EngineConfig.from_params(**ENGINE, field_mode=field_mode,
+                                                     n_features=n), seed=0)
+        twin.import_stream(stream, blob)
+        assert twin.export_stream(stream) == blob
+        damaged = blob[:-3] + bytes([blob[-3] ^ 1]) + blob[-2:]
+        with pytest.raises(CheckpointError, match="checksum mismatch"):
+            stream_from_bytes(damaged, stream)
 
 
 def test_a_revocation_during_the_periodic_commit_finishes_it_first():
