@@ -36,9 +36,9 @@ from prometheus_client import CollectorRegistry
 
 from streamvgan.service import clients
 from streamvgan.service.app import Application
-from streamvgan.tools.broker import EmbeddedBroker, free_port
 from streamvgan.service.changelog import changelog_topic
 from streamvgan.service.settings import Settings
+from streamvgan.tools.broker import EmbeddedBroker, _recv_exactly, free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -161,16 +161,6 @@ def _abort(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.shutdown(socket.SHUT_RDWR)  # wakes the pumps; their close() sends the RST
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
