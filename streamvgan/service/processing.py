@@ -33,8 +33,8 @@ from streamvgan.service.wire import (
     ContinuationMessage,
     DeadLetter,
     DecodeError,
-    ForecastMessage,
     decode_event,
+    encode_forecasts,
     encode_scores,
 )
 
@@ -271,11 +271,9 @@ class ScoringProcessor(_Base):
         forecast_streams, continuation_streams = self.schedule.due(streams)
         engine = self.engine
         if forecast_streams:
-            for fc in engine.forecast(forecast_streams):
-                fc_msg = ForecastMessage.from_forecast(fc, last_ts[fc.stream])
-                outputs.append(
-                    Output(topics.forecasts, fc.stream.encode("utf-8"), fc_msg.to_bytes())
-                )
+            forecasts = engine.forecast(forecast_streams)
+            for fc, value in zip(forecasts, encode_forecasts(forecasts, last_ts)):
+                outputs.append(Output(topics.forecasts, fc.stream.encode("utf-8"), value))
         for stream in continuation_streams:
             samples = engine.generate(stream, engine.config.horizon, self.continuation_samples)
             cont_msg = ContinuationMessage.from_array(
@@ -392,13 +390,14 @@ class PassThroughProcessor(_Base):
             last[event.stream] = (event.ts, value)
         forecast_streams, continuation_streams = self.schedule.due([e.stream for e in events])
         h = self.horizon
+        forecasts = []
         for stream in forecast_streams:
-            ts, x0 = last[stream]
-            mean = x0 + 0.01 * rng.standard_normal((h, 1))
+            mean = last[stream][1] + 0.01 * rng.standard_normal((h, 1))
             quantiles = {q: mean + z for q, z in ((0.1, -1.28), (0.5, 0.0), (0.9, 1.28))}
-            fc = Forecast(stream, ["value"], mean, quantiles, 1, True)
-            value = ForecastMessage.from_forecast(fc, ts).to_bytes()
-            outputs.append(Output(topics.forecasts, stream.encode("utf-8"), value))
+            forecasts.append(Forecast(stream, ["value"], mean, quantiles, 1, True))
+        origins = {stream: ts for stream, (ts, _) in last.items()}
+        for fc, value in zip(forecasts, encode_forecasts(forecasts, origins)):
+            outputs.append(Output(topics.forecasts, fc.stream.encode("utf-8"), value))
         for stream in continuation_streams:
             ts, x0 = last[stream]
             samples = x0 + rng.standard_normal((self.continuation_samples, h, 1))

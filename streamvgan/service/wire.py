@@ -492,6 +492,43 @@ class ForecastMessage:
         return cls(**json.loads(data))
 
 
+def encode_forecasts(forecasts: Sequence[Forecast], ts: Mapping[str, Any]) -> list[bytes]:
+    """The forecast record of each of ``forecasts`` (origin ``ts[stream]``): the same bytes as
+    ``ForecastMessage.from_forecast(fc, ts[fc.stream]).to_bytes()``, with the rounding of all
+    forecasts of a shape done in one numpy pass instead of ~10 small calls per stream (a
+    forecast per stream per poll made them the service's largest cost after the model)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, fc in enumerate(forecasts):
+        groups.setdefault((fc.mean.shape, tuple(fc.quantiles)), []).append(i)
+    out: list[bytes] = [b""] * len(forecasts)
+    for (shape, levels), members in groups.items():
+        # (N, 1 + levels, H, F) -> rounded, as (N, 1 + levels, F, H) lists
+        group = [forecasts[i] for i in members]
+        parts = [np.stack([fc.mean for fc in group])]
+        parts += [np.stack([fc.quantiles[q] for fc in group]) for q in levels]
+        stacked = np.stack(parts, axis=1)
+        rows = _round_sig(np.swapaxes(stacked, 2, 3)).tolist()
+        names = [_level(q) for q in levels]
+        horizon = int(shape[0])
+        for i, per in zip(members, rows):
+            fc = forecasts[i]
+            fields_ = list(fc.fields)
+            out[i] = _dumps(
+                {
+                    "stream": fc.stream,
+                    "ts": ts[fc.stream],
+                    "horizon": horizon,
+                    "fields": fields_,
+                    "mean": dict(zip(fields_, per[0])),
+                    "quantiles": {q: dict(zip(fields_, per[k + 1])) for k, q in enumerate(names)},
+                    "model_version": int(fc.model_version),
+                    "warm": bool(fc.warm),
+                    "schema_version": SCHEMA_VERSION,
+                }
+            )
+    return out
+
+
 @dataclass(frozen=True)
 class ContinuationMessage:
     """One record of the continuations topic: sampled future trajectories of one stream.

@@ -31,7 +31,13 @@ from streamvgan.service.processing import (
 )
 from streamvgan.service.settings import Settings
 from streamvgan.service.state import ProduceError, StateStore
-from streamvgan.service.wire import H_OFFSET, H_REASON, ScoreMessage, decode_event
+from streamvgan.service.wire import (
+    H_OFFSET,
+    H_REASON,
+    ForecastMessage,
+    ScoreMessage,
+    decode_event,
+)
 
 TOPICS = OutputTopics("in.scores", "in.forecasts", "in.continuations", "in.dlq")
 ENGINE = {"hidden_size": 8, "latent_size": 2, "warmup_events": 10**9}
@@ -130,15 +136,16 @@ def _old_score_records(engine: StreamEngine, events: list[Event], threshold: flo
 
 
 def test_score_records_from_the_columns_are_the_bytes_of_the_per_event_path():
-    """Issue 13: the service builds its score records straight from the engine's columns;
-    they must be byte for byte those of the former path (Score -> ScoreMessage -> bytes):
+    """Issue 13: the service builds its score records straight from the engine's columns,
+    and its forecast records in one pass; they must be byte for byte those of the former path
+    (Score -> ScoreMessage -> bytes, Forecast -> ForecastMessage -> bytes):
     cold and fitted model, one- and two-field streams (cause fields), epoch and ISO ts,
     alerts on both sides of the threshold, and a batch the engine rejects."""
     config = dict(ENGINE, warmup_events=40, first_fit_steps=3, window=40)
     new = StreamEngine(EngineConfig.from_params(**config), seed=3)
     old = StreamEngine(EngineConfig.from_params(**config), seed=3)
     threshold = 0.6  # about half the cold-start scores of these streams are above it
-    proc = ScoringProcessor(new, TOPICS, forecast_every=0, continuation_every=0,
+    proc = ScoringProcessor(new, TOPICS, forecast_every=1, continuation_every=0,
                             continuation_samples=2, alert_threshold=threshold)
     tp = TopicPartition("in", 0)
     compared = alerts = causes = 0
@@ -154,8 +161,14 @@ def test_score_records_from_the_columns_are_the_bytes_of_the_per_event_path():
         records = {tp: [Rec("in", 0, k, None, r.encode()) for k, r in enumerate(recs)]}
         events = [decode_event(r.value) for r in records[tp]]
         expected = _old_score_records(old, events, threshold)
-        got = [(o.key, o.value) for o in proc.process(records).outputs if o.topic == TOPICS.scores]
+        outputs = proc.process(records).outputs
+        got = [(o.key, o.value) for o in outputs if o.topic == TOPICS.scores]
         assert got == expected
+        # forecasts too: the per-stream ForecastMessage path against the batched encoder
+        last_ts = {json.loads(v)["stream"]: json.loads(v)["ts"] for _, v in got}
+        want = [ForecastMessage.from_forecast(fc, last_ts[fc.stream]).to_bytes()
+                for fc in old.forecast(list(last_ts))]
+        assert [o.value for o in outputs if o.topic == TOPICS.forecasts] == want
         compared += len(got)
         alerts += sum(json.loads(v)["anomaly"] for _, v in got)
         causes += sum("cause" in json.loads(v) for _, v in got)
