@@ -23,8 +23,10 @@ from streamvgan.service.state import ProduceError, StateStore
 
 log = logging.getLogger(__name__)
 
-#: poll timeout while a commit waits for its changelog acknowledgements
+#: poll timeout while a commit waits for its changelog acknowledgements, for at most
+#: _COMMIT_FAST_S after it began
 _COMMIT_POLL_MS = 2
+_COMMIT_FAST_S = 1.0
 
 
 class ServiceLoop:
@@ -77,10 +79,13 @@ class ServiceLoop:
             # while a commit is in progress, polls are short: the changelog goes on being sent
             # and the offsets are committed right after the last acknowledgement, not a whole
             # idle poll later (a kill -9 in between leaves the changelog ahead of the
-            # committed offsets: those streams' events would be applied twice after a move)
-            timeout_ms = s.poll_timeout_ms if self.state.ticket is None else _COMMIT_POLL_MS
+            # committed offsets: those streams' events would be applied twice after a move);
+            # after a second without the acknowledgements (an outage), polls are long again
+            ticket, timeout_ms = self.state.ticket, s.poll_timeout_ms
+            if ticket is not None and time.monotonic() - ticket.started < _COMMIT_FAST_S:
+                timeout_ms = min(timeout_ms, _COMMIT_POLL_MS)
             try:
-                records = consumer.poll(min(timeout_ms, s.poll_timeout_ms), s.poll_max_records)
+                records = consumer.poll(timeout_ms, s.poll_max_records)
             except TransientPollError as exc:
                 failures += 1
                 self._poll_failed(exc, failures)

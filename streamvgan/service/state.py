@@ -59,6 +59,7 @@ class _Ticket:
     states: list[tuple[str, int, bytes | None]] = field(default_factory=list)  # exported
     sent: int = 0
     errors: list[BaseException] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
 
 class StateStore:
