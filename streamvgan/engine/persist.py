@@ -11,6 +11,7 @@ JSON header with the SHA-256 of the body, and the rows' raw bytes: no pickle eit
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -155,20 +156,49 @@ def read(directory: Path) -> tuple[bytes, str]:
 def stream_to_bytes(record: StreamRecord) -> bytes:
     """A compact record of one stream's state: ``SVGS``, a 4-byte header length, a JSON header
     (stream, fields, array names, shapes and dtypes, model version, SHA-256 of the body), then
-    the arrays' raw bytes. No pickle: a record from an untrusted topic cannot run code."""
-    layout, body = StateTable.rows_to_bytes(record.rows)
-    header = {
-        "format": STREAM_FORMAT,
-        "format_version": STREAM_FORMAT_VERSION,
-        "stream": record.stream,
-        "fields": record.fields,
-        "keys": record.keys,
-        "model_version": record.model_version,
-        "arrays": layout,
-        "sha256": hashlib.sha256(body).hexdigest(),
-    }
-    head = json.dumps(header, separators=(",", ":")).encode()
+    the arrays' raw bytes. No pickle: a record from an untrusted topic cannot run code.
+
+    The header is the bytes ``json.dumps(header, separators=(",", ":"))`` writes, put together
+    from pieces: the array layout, the same for every stream of a table, is encoded once
+    (:func:`_layout_json`). ``json.dumps`` of the whole header was ~50 us of a record's ~70 us
+    here, and a changelog commit writes a record per changed stream (1,000 at once)."""
+    rows = record.rows
+    layout = tuple((name, a.shape, a.dtype.str) for name, a in rows.items())
+    body = b"".join([a.tobytes() for a in rows.values()])  # C order, as rows_to_bytes
+    head = "".join(
+        (
+            _HEAD_START,
+            _json_str(record.stream),
+            ',"fields":',
+            _json_strs(record.fields),
+            ',"keys":',
+            _json_strs(record.keys),
+            ',"model_version":',
+            json.dumps(record.model_version),
+            ',"arrays":',
+            _layout_json(layout),
+            ',"sha256":"',
+            hashlib.sha256(body).hexdigest(),
+            '"}',
+        )
+    ).encode()
     return _STREAM_MAGIC + len(head).to_bytes(4, "big") + head + body
+
+
+_HEAD_START = f'{{"format":"{STREAM_FORMAT}","format_version":{STREAM_FORMAT_VERSION},"stream":'
+_json_str = json.encoder.encode_basestring_ascii  # what json.dumps writes a str with
+
+
+def _json_strs(items: list[str]) -> str:
+    return "[" + ",".join(map(_json_str, items)) + "]"
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_json(layout: tuple[tuple[str, tuple[int, ...], str], ...]) -> str:
+    """The header's ``arrays`` entry (``[[name, shape, dtype], ...]``) for ``layout``."""
+    return json.dumps(
+        [[name, list(shape), dt] for name, shape, dt in layout], separators=(",", ":")
+    )
 
 
 def stream_from_bytes(data: bytes, stream: str) -> StreamRecord:

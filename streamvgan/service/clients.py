@@ -473,6 +473,7 @@ class ResendingProducer:
         self.replace_after_s = replace_after_s
         self._producer = factory()
         self._unacked: list[_Sent] = []
+        self._answered = 0  # records at the head of _unacked known to have their answer
         self.healthy = True
         self.replacements = 0
 
@@ -496,6 +497,15 @@ class ResendingProducer:
             return self._producer.send(**kwargs)
         except KafkaError as exc:  # e.g. no metadata within max_block_ms: retried by flush
             return Future().failure(exc)
+
+    def settled(self) -> bool:
+        """True when every record sent so far has its answer (acknowledged or failed: a
+        :meth:`flush` then only resends or gives up, without waiting for the broker)."""
+        unacked = self._unacked
+        # answers come in order of sending, mostly: skip the answered prefix once
+        while self._answered < len(unacked) and unacked[self._answered].future.is_done:
+            self._answered += 1
+        return self._answered == len(unacked)
 
     def flush(self) -> None:
         """Return once every record sent so far was acknowledged or given up on (its errbacks
@@ -523,7 +533,7 @@ class ResendingProducer:
                         # (delivery_timeout_ms, reconnect backoff): a new producer does
                         stalled = True
                         break
-            pending, self._unacked = self._unacked, []
+            pending, self._unacked, self._answered = self._unacked, [], 0
             # Records aborted because their producer entered a fatal state (e.g. a restarted
             # Tansu answering the epoch bump after OutOfOrderSequenceNumber with UnknownError)
             # failed through no fault of their own: a new producer sends them.

@@ -364,6 +364,10 @@ class ConfluentProducer:
         self._in_flight += 1
         return delivery
 
+    def settled(self) -> bool:
+        self.producer.poll(0)  # serve the delivery callbacks that arrived
+        return self._in_flight == 0
+
     def flush(self) -> None:
         started = time.monotonic()
         while self.producer.flush(0.5) > 0 or self._in_flight > 0:

@@ -66,6 +66,11 @@ class Producer(Protocol):
 
     def flush(self) -> None: ...
 
+    def settled(self) -> bool:
+        """True when the broker answered every record sent so far (acknowledged or given up
+        on), so that :meth:`flush` would not wait; never waits itself."""
+        ...
+
     def close(self, timeout: float = 10) -> None: ...
 
 

@@ -23,6 +23,11 @@ from streamvgan.service.state import ProduceError, StateStore
 
 log = logging.getLogger(__name__)
 
+#: poll timeout while a commit waits for its changelog acknowledgements, for at most
+#: _COMMIT_FAST_S after it began
+_COMMIT_POLL_MS = 2
+_COMMIT_FAST_S = 1.0
+
 
 class ServiceLoop:
     """Runs batches until ``stop`` is set.
@@ -71,8 +76,16 @@ class ServiceLoop:
         last_commit = last_checkpoint = last_lag = now
         failures = 0  # polls in a row that raised a retriable error
         while not self._stop.is_set():
+            # while a commit is in progress, polls are short: the changelog goes on being sent
+            # and the offsets are committed right after the last acknowledgement, not a whole
+            # idle poll later (a kill -9 in between leaves the changelog ahead of the
+            # committed offsets: those streams' events would be applied twice after a move);
+            # after a second without the acknowledgements (an outage), polls are long again
+            ticket, timeout_ms = self.state.ticket, s.poll_timeout_ms
+            if ticket is not None and time.monotonic() - ticket.started < _COMMIT_FAST_S:
+                timeout_ms = min(timeout_ms, _COMMIT_POLL_MS)
             try:
-                records = consumer.poll(s.poll_timeout_ms, s.poll_max_records)
+                records = consumer.poll(timeout_ms, s.poll_max_records)
             except TransientPollError as exc:
                 failures += 1
                 self._poll_failed(exc, failures)

@@ -21,21 +21,25 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from streamvgan.engine import Event, Forecast, StreamEngine
+from streamvgan.engine.types import CAUSES
 from streamvgan.errors import InvalidInputError
 from streamvgan.service.kafka_api import InputRecord, TopicPartition
 from streamvgan.service.wire import (
     ContinuationMessage,
     DeadLetter,
     DecodeError,
-    ForecastMessage,
-    ScoreMessage,
     decode_event,
+    encode_forecasts,
+    encode_scores,
 )
+
+if TYPE_CHECKING:
+    from streamvgan.engine.batching import ScoreColumns
 
 log = logging.getLogger(__name__)
 
@@ -255,30 +259,21 @@ class ScoringProcessor(_Base):
         result = BatchResult()
         events, sources = self._decode(records, result)
         scored = self._score(events, sources, result)
-        topics, outputs = self.topics, result.outputs
+        topics, outputs, touched = self.topics, result.outputs, result.touched
         last_ts: dict[str, Any] = {}
-        touched = result.touched
-        threshold = self.alert_threshold
-        for event, record, score in scored:
-            msg = ScoreMessage.from_score(score, event.ts, threshold)
-            outputs.append(Output(topics.scores, event.stream.encode("utf-8"), msg.to_bytes()))
-            result.score_values.append(msg.score)
-            if msg.anomaly:
-                result.anomalies += 1
-                if score.cause is not None:
-                    result.anomaly_causes[score.cause.signal] += 1
-            last_ts[event.stream] = event.ts
-            touched[event.stream] = record.partition
-        result.scored = len(scored)
-        result.produced[topics.scores] += len(scored)
-        forecast_streams, continuation_streams = self.schedule.due([e.stream for e, _, _ in scored])
+        streams: list[str] = []
+        for part, columns in scored:
+            _score_outputs(columns, self.alert_threshold, topics.scores, result)
+            for stream, ts, record in zip(columns.streams, columns.ts, part):
+                last_ts[stream] = ts
+                touched[stream] = record.partition
+            streams += columns.streams
+        forecast_streams, continuation_streams = self.schedule.due(streams)
         engine = self.engine
         if forecast_streams:
-            for fc in engine.forecast(forecast_streams):
-                fc_msg = ForecastMessage.from_forecast(fc, last_ts[fc.stream])
-                outputs.append(
-                    Output(topics.forecasts, fc.stream.encode("utf-8"), fc_msg.to_bytes())
-                )
+            forecasts = engine.forecast(forecast_streams)
+            for fc, value in zip(forecasts, encode_forecasts(forecasts, last_ts)):
+                outputs.append(Output(topics.forecasts, fc.stream.encode("utf-8"), value))
         for stream in continuation_streams:
             samples = engine.generate(stream, engine.config.horizon, self.continuation_samples)
             cont_msg = ContinuationMessage.from_array(
@@ -295,13 +290,14 @@ class ScoringProcessor(_Base):
 
     def _score(
         self, events: list[Event], sources: list[Any], result: BatchResult
-    ) -> list[tuple[Event, Any, Any]]:
-        """One batched engine step; events the engine rejects become dead letters."""
+    ) -> list[tuple[list[Any], ScoreColumns]]:
+        """One batched engine step: ``[(records, their score columns)]``, one pair; events the
+        engine rejects become dead letters (then one pair per event scored)."""
         if not events:
             return []
         try:
             self.before_change([e.stream for e in events])
-            return list(zip(events, sources, self.engine.process(events)))
+            return [(sources, self.engine.process_columns(events))]
         except InvalidInputError as exc:
             log.info("engine rejected a batch (%s); scoring its events one by one", exc)
         except Exception:
@@ -312,7 +308,7 @@ class ScoringProcessor(_Base):
         for event, record in zip(events, sources):
             try:
                 self.before_change([event.stream])
-                scored.append((event, record, self.engine.process([event])[0]))
+                scored.append(([record], self.engine.process_columns([event])))
             except Exception as exc:
                 if not isinstance(exc, InvalidInputError):
                     log.exception(
@@ -323,6 +319,25 @@ class ScoringProcessor(_Base):
                     )
                 self._dead_letter(result, record, "engine_error", str(exc))
         return scored
+
+
+def _score_outputs(
+    columns: ScoreColumns, threshold: float, topic: str, result: BatchResult
+) -> None:
+    """The score records of ``columns`` into ``result``, with the counts the metrics take."""
+    outputs = result.outputs
+    for stream, value in zip(columns.streams, encode_scores(columns, threshold)):
+        outputs.append(Output(topic, stream.encode("utf-8"), value))
+    result.score_values += columns.score.tolist()
+    alerts = columns.score >= threshold
+    n_alerts = int(np.count_nonzero(alerts))
+    if n_alerts:
+        result.anomalies += n_alerts
+        for code in columns.cause[alerts].tolist():
+            if code >= 0:
+                result.anomaly_causes[CAUSES[code]] += 1
+    result.scored += len(columns)
+    result.produced[topic] += len(columns)
 
 
 class PassThroughProcessor(_Base):
@@ -338,41 +353,54 @@ class PassThroughProcessor(_Base):
         continuation_every: int,
         continuation_samples: int,
         horizon: int,
+        alert_threshold: float = 0.99,
         seed: int = 0,
     ) -> None:
         super().__init__(topics, DueSchedule(forecast_every, continuation_every))
+        self.alert_threshold = alert_threshold
         self.continuation_samples = continuation_samples
         self.horizon = horizon
         self.rng = np.random.default_rng(seed)
 
     def process(self, records: Records) -> BatchResult:
+        from streamvgan.engine.batching import ScoreColumns  # the engine's, without torch here
+
         result = BatchResult()
         events, _ = self._decode(records, result)
         topics, outputs, rng = self.topics, result.outputs, self.rng
         last: dict[str, tuple[Any, float]] = {}
-        for event in events:
-            x = next(iter(event.values.values()))
-            comps = {"surprise": x * 0.37, "reconstruction": x * 0.11, "critic": x * 0.05}
-            msg = ScoreMessage(
-                event.stream, event.ts, float(rng.random()), x * 0.5, comps, 1, True, False
-            )
-            outputs.append(Output(topics.scores, event.stream.encode("utf-8"), msg.to_bytes()))
-            result.score_values.append(msg.score)
-            last[event.stream] = (event.ts, x)
-        result.scored = len(events)
-        result.produced[topics.scores] += len(events)
+        x = np.array([next(iter(e.values.values())) for e in events], dtype=np.float64)
+        # score columns as the engine returns them (five components, a cause with its field),
+        # so the records have the service's fields and sizes and take the same encoder
+        n = len(events)
+        columns = ScoreColumns(
+            streams=[e.stream for e in events],
+            ts=[e.ts for e in events],
+            score=rng.random(n),
+            raw=x * 0.5,
+            components=x[:, None] * np.array([0.37, 0.11, 0.05, 0.02, 0.01]),
+            warm=np.ones(n, dtype=bool),
+            model_version=1,
+            cause=np.zeros(n, dtype=np.int8),
+            cause_field=np.zeros(n, dtype=np.int64),
+            field_names={e.stream: tuple(e.values) for e in events},
+        )
+        _score_outputs(columns, self.alert_threshold, topics.scores, result)
+        for event, value in zip(events, x.tolist()):
+            last[event.stream] = (event.ts, value)
         forecast_streams, continuation_streams = self.schedule.due([e.stream for e in events])
         h = self.horizon
+        forecasts = []
         for stream in forecast_streams:
-            ts, x = last[stream]
-            mean = x + 0.01 * rng.standard_normal((h, 1))
+            mean = last[stream][1] + 0.01 * rng.standard_normal((h, 1))
             quantiles = {q: mean + z for q, z in ((0.1, -1.28), (0.5, 0.0), (0.9, 1.28))}
-            fc = Forecast(stream, ["value"], mean, quantiles, 1, True)
-            value = ForecastMessage.from_forecast(fc, ts).to_bytes()
-            outputs.append(Output(topics.forecasts, stream.encode("utf-8"), value))
+            forecasts.append(Forecast(stream, ["value"], mean, quantiles, 1, True))
+        origins = {stream: ts for stream, (ts, _) in last.items()}
+        for fc, value in zip(forecasts, encode_forecasts(forecasts, origins)):
+            outputs.append(Output(topics.forecasts, fc.stream.encode("utf-8"), value))
         for stream in continuation_streams:
-            ts, x = last[stream]
-            samples = x + rng.standard_normal((self.continuation_samples, h, 1))
+            ts, x0 = last[stream]
+            samples = x0 + rng.standard_normal((self.continuation_samples, h, 1))
             value = ContinuationMessage.from_array(stream, ts, ["value"], samples, 1).to_bytes()
             outputs.append(Output(topics.continuations, stream.encode("utf-8"), value))
         result.forecasts = len(forecast_streams)

@@ -322,6 +322,7 @@ def _passthrough(settings: Any, seed: int) -> Any:
         continuation_every=s.continuation_every,
         continuation_samples=s.continuation_samples,
         horizon=s.horizon,
+        alert_threshold=s.alert_threshold,
         seed=seed,
     )
 

@@ -36,9 +36,9 @@ from prometheus_client import CollectorRegistry
 
 from streamvgan.service import clients
 from streamvgan.service.app import Application
-from streamvgan.tools.broker import EmbeddedBroker, free_port
 from streamvgan.service.changelog import changelog_topic
 from streamvgan.service.settings import Settings
+from streamvgan.tools.broker import EmbeddedBroker, _recv_exactly, free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -161,16 +161,6 @@ def _abort(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.shutdown(socket.SHUT_RDWR)  # wakes the pumps; their close() sends the RST
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -453,3 +443,84 @@ def test_serve_survives_connections_reset_while_connecting(gated_broker, kafka_c
         app.stop()
         code = app.join(60)
     assert code == 0
+
+
+class _CommitLog:
+    """The consumer side of a commit: records what was committed (the group's position)."""
+
+    def __init__(self) -> None:
+        self.committed: dict = {}
+
+    def commit(self, offsets, timeout_ms) -> None:
+        self.committed.update(offsets)
+
+
+def test_a_commit_waits_for_its_changelog_acks_through_an_outage(broker, kafka_client):
+    """Issue 13: the periodic commit sends the changelog without waiting in the scoring loop.
+    With the broker frozen (SIGSTOP) after the records were sent, no step commits however
+    many pass: a crash then leaves the group's offsets where they were. Once the broker
+    answers, a step commits, and the records it committed after are on the topic."""
+    import os
+    import signal
+
+    from streamvgan.engine import EngineConfig, Event, StreamEngine
+    from streamvgan.service.app import make_clients
+    from streamvgan.service.changelog import StateChangelog
+    from streamvgan.service.kafka_api import TopicPartition
+    from streamvgan.service.metrics import ServiceMetrics
+    from streamvgan.service.state import StateStore
+
+    servers = broker.bootstrap_servers
+    clients.ensure_topics(servers, ["cl"], partitions=1)
+    engine = StreamEngine(EngineConfig.from_params(hidden_size=8, latent_size=2), seed=0)
+    for t in range(5):
+        engine.process([Event(s, {"value": t * (k + 1.0)}) for k, s in enumerate("ab")])
+    stop = threading.Event()
+    factory = make_clients(Settings(bootstrap_servers=servers, input_topic="in",
+                                    kafka_client=kafka_client))
+    producer = factory.producer(client_id="tests-changelog", stop=stop,
+                                retry=lambda fn, what: clients.retry(fn, what, stop))
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()))
+    state.attach_changelog(StateChangelog("cl", lambda: None))
+    state.producer = producer
+    group = _CommitLog()
+    tp = TopicPartition("in", 0)
+    frozen = False
+    try:
+        producer.send("cl", key=b"warm-up", value=b"x", partition=0)
+        producer.flush()  # connected, metadata known: the sends below do not block
+        at_commit = {s: engine.export_stream(s) for s in "ab"}
+        os.kill(broker.pid, signal.SIGSTOP)
+        frozen = True
+        state.acknowledged({tp: 5}, {"a": 0, "b": 0})
+        state.begin_commit(group)
+        for _ in range(20):
+            state.advance(group)  # returns at once: never waits for the broker
+            time.sleep(0.05)
+        assert group.committed == {} and state.ticket is not None and not producer.settled()
+        os.kill(broker.pid, signal.SIGCONT)
+        frozen = False
+        deadline = time.monotonic() + WAIT_S
+        while not group.committed and time.monotonic() < deadline:
+            state.advance(group)
+            time.sleep(0.01)
+        assert group.committed == {tp: 5} and state.ticket is None
+    finally:
+        if frozen:
+            os.kill(broker.pid, signal.SIGCONT)
+        stop.set()
+        producer.close(timeout=5)
+    from kafka import TopicPartition as KafkaTP
+
+    consumer = clients.make_consumer(servers, client_id="tests-reader")
+    got: dict[bytes, bytes] = {}
+    try:
+        consumer.assign([KafkaTP("cl", 0)])
+        consumer.seek_to_beginning(KafkaTP("cl", 0))
+        deadline = time.monotonic() + WAIT_S
+        while len(got) < 3 and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                got.update((r.key, r.value) for r in records)
+    finally:
+        consumer.close()
+    assert got[b"a"] == at_commit["a"] and got[b"b"] == at_commit["b"]

@@ -8,6 +8,7 @@ loop runs on fake clients that log every send, flush and commit, so the at-least
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamvgan.engine import EngineConfig, Event, StreamEngine
+from streamvgan.errors import InvalidInputError
 from streamvgan.service.app import Application
 from streamvgan.service.changelog import StateChangelog
 from streamvgan.service.kafka_api import TopicPartition
@@ -29,7 +31,13 @@ from streamvgan.service.processing import (
 )
 from streamvgan.service.settings import Settings
 from streamvgan.service.state import ProduceError, StateStore
-from streamvgan.service.wire import H_OFFSET, H_REASON, ScoreMessage
+from streamvgan.service.wire import (
+    H_OFFSET,
+    H_REASON,
+    ForecastMessage,
+    ScoreMessage,
+    decode_event,
+)
 
 TOPICS = OutputTopics("in.scores", "in.forecasts", "in.continuations", "in.dlq")
 ENGINE = {"hidden_size": 8, "latent_size": 2, "warmup_events": 10**9}
@@ -113,6 +121,63 @@ def test_scoring_processor_outputs_equal_a_twin_engine_and_dead_letter_the_bad()
     assert result.forecasts == 3 and result.produced[TOPICS.forecasts] == 3
 
 
+def _old_score_records(engine: StreamEngine, events: list[Event], threshold: float) -> list:
+    """What the service sent before it used the columnar path (per-event Score objects and
+    ScoreMessage.from_score), including its one-by-one retry of a batch the engine rejects."""
+    try:
+        scores = engine.process(events)
+    except InvalidInputError:
+        scores = []
+        for event in events:
+            with contextlib.suppress(InvalidInputError):
+                scores += engine.process([event])
+    return [(s.stream.encode(), ScoreMessage.from_score(s, s.ts, threshold).to_bytes())
+            for s in scores]
+
+
+def test_score_records_from_the_columns_are_the_bytes_of_the_per_event_path():
+    """Issue 13: the service builds its score records straight from the engine's columns,
+    and its forecast records in one pass; they must be byte for byte those of the former path
+    (Score -> ScoreMessage -> bytes, Forecast -> ForecastMessage -> bytes):
+    cold and fitted model, one- and two-field streams (cause fields), epoch and ISO ts,
+    alerts on both sides of the threshold, and a batch the engine rejects."""
+    config = dict(ENGINE, warmup_events=40, first_fit_steps=3, window=40)
+    new = StreamEngine(EngineConfig.from_params(**config), seed=3)
+    old = StreamEngine(EngineConfig.from_params(**config), seed=3)
+    threshold = 0.6  # about half the cold-start scores of these streams are above it
+    proc = ScoringProcessor(new, TOPICS, forecast_every=1, continuation_every=0,
+                            continuation_samples=2, alert_threshold=threshold)
+    tp = TopicPartition("in", 0)
+    compared = alerts = causes = 0
+    for poll in range(6):
+        recs = []
+        for i in range(poll * 20, poll * 20 + 20):
+            ts = i if i % 2 else f"2024-11-29T08:{i % 60:02d}:00Z"
+            a = {"stream": "a", "ts": ts, "value": math.sin(i / 3) + (5.0 if i == 70 else 0)}
+            hm = {"stream": "h/m", "ts": ts, "values": {"cpu": i % 7, "mem": 1e6 + i * 13.5}}
+            recs += [json.dumps(a), json.dumps(hm)]
+        if poll == 4:  # a field the stream never had: the engine rejects the batch
+            recs.insert(5, json.dumps({"stream": "a", "ts": 1, "values": {"other": 1.0}}))
+        records = {tp: [Rec("in", 0, k, None, r.encode()) for k, r in enumerate(recs)]}
+        events = [decode_event(r.value) for r in records[tp]]
+        expected = _old_score_records(old, events, threshold)
+        outputs = proc.process(records).outputs
+        got = [(o.key, o.value) for o in outputs if o.topic == TOPICS.scores]
+        assert got == expected
+        # forecasts too: the per-stream ForecastMessage path against the batched encoder
+        last_ts = {json.loads(v)["stream"]: json.loads(v)["ts"] for _, v in got}
+        want = [ForecastMessage.from_forecast(fc, last_ts[fc.stream]).to_bytes()
+                for fc in old.forecast(list(last_ts))]
+        assert [o.value for o in outputs if o.topic == TOPICS.forecasts] == want
+        compared += len(got)
+        alerts += sum(json.loads(v)["anomaly"] for _, v in got)
+        causes += sum("cause" in json.loads(v) for _, v in got)
+        if poll == 2:  # fit both the same way: the later polls are scored by a model
+            assert new.fine_tune(force=True) is not None and old.fine_tune(force=True) is not None
+    assert compared == 240 and 0 < alerts < compared and causes > 0
+    assert json.loads(got[-1][1])["warm"] and json.loads(got[-1][1])["model_version"] == 1
+
+
 def test_pass_through_sends_the_same_records_as_the_service():
     """Same decoding, validation, dead letters and schedule: the benchmark's baseline differs
     from the service only by the model."""
@@ -183,6 +248,9 @@ class FakeProducer:
     def flush(self) -> None:
         self.ack()
         self.log.append(("flush",))
+
+    def settled(self) -> bool:
+        return not self._unflushed
 
     def close(self, timeout: float = 10) -> None:
         self.log.append(("close-producer",))
@@ -382,7 +450,11 @@ def test_the_periodic_commit_sends_the_changelog_a_chunk_per_iteration_then_comm
     assert log[2:] == [("send", "cl")]  # the second chunk: all three sent
     assert not any(e[0] == "commit" for e in log)
     state.advance(consumer)
-    # the last acknowledgements waited for (a round trip), then the commit, in one step
+    state.advance(consumer)
+    assert log[3:] == []  # the broker has not answered yet: the loop does not wait for it
+    producer.ack()
+    state.advance(consumer)
+    # every record answered: the flush returns at once, then the commit
     assert log[3:] == [("flush",), ("commit", {tp0: 5, tp1: 3})]
     assert state.ticket is None
     assert state.pending == {tp0: 7} and state.dirty == {"a": 0}  # for the next commit
@@ -405,10 +477,82 @@ def test_a_changelog_record_refused_during_the_periodic_commit_commits_nothing()
     consumer = FakeConsumer([], log, stop=lambda: None)
     state.acknowledged({TopicPartition("in", 0): 4}, {"a": 0})
     state.begin_commit(consumer)
+    state.advance(consumer)  # sent; no answer yet
+    state.producer.ack()  # the broker refuses it
     with pytest.raises(ProduceError, match="1 changelog records were not acknowledged"):
         state.advance(consumer)
     assert not any(e[0] == "commit" for e in log)
     assert state.pending == {TopicPartition("in", 0): 4} and state.dirty == {"a": 0}
+
+
+def test_a_crash_or_outage_between_changelog_send_and_ack_commits_nothing():
+    """Issue 13's pipelining: the changelog records of a commit are sent without waiting and
+    the loop goes on scoring; while the broker has not answered them (an outage) nothing is
+    committed however many steps pass, batches scored meanwhile are acknowledged but not
+    committed either, and a crash at that point leaves the committed offsets where they were
+    (a restart re-reads from there)."""
+    log: list[tuple] = []
+    engine = _engine()
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()))
+    state.attach_changelog(StateChangelog("cl", lambda: None))
+    state.producer = producer = FakeProducer(log)
+    proc = ScoringProcessor(engine, TOPICS, forecast_every=0, continuation_every=0,
+                            continuation_samples=2, alert_threshold=0.99,
+                            before_change=state.before_change)
+    consumer = FakeConsumer([], log, stop=lambda: None)
+    offsets = {0: 0, 1: 0}
+    first = proc.process(_poll(0, 30, offsets=offsets))
+    state.acknowledged(first.next_offsets, first.touched)
+    state.begin_commit(consumer)
+    for start in range(30, 130, 10):  # scoring goes on while the broker is silent
+        state.advance(consumer)
+        batch = proc.process(_poll(start, 10, offsets=offsets))
+        assert batch.scored == 10
+        state.acknowledged(batch.next_offsets, batch.touched)
+    assert [e for e in log if e[0] != "send"] == []  # no flush waited on, nothing committed
+    assert len(producer.sent) == 3 and producer.acked == 0
+    # a crash now (kill -9): the group's committed offsets are still the initial ones
+    assert consumer.committed == {}
+    # the broker answers: the next step commits the first batch's offsets, and only those
+    producer.ack()
+    state.advance(consumer)
+    assert consumer.committed == first.next_offsets
+    assert state.pending == {TopicPartition("in", 0): 44, TopicPartition("in", 1): 86}
+
+
+@pytest.mark.parametrize("field_mode", ["channels", "joint"])
+def test_changelog_records_keep_their_format_and_restore(field_mode):
+    """The changelog's stream records are put together from pieces (issue 13: the JSON header
+    was most of their cost); they must stay the bytes ``json.dumps`` of the header gave
+    (records already on changelog topics restore; tests/engine/test_persist.py checks one
+    of an old engine), restore to an equal state, and a damaged one must be refused."""
+    import hashlib
+
+    from streamvgan.engine.persist import stream_from_bytes
+    from streamvgan.errors import CheckpointError
+
+    n = 2 if field_mode == "joint" else 1
+    engine = StreamEngine(EngineConfig.from_params(**ENGINE, field_mode=field_mode,
+                                                   n_features=n), seed=0)
+    multi = {"cpu": 1.0, "mém \"x\"": 2.5}
+    for t in range(30):
+        engine.process([Event("hôst/é\n1", {k: v + t for k, v in multi.items()}),
+                        Event("b", {"x": t % 4, "y": 1e9 - t} if n == 2 else {"value": t})])
+    for stream in engine.streams():
+        blob = engine.export_stream(stream)
+        size = int.from_bytes(blob[4:8], "big")
+        header = json.loads(blob[8 : 8 + size])
+        assert blob[8 : 8 + size] == json.dumps(header, separators=(",", ":")).encode()
+        assert list(header) == ["format", "format_version", "stream", "fields", "keys",
+                                "model_version", "arrays", "sha256"]
+        assert header["sha256"] == hashlib.sha256(blob[8 + size :]).hexdigest()
+        twin = StreamEngine(EngineConfig.from_params(**ENGINE, field_mode=field_mode,
+                                                     n_features=n), seed=0)
+        twin.import_stream(stream, blob)
+        assert twin.export_stream(stream) == blob
+        damaged = blob[:-3] + bytes([blob[-3] ^ 1]) + blob[-2:]
+        with pytest.raises(CheckpointError, match="checksum mismatch"):
+            stream_from_bytes(damaged, stream)
 
 
 def test_a_revocation_during_the_periodic_commit_finishes_it_first():
