@@ -129,3 +129,24 @@ def test_rolling_zscore_uses_only_the_past():
     assert det.score_one({"value": 4.0}) == pytest.approx(z / (1 + z))
     with pytest.raises(ValueError, match="univariate"):
         det.score_one({"a": 1.0, "b": 2.0})
+
+
+@pytest.mark.parametrize(
+    ("name", "signals", "model_signal"),
+    [
+        ("streamvgan", ("model", "jump", "level"), "reconstruction"),
+        ("streamvgan_predictive", ("model", "jump", "level"), "predictive"),
+        ("streamvgan_model", ("model",), "reconstruction"),
+        ("streamvgan_model_predictive", ("model",), "predictive"),
+    ],
+)
+def test_model_signal_variants_differ_from_the_default_in_their_switches_only(
+    name, signals, model_signal
+):
+    from streamvgan.engine import EngineConfig
+
+    det = make_detector(name, params={"init": "pretrained"})  # --params reach every variant
+    config = EngineConfig.from_params(**det.params)
+    assert (config.signals, config.model_signal) == (signals, model_signal)
+    assert config.init == "pretrained"
+    assert config.alert_cooldown == 30  # NAB's setting, as for the default detector
