@@ -33,7 +33,7 @@ from river import base
 
 from streamvgan.errors import ConfigurationError, InvalidInputError
 from streamvgan.eval.baselines import DETECTORS, RollingZScore, make_detector
-from streamvgan.eval.nab import run_tasks
+from streamvgan.eval.nab import run_tasks, score_online
 
 log = logging.getLogger(__name__)
 
@@ -332,33 +332,18 @@ def run_channel(task: ChannelTask) -> ChannelResult:
     """A fresh detector over one channel, strictly online; the test rows judged."""
     ch = read_channel(task.path)
     detector = make_msl_detector(task.detector, seed=task.seed, params=task.params)
-    scores = np.empty(len(ch.values))
-    t0 = time.perf_counter()
-    for i, v in enumerate(ch.values.tolist()):
-        x = {"value": v}
-        scores[i] = detector.score_one(x)
-        detector.learn_one(x)
-    seconds = time.perf_counter() - t0
-    test = scores[ch.n_train :]
-    bad = ~np.isfinite(test)
-    if bad.any():
-        # A non-finite score cannot be ranked; count it as the lowest, and make it visible.
-        log.warning(
-            "%s on %s: %d non-finite test scores (first at test row %d) ranked as 0.0",
-            task.detector,
-            ch.name,
-            int(bad.sum()),
-            int(np.flatnonzero(bad)[0]),
-        )
-        test = np.where(bad, 0.0, test)
+    run = score_online(
+        detector, ch.values.tolist(), f"{task.detector} on {ch.name}", judged_from=ch.n_train
+    )
+    test = run.scores[ch.n_train :]
     hits, threshold = caught(test, ch.labels)
     return ChannelResult(
         detector=task.detector,
         channel=ch.name,
         n_train=ch.n_train,
         n_test=ch.n_test,
-        seconds=seconds,
-        n_non_finite=int(bad.sum()),
+        seconds=run.seconds,
+        n_non_finite=run.n_non_finite,
         auc=roc_auc(test, ch.labels),
         threshold=threshold,
         caught=hits,

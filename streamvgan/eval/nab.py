@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -166,29 +166,58 @@ def read_data_file(path: Path) -> tuple[list[str], list[str]]:
     return [t for t, _ in rows], [v for _, v in rows]
 
 
+@dataclass
+class OnlineScores:
+    """What :func:`score_online` measured: one score per value, the time it took, and how many
+    of the judged scores were not finite (written as 0.0)."""
+
+    scores: np.ndarray
+    seconds: float
+    n_non_finite: int
+
+
+def score_online(
+    detector: Any, values: Iterable[float], what: str, judged_from: int = 0
+) -> OnlineScores:
+    """Run ``detector`` over ``values`` strictly online (each value scored with ``score_one``
+    before ``learn_one`` learns it) and write every non-finite score as 0.0: NAB needs a finite
+    score on every row, and a ranking counts it as the lowest. The non-finite scores from row
+    ``judged_from`` on (the rows a benchmark judges) are counted and logged as a warning that
+    names ``what``, so the fault stays visible.
+
+    >>> from streamvgan.eval.baselines import RollingZScore
+    >>> out = score_online(RollingZScore(min_samples=2), [1.0, 2.0, 1.0, 5.0], "example")
+    >>> out.scores.round(3).tolist(), out.n_non_finite
+    ([0.0, 0.0, 0.5, 0.886], 0)
+    """
+    scores = []
+    t0 = time.perf_counter()
+    for v in values:
+        x = {"value": float(v)}
+        scores.append(detector.score_one(x))
+        detector.learn_one(x)
+    seconds = time.perf_counter() - t0
+    out = np.asarray(scores, dtype=np.float64)
+    bad = ~np.isfinite(out)
+    judged = bad[judged_from:]
+    if judged.any():
+        log.warning(
+            "%s: %d non-finite scores (first at judged row %d) written as 0.0",
+            what,
+            int(judged.sum()),
+            int(np.flatnonzero(judged)[0]),
+        )
+    out[bad] = 0.0
+    return OnlineScores(out, seconds, int(judged.sum()))
+
+
 def run_file(task: FileTask) -> FileRun:
     """Run a fresh detector over one file, strictly online, and write NAB's results CSV."""
     stamps, raw_values = read_data_file(task.data_file)
     timestamps = np.array(stamps, dtype="datetime64[s]")
     detector = make_detector(task.detector, seed=task.seed, params=task.params)
-    scores = np.empty(len(raw_values))
-    t0 = time.perf_counter()
-    for i, v in enumerate(raw_values):
-        x = {"value": float(v)}
-        scores[i] = detector.score_one(x)
-        detector.learn_one(x)
-    seconds = time.perf_counter() - t0
-    bad = ~np.isfinite(scores)
-    if bad.any():
-        # NAB needs a finite score on every row; keep the run but make the fault visible.
-        log.warning(
-            "%s on %s: %d non-finite scores (first at row %d) written as 0.0",
-            task.detector,
-            task.name,
-            int(bad.sum()),
-            int(np.flatnonzero(bad)[0]),
-        )
-        scores[bad] = 0.0
+    run = score_online(detector, raw_values, f"{task.detector} on {task.name}")
+    scores, seconds = run.scores, run.seconds
     labels = np.zeros(len(stamps), dtype=int)
     for start, end in task.windows:
         labels[(timestamps >= start) & (timestamps <= end)] = 1
@@ -204,7 +233,7 @@ def run_file(task: FileTask) -> FileRun:
         name=task.name,
         n_rows=len(stamps),
         seconds=seconds,
-        n_non_finite=int(bad.sum()),
+        n_non_finite=run.n_non_finite,
         timestamps=timestamps,
         scores=scores,
     )

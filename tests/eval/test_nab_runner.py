@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import shutil
 
@@ -150,3 +151,26 @@ def test_model_signal_variants_differ_from_the_default_in_their_switches_only(
     assert (config.signals, config.model_signal) == (signals, model_signal)
     assert config.init == "pretrained"
     assert config.alert_cooldown == 30  # NAB's setting, as for the default detector
+
+
+def test_score_online_zeroes_non_finite_scores_and_counts_the_judged_ones(caplog):
+    # one helper serves NAB (every row judged) and MSL (the test part, from n_train on)
+    class Flaky:
+        def __init__(self):
+            self.seen: list[float] = []
+
+        def score_one(self, x):
+            return float("nan") if x["value"] < 0 else float(len(self.seen))
+
+        def learn_one(self, x):
+            self.seen.append(x["value"])
+
+    det = Flaky()
+    with caplog.at_level(logging.WARNING):
+        out = nab.score_online(det, [-1.0, 2.0, -3.0, 4.0], "flaky on f.csv", judged_from=1)
+    assert out.scores.tolist() == [0.0, 1.0, 0.0, 3.0]  # each scored before it was learned
+    assert det.seen == [-1.0, 2.0, -3.0, 4.0]
+    assert out.n_non_finite == 1  # row 0 is before the judged part
+    assert "flaky on f.csv: 1 non-finite scores (first at judged row 1) written as 0.0" in (
+        caplog.text
+    )
