@@ -176,9 +176,9 @@ class SignalScorer:
         critic_z = np.clip((comps[:, 2] - c_mean) / np.sqrt(np.maximum(c_var, 1e-4)), -5.0, 20.0)
         critic_z[st.warm_n[slots] < 10] = 0.0  # weighted 0 anyway when cold or criticless
         surprise_w, recon_w, critic_w = model_signal_weights(cfg, warm and critic is not None)
-        raw = (
-            surprise_w * comps[:, 0] + recon_w * comps[:, 1] + critic_w * critic_z
-        ) / (surprise_w + recon_w + critic_w)
+        raw = (surprise_w * comps[:, 0] + recon_w * comps[:, 1] + critic_w * critic_z) / (
+            surprise_w + recon_w + critic_w
+        )
 
         # 2. and 3. two model-free signals beside it, per field, in the stream's own units: the
         # jump |x_t - x_{t-1}|, and the level shift |short-run level - long-run level| / long-run

@@ -177,13 +177,13 @@ class OnlineScores:
 
 
 def score_online(
-    detector: Any, values: Iterable[float], what: str, judged_from: int = 0
+    detector: Any, values: Iterable[float | str], what: str, judged_from: int = 0
 ) -> OnlineScores:
-    """Run ``detector`` over ``values`` strictly online (each value scored with ``score_one``
-    before ``learn_one`` learns it) and write every non-finite score as 0.0: NAB needs a finite
-    score on every row, and a ranking counts it as the lowest. The non-finite scores from row
-    ``judged_from`` on (the rows a benchmark judges) are counted and logged as a warning that
-    names ``what``, so the fault stays visible.
+    """Run ``detector`` over ``values`` (numbers, or a CSV's strings) strictly online (each
+    value scored with ``score_one`` before ``learn_one`` learns it) and write every non-finite
+    score as 0.0: NAB needs a finite score on every row, and a ranking counts it as the lowest.
+    The non-finite scores from row ``judged_from`` on (the rows a benchmark judges) are counted
+    and logged as a warning that names ``what``, so the fault stays visible.
 
     >>> from streamvgan.eval.baselines import RollingZScore
     >>> out = score_online(RollingZScore(min_samples=2), [1.0, 2.0, 1.0, 5.0], "example")
