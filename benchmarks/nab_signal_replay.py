@@ -45,15 +45,19 @@ def _dump_file(data: Path, rel: str, out: Path, params: dict) -> str:
     import torch
 
     torch.set_num_threads(1)
-    rows: list[np.ndarray] = []
-    original = SignalScorer.compute
+    from streamvgan.engine import engine as engine_module
 
-    def recording(self, *args):  # one call per event in the River adapter
-        b = original(self, *args)
+    rows: list[np.ndarray] = []
+    original, original_one = SignalScorer.compute, engine_module.compute_one
+
+    def record(b):
         rows.append(np.concatenate([b.z[0], [b.likely[0], b.score[0]]]))
         return b
 
-    SignalScorer.compute = recording
+    # one call per event in the River adapter: the one-value path (engine/scalar.py) since
+    # issue 13, the vectorised one where the engine is told not to take it
+    SignalScorer.compute = lambda self, *args: record(original(self, *args))
+    engine_module.compute_one = lambda *args: record(original_one(*args))
     try:
         detector = make_detector("streamvgan", seed=0, params=params)
         for v in read_data_file(data / "data" / rel)[1]:
@@ -61,7 +65,7 @@ def _dump_file(data: Path, rel: str, out: Path, params: dict) -> str:
             detector.score_one(x)
             detector.learn_one(x)
     finally:
-        SignalScorer.compute = original
+        SignalScorer.compute, engine_module.compute_one = original, original_one
     np.save(out / (rel.replace("/", "__") + ".npy"), np.array(rows))
     return rel
 

@@ -13,6 +13,10 @@ from streamvgan.nn.model import ModelConfig
 FIELD_MODES = ("channels", "joint")
 #: detection signals whose calibrated maximum is the anomaly score (see StreamEngine)
 SIGNALS = ("model", "jump", "level")
+#: what the model signal is made of (README "How the score is computed", step 1):
+#: "reconstruction" weighs the one-step forecast error, the posterior reconstruction error and
+#: the critic; "predictive" is the error of the forecast made before the value arrived alone
+MODEL_SIGNALS = ("reconstruction", "predictive")
 #: fields of older versions that a saved configuration may still hold; ignored when loading
 _RETIRED = {"history_size"}
 #: old name -> current name; a saved configuration (checkpoint) and ``from_params`` (River
@@ -114,6 +118,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
         f"a non-empty sequence drawn from {SIGNALS} without repeats",
         " (the CLI and TOML also take a comma-separated string, e.g. jump,level)",
     ),
+    "model_signal": ((lambda v: v in MODEL_SIGNALS), f"one of {MODEL_SIGNALS}", ""),
     "model_signal_weight": (
         *_number_in(0.0, 10.0, low_open=True, high_open=False),
         "; use signals=jump,level to leave the model out",
@@ -173,6 +178,8 @@ class EngineConfig:
     relevel_after: int = 16  # this many values in a row beyond 4 sd on one side: new level
     score_halflife: float = 500.0  # events; how fast the component statistics adapt
     signals: tuple[str, ...] = SIGNALS  # detection signals the score takes the maximum over
+    model_signal: str = "reconstruction"  # MODEL_SIGNALS: "predictive" scores x_t by the
+    # forecast made before it arrived only, not by the posterior that has already seen it
     model_signal_weight: float = 0.6  # the model signal's z is multiplied by this before the
     # maximum (at 1.0 it raised more false alarms on NAB than the jump and level signals)
     level_halflife: float = 3.0  # events; the short-run level of the `level` signal

@@ -28,6 +28,7 @@ from streamvgan.engine.signals import (
     SIGNAL_WARMUP,
     Z_TAIL,
     ScoreBatch,
+    model_signal_weights,
 )
 from streamvgan.engine.state import StateTable
 from streamvgan.engine.stats import seasonal_period
@@ -117,10 +118,10 @@ def compute_one(
     critic_z = min(max((critic_out - c_mean) / math.sqrt(max(c_var, 1e-4)), -5.0), 20.0)
     if st.warm_n.item(s) < 10:
         critic_z = 0.0
-    critic_w = cfg.critic_weight if (warm and critic is not None) else 0.0
-    raw = (
-        cfg.surprise_weight * surprise + cfg.reconstruction_weight * recon + critic_w * critic_z
-    ) / (cfg.surprise_weight + cfg.reconstruction_weight + critic_w)
+    surprise_w, recon_w, critic_w = model_signal_weights(cfg, warm and critic is not None)
+    raw = (surprise_w * surprise + recon_w * recon + critic_w * critic_z) / (
+        surprise_w + recon_w + critic_w
+    )
 
     # 2. and 3. the jump and the level shift
     lvl_mean = st.lvl_mean.item(s, 0)

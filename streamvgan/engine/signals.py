@@ -62,6 +62,24 @@ def calibrated_score(z: np.ndarray) -> np.ndarray:
     return np.where(beyond, tail, body)
 
 
+def model_signal_weights(cfg: EngineConfig, with_critic: bool) -> tuple[float, float, float]:
+    """The weights of surprise, reconstruction and the standardised critic in the model signal
+    (README "How the score is computed", step 1); ``with_critic``: a fitted critic scored.
+
+    ``model_signal="predictive"`` keeps the surprise alone, the error of the forecast made
+    before ``x_t`` arrived: the reconstruction comes from a posterior that has already seen
+    ``x_t``, and the critic judges a window that ends with it.
+
+    >>> model_signal_weights(EngineConfig(), True), model_signal_weights(EngineConfig(), False)
+    ((1.0, 1.0, 0.25), (1.0, 1.0, 0.0))
+    >>> model_signal_weights(EngineConfig(model_signal="predictive"), True)
+    (1.0, 0.0, 0.0)
+    """
+    if cfg.model_signal == "predictive":
+        return cfg.surprise_weight, 0.0, 0.0
+    return cfg.surprise_weight, cfg.reconstruction_weight, cfg.critic_weight * with_critic
+
+
 @dataclass
 class ScoreBatch:
     """Everything about B events (one row each, at channels ``slots``) that scoring computes
@@ -157,12 +175,10 @@ class SignalScorer:
         )
         critic_z = np.clip((comps[:, 2] - c_mean) / np.sqrt(np.maximum(c_var, 1e-4)), -5.0, 20.0)
         critic_z[st.warm_n[slots] < 10] = 0.0  # weighted 0 anyway when cold or criticless
-        critic_w = cfg.critic_weight if (warm and critic is not None) else 0.0
-        raw = (
-            cfg.surprise_weight * comps[:, 0]
-            + cfg.reconstruction_weight * comps[:, 1]
-            + critic_w * critic_z
-        ) / (cfg.surprise_weight + cfg.reconstruction_weight + critic_w)
+        surprise_w, recon_w, critic_w = model_signal_weights(cfg, warm and critic is not None)
+        raw = (surprise_w * comps[:, 0] + recon_w * comps[:, 1] + critic_w * critic_z) / (
+            surprise_w + recon_w + critic_w
+        )
 
         # 2. and 3. two model-free signals beside it, per field, in the stream's own units: the
         # jump |x_t - x_{t-1}|, and the level shift |short-run level - long-run level| / long-run

@@ -133,11 +133,20 @@ def _streamvgan(seed: int = 0, **params: Any) -> Any:
 NAB_PARAMS: dict[str, Any] = {"alert_cooldown": 30}
 
 #: Detectors the evaluation can run by name: ``name -> (factory, fixed keyword arguments)``.
-#: The ablations are the full model with one ingredient switched off.
+#: The ablations are the full model with one ingredient switched off; the ``_model`` variants
+#: score with the network's signal alone (``signals=model``), ``_predictive`` ones with
+#: ``model_signal="predictive"`` (the error of the forecast made before the value arrived,
+#: README "How the score is computed").
 DETECTORS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "streamvgan": (_streamvgan, dict(NAB_PARAMS)),
     "streamvgan_noadv": (_streamvgan, {**NAB_PARAMS, "adversarial": False}),
     "streamvgan_novar": (_streamvgan, {**NAB_PARAMS, "variational": False}),
+    "streamvgan_predictive": (_streamvgan, {**NAB_PARAMS, "model_signal": "predictive"}),
+    "streamvgan_model": (_streamvgan, {**NAB_PARAMS, "signals": ["model"]}),
+    "streamvgan_model_predictive": (
+        _streamvgan,
+        {**NAB_PARAMS, "signals": ["model"], "model_signal": "predictive"},
+    ),
     "hst": (make_hst, {}),
     "zscore": (lambda seed=0, **p: RollingZScore(**p), {}),
 }

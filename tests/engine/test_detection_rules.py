@@ -121,6 +121,7 @@ def test_the_old_threshold_names_still_work_with_a_warning(caplog):
         ({"calibration_halflife": 0}, "calibration_halflife"),
         ({"model_signal_weight": 0}, "model_signal_weight"),
         ({"model_signal_weight": "high"}, "model_signal_weight"),
+        ({"model_signal": "posterior"}, r"model_signal must be one of \('reconstruction', "),
     ],
 )
 def test_bad_rule_settings_are_rejected(change, message):
@@ -160,6 +161,31 @@ def test_model_signal_weight_scales_the_model_signals_z():
     z_full, z_half = ndtri((full[body] + 1) / 2), ndtri((half[body] + 1) / 2)
     np.testing.assert_allclose(z_half, 0.5 * z_full, rtol=1e-6)
     assert EngineConfig().model_signal_weight == 0.6  # the default NAB was measured with
+
+
+def test_predictive_model_signal_is_the_forecast_error_alone():
+    # "predictive": the raw model signal is the surprise, the error of the forecast made
+    # before the value arrived, whatever the reconstruction and the critic say; the default
+    # ("reconstruction") still weighs all three, 1 / 1 / 0.25
+    values = _noise(300, seed=4)
+    base = dict(warmup_events=100, first_fit_steps=5, fit_every=100, range_tolerance=None)
+    for model_signal in ("predictive", "reconstruction"):
+        engine = StreamEngine(EngineConfig(**base, model_signal=model_signal), seed=0)
+        engine.scalar_path = False  # the vectorised path (test_scalar.py: the same recipe)
+        warm = []
+        for v in values:
+            score = engine.process([Event("s", {"value": float(v)})])[0]
+            engine.fine_tune()
+            if score.warm:
+                warm.append((score.raw, score.components))
+        assert len(warm) > 100
+        raw = np.array([r for r, _ in warm])
+        comps = {k: np.array([c[k] for _, c in warm]) for k in ("surprise", "reconstruction")}
+        if model_signal == "predictive":
+            np.testing.assert_allclose(raw, comps["surprise"], rtol=1e-12)
+        else:  # the reconstruction moves it: far from the surprise alone somewhere
+            assert np.abs(raw - comps["surprise"]).max() > 0.1
+    assert EngineConfig().model_signal == "reconstruction"  # the default until NAB says
 
 
 def test_jump_and_level_signals_fire_without_the_network():

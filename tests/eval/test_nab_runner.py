@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import shutil
 
 import numpy as np
 import pytest
 
-from streamvgan.eval import nab, nab_scorer
+from streamvgan.eval import nab, nab_scorer, scoring
 from streamvgan.eval.baselines import make_detector
 
 FILES = ["realAdExchange/exchange-2_cpc_results.csv", "realTraffic/speed_7578.csv"]
@@ -129,3 +130,47 @@ def test_rolling_zscore_uses_only_the_past():
     assert det.score_one({"value": 4.0}) == pytest.approx(z / (1 + z))
     with pytest.raises(ValueError, match="univariate"):
         det.score_one({"a": 1.0, "b": 2.0})
+
+
+@pytest.mark.parametrize(
+    ("name", "signals", "model_signal"),
+    [
+        ("streamvgan", ("model", "jump", "level"), "reconstruction"),
+        ("streamvgan_predictive", ("model", "jump", "level"), "predictive"),
+        ("streamvgan_model", ("model",), "reconstruction"),
+        ("streamvgan_model_predictive", ("model",), "predictive"),
+    ],
+)
+def test_model_signal_variants_differ_from_the_default_in_their_switches_only(
+    name, signals, model_signal
+):
+    from streamvgan.engine import EngineConfig
+
+    det = make_detector(name, params={"init": "pretrained"})  # --params reach every variant
+    config = EngineConfig.from_params(**det.params)
+    assert (config.signals, config.model_signal) == (signals, model_signal)
+    assert config.init == "pretrained"
+    assert config.alert_cooldown == 30  # NAB's setting, as for the default detector
+
+
+def test_scoring_helpers_score_before_learning_and_zero_non_finite_scores(caplog):
+    # one pair of helpers serves NAB (every row judged), MSL and SKAB (the judged part)
+    class Flaky:
+        def __init__(self):
+            self.seen: list[float] = []
+
+        def score_one(self, x):
+            return float("nan") if x["value"] < 0 else float(len(self.seen))
+
+        def learn_one(self, x):
+            self.seen.append(x["value"])
+
+    det = Flaky()
+    values = [-1.0, 2.0, -3.0, 4.0]
+    raw, seconds = scoring.score_series(det, ({"value": v} for v in values))
+    assert np.isnan(raw[[0, 2]]).all() and raw[[1, 3]].tolist() == [1.0, 3.0]  # scored first
+    assert det.seen == values and seconds >= 0
+    with caplog.at_level(logging.WARNING):
+        judged, n_bad = scoring.finite_scores(raw[1:], "flaky on f.csv")  # row 0 not judged
+    assert judged.tolist() == [1.0, 0.0, 3.0] and n_bad == 1
+    assert "flaky on f.csv: 1 non-finite scores (first at row 1) ranked as 0.0" in caplog.text
