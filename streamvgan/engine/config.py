@@ -298,8 +298,8 @@ def merge_checkpoint_config(
 
     Examples
     --------
-    >>> saved = EngineConfig(alert_cooldown=0).with_model(hidden_size=16)
-    >>> current = EngineConfig(alert_cooldown=30).with_model(hidden_size=32)
+    >>> saved = EngineConfig(init="random", alert_cooldown=0).with_model(hidden_size=16)
+    >>> current = EngineConfig(init="random", alert_cooldown=30).with_model(hidden_size=32)
     >>> merged, notes = merge_checkpoint_config(saved, current)
     >>> merged.model.hidden_size, merged.alert_cooldown
     (16, 30)

@@ -137,6 +137,7 @@ NAB_PARAMS: dict[str, Any] = {"alert_cooldown": 30}
 DETECTORS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "streamvgan": (_streamvgan, dict(NAB_PARAMS)),
     "streamvgan_noadv": (_streamvgan, {**NAB_PARAMS, "adversarial": False}),
+    "streamvgan_random": (_streamvgan, {**NAB_PARAMS, "init": "random"}),
     "streamvgan_novar": (_streamvgan, {**NAB_PARAMS, "variational": False}),
     "hst": (make_hst, {}),
     "zscore": (lambda seed=0, **p: RollingZScore(**p), {}),
