@@ -59,7 +59,13 @@ class _EngineMixin:
 
     @classmethod
     def _unit_test_params(cls):
-        yield {"warmup_events": 80, "first_fit_steps": 5, "fit_steps": 2, "hidden_size": 8}
+        yield {
+            "init": "random",
+            "warmup_events": 80,
+            "first_fit_steps": 5,
+            "fit_steps": 2,
+            "hidden_size": 8,
+        }
 
     @property
     def _is_stochastic(self) -> bool:

@@ -17,7 +17,7 @@ from river.checks import yield_checks
 
 import streamvgan
 
-FAST = {"warmup_events": 120, "first_fit_steps": 15, "fit_steps": 3, "fit_every": 200, "hidden_size": 8}
+FAST = {"init": "random", "warmup_events": 120, "first_fit_steps": 15, "fit_steps": 3, "fit_every": 200, "hidden_size": 8}
 # River's checks feed new or missing features on purpose; streamvgan's contract is a fixed field
 # set per stream with a ValueError otherwise (tested below), so these three are replaced.
 FIELD_CHANGE_CHECKS = {

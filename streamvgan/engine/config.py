@@ -91,6 +91,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "min_history": (*_int_at_least(0), ""),
     "alert_cooldown": (*_int_at_least(0), " (0: off)"),
     "learning_rate": (*_POSITIVE, ""),
+    "finetune_anchor": (
+        (lambda v: _is_number(v) and v >= 0),
+        "a number >= 0",
+        " (0: off; it only acts on an engine started from pretrained weights)",
+    ),
     "critic_learning_rate": (*_POSITIVE, ""),
     "normaliser_halflife": (*_POSITIVE, ""),
     "score_halflife": (*_POSITIVE, ""),
@@ -174,6 +179,8 @@ class EngineConfig:
     batch_size: int = 32  # windows per optimiser step
     learning_rate: float = 3e-3
     critic_learning_rate: float = 1e-3
+    finetune_anchor: float = 0.0  # weight of the penalty sum((w - w_pretrained)^2) in every
+    # fine-tune of a pretrained network (L2-SP; 0: off), against forgetting the pretraining
     normaliser_halflife: float = 1000.0  # events; how fast level and scale follow the data
     relevel_after: int = 16  # this many values in a row beyond 4 sd on one side: new level
     score_halflife: float = 500.0  # events; how fast the component statistics adapt
@@ -298,8 +305,8 @@ def merge_checkpoint_config(
 
     Examples
     --------
-    >>> saved = EngineConfig(alert_cooldown=0).with_model(hidden_size=16)
-    >>> current = EngineConfig(alert_cooldown=30).with_model(hidden_size=32)
+    >>> saved = EngineConfig(init="random", alert_cooldown=0).with_model(hidden_size=16)
+    >>> current = EngineConfig(init="random", alert_cooldown=30).with_model(hidden_size=32)
     >>> merged, notes = merge_checkpoint_config(saved, current)
     >>> merged.model.hidden_size, merged.alert_cooldown
     (16, 30)

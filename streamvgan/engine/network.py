@@ -38,12 +38,18 @@ def initial_weights(config: EngineConfig) -> tuple[EngineConfig, dict[str, torch
     """The configuration with the architecture of ``config.init``'s weights file, and the
     weights. Model settings left at their defaults take the file's; others must match it,
     except ``horizon``: the network forecasts its own horizon, and a caller that wants fewer
-    steps (the River forecaster) reads the first ones."""
+    steps (the River forecaster) reads the first ones, and ``adversarial=False``: weights
+    trained with a critic start a network without one (the critic's weights are dropped;
+    the generator's were trained with the adversarial term, the ablation is of the critic's
+    signal and online adversarial fine-tuning)."""
     path = shipped_path() if config.init == "pretrained" else Path(config.init)
     stored, weights, _ = load_pretrained(path)
     asked = replace(config.model, horizon=stored.horizon)
+    if stored.adversarial and not asked.adversarial:
+        stored = replace(stored, adversarial=False)
+        weights = {k: v for k, v in weights.items() if not k.startswith("critic.")}
     if asked != stored and asked != ModelConfig(
-        n_features=asked.n_features, horizon=stored.horizon
+        n_features=asked.n_features, horizon=stored.horizon, adversarial=asked.adversarial
     ):
         differ = {
             k: (v, getattr(stored, k))
@@ -149,6 +155,8 @@ class ServingNetwork:
             config.burn_in,
             seed,
             device,
+            anchor=weights,
+            anchor_weight=config.finetune_anchor,
         )
         self.version = 0 if weights is None else 1
         self.version_floor = 0  # the next fit's version is above it

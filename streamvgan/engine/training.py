@@ -9,7 +9,7 @@ The trainer never touches the network that scores events, so scoring goes on whi
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,7 +44,14 @@ class TrainingWindows:
 
 class Trainer:
     """Owns the training copy of the network and its optimisers (generator side: everything
-    but the critic, Adam; critic: Adam with the hinge loss)."""
+    but the critic, Adam; critic: Adam with the hinge loss).
+
+    ``anchor_weight`` > 0 adds ``anchor_weight * sum((p - p0)^2)`` over the generator's
+    parameters to every step's loss, where ``p0`` are ``anchor`` (the pretrained weights):
+    the L2-SP penalty of Li, Grandvalet & Davoine ("Explicit inductive bias for transfer
+    learning with convolutional networks", ICML 2018), so fine-tuning on one stream's windows
+    cannot drift far from what pretraining learned across many series.
+    """
 
     def __init__(
         self,
@@ -55,8 +62,18 @@ class Trainer:
         burn_in: int,
         seed: int,
         device: torch.device,
+        anchor: Mapping[str, torch.Tensor] | None = None,
+        anchor_weight: float = 0.0,
     ) -> None:
         self.model = copy.deepcopy(model).to(device)
+        self.anchor_weight = anchor_weight
+        self.anchor: dict[str, torch.Tensor] | None = None
+        if anchor is not None and anchor_weight > 0:
+            self.anchor = {
+                k: v.detach().clone().to(device)
+                for k, v in anchor.items()
+                if not k.startswith("critic.")
+            }
         self.device = device
         self.batch_size = batch_size
         self.burn_in = burn_in
@@ -94,8 +111,11 @@ class Trainer:
             )
             x, w = x_all[idx], w_all[idx]
             out = model.losses(x, w, self.burn_in, self.generator)
+            total = out.total
+            if self.anchor is not None:
+                total = total + self.anchor_weight * self._drift()
             self.optimizer.zero_grad(set_to_none=True)
-            out.total.backward()
+            total.backward()
             torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], 1.0)
             self.optimizer.step()
             if self.critic_optimizer is not None and out.fake is not None:
@@ -105,10 +125,19 @@ class Trainer:
                 critic_loss.backward()
                 self.critic_optimizer.step()
                 totals["critic"] = totals.get("critic", 0.0) + critic_loss.item()
-            for key, value in [*out.terms.items(), ("total", out.total)]:
+            for key, value in [*out.terms.items(), ("total", total)]:
                 totals[key] = totals.get(key, 0.0) + value.detach().item()
         model.eval()
         return {k: v / max(steps, 1) for k, v in totals.items()}
+
+    def _drift(self) -> torch.Tensor:
+        """Squared distance of the generator's parameters from the anchor weights."""
+        assert self.anchor is not None
+        return sum(
+            ((p - self.anchor[n]) ** 2).sum()
+            for n, p in self.model.named_parameters()
+            if n in self.anchor
+        )  # type: ignore[return-value]
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -122,6 +151,8 @@ class Trainer:
         }
         if self.critic_optimizer is not None:
             state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        if self.anchor is not None:  # a checkpoint resumes without the pretrained file
+            state["anchor"] = self.anchor
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -131,6 +162,8 @@ class Trainer:
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.generator.set_state(state["generator"])
         self.rng = _rng_from_tensor(state["rng"])
+        if self.anchor_weight > 0 and "anchor" in state:
+            self.anchor = {k: v.to(self.device) for k, v in state["anchor"].items()}
 
 
 def _rng_state_to_tensor(rng: np.random.Generator) -> torch.Tensor:

@@ -140,6 +140,7 @@ NAB_PARAMS: dict[str, Any] = {"alert_cooldown": 30}
 DETECTORS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "streamvgan": (_streamvgan, dict(NAB_PARAMS)),
     "streamvgan_noadv": (_streamvgan, {**NAB_PARAMS, "adversarial": False}),
+    "streamvgan_random": (_streamvgan, {**NAB_PARAMS, "init": "random"}),
     "streamvgan_novar": (_streamvgan, {**NAB_PARAMS, "variational": False}),
     "streamvgan_predictive": (_streamvgan, {**NAB_PARAMS, "model_signal": "predictive"}),
     "streamvgan_model": (_streamvgan, {**NAB_PARAMS, "signals": ["model"]}),

@@ -232,6 +232,8 @@ FORECASTERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "streamvgan_random": (_streamvgan, {"init": "random"}),
     "streamvgan_nofinetune": (_streamvgan, {"fit_every": 10**9, "warmup_events": 10**9}),
     "streamvgan_network": (_streamvgan, {"forecast_blend": False}),
+    # fine-tuning held near the pretrained weights (L2-SP, EngineConfig.finetune_anchor)
+    "streamvgan_anchor": (_streamvgan, {"finetune_anchor": 0.1}),
     "snarimax": (_snarimax, {}),
     "holtwinters": (_holtwinters, {}),
     "autoets": (_statsforecast, {"kind": "autoets"}),

@@ -143,7 +143,9 @@ def pretrain(
 ) -> PretrainReport:
     """Make the corpus windows, train a network on them and write the weights to ``out``."""
     out = Path(out)
-    engine_config = replace(engine_config or EngineConfig(), model=config.model)
+    # the replay only normalises and weighs the corpus: a random, never-fitted network (its
+    # cold start), as when the shipped weights were made, not the pretrained default
+    engine_config = replace(engine_config or EngineConfig(), model=config.model, init="random")
     start = time.perf_counter()
     windows = corpus_windows(
         config, engine_config, (lambda d, n: progress("replay", d, n)) if progress else None

@@ -41,7 +41,7 @@ pytestmark = [
 ]
 # Cheap engine settings: a first fit after 40 events on 16-point windows, a few optimiser steps,
 # a tiny network.
-ENGINE = {"first_fit_steps": 3, "fit_steps": 2, "hidden_size": 8, "batch_size": 8,
+ENGINE = {"init": "random", "first_fit_steps": 3, "fit_steps": 2, "hidden_size": 8, "batch_size": 8,
           "window": 16, "burn_in": 4, "critic_window": 8, "replay_size": 32}
 BAD_RECORDS = [b"\xff\xfe", b"not json", b"[1, 2]", b'{"stream": "a", "ts": 1, "value": NaN}',
                b'{"stream": "a", "ts": 1, "value": "high"}']

@@ -11,7 +11,7 @@ import pytest
 
 from streamvgan.engine import CAUSES, Cause, EngineConfig, Event, StreamEngine
 
-COLD = dict(warmup_events=10_000)  # no fit: the rules alone, fast
+COLD = dict(init="random", warmup_events=10_000)  # no fit: the rules alone, fast
 SEEDS = (0, 1, 2)
 
 

@@ -14,7 +14,7 @@ from streamvgan.engine import EngineConfig, Event, StreamEngine
 from streamvgan.errors import ConfigurationError
 
 # cold start only (no fit): fast, and the rules do not depend on the network
-COLD = EngineConfig(warmup_events=10_000, alert_cooldown=30)
+COLD = EngineConfig(init="random", warmup_events=10_000, alert_cooldown=30)
 
 
 def _noise(n: int, seed: int = 0, level: float = 10.0) -> list[float]:
@@ -65,7 +65,7 @@ def test_cooldown_caps_the_scores_after_an_alert():
 
 def test_calibration_restarts_at_the_first_fit():
     config = EngineConfig(
-        warmup_events=150, first_fit_steps=5, fit_steps=2, fit_every=10_000, signals=("model",)
+        init="random", warmup_events=150, first_fit_steps=5, fit_steps=2, fit_every=10_000, signals=("model",)
     )
     engine = StreamEngine(config.with_model(hidden_size=8), seed=0)
     values = [math.sin(t / 3) for t in range(300)]

@@ -12,7 +12,7 @@ import pytest
 from streamvgan.engine import BackgroundFineTuner, EngineConfig, Event, StreamEngine
 from streamvgan.errors import InvalidInputError
 
-TINY = EngineConfig(warmup_events=150, first_fit_steps=10, fit_steps=3, fit_every=100).with_model(
+TINY = EngineConfig(init="random", warmup_events=150, first_fit_steps=10, fit_steps=3, fit_every=100).with_model(
     hidden_size=8
 )
 
@@ -180,7 +180,7 @@ def test_level_shift_is_followed(one_torch_thread):
 @pytest.mark.slow
 def test_multivariate_channels_and_joint(one_torch_thread):
     evs = [Event("m", {"cpu": math.sin(t / 4), "mem": 50 + 5 * math.cos(t / 9)}) for t in range(260)]
-    for config in (TINY, EngineConfig(field_mode="joint", warmup_events=150, first_fit_steps=5).with_model(n_features=2, hidden_size=8)):
+    for config in (TINY, EngineConfig(init="random", field_mode="joint", warmup_events=150, first_fit_steps=5).with_model(n_features=2, hidden_size=8)):
         engine = StreamEngine(config, seed=0)
         feed(engine, evs)
         assert engine.model_version >= 1
@@ -193,7 +193,7 @@ def test_multivariate_channels_and_joint(one_torch_thread):
 
 
 def test_joint_mode_rejects_wrong_field_count():
-    engine = StreamEngine(EngineConfig(field_mode="joint").with_model(n_features=2), seed=0)
+    engine = StreamEngine(EngineConfig(init="random", field_mode="joint").with_model(n_features=2), seed=0)
     with pytest.raises(InvalidInputError, match="joint mode expects 2 fields"):
         engine.process([Event("m", {"cpu": 1.0})])
 
@@ -285,7 +285,7 @@ def test_corrupt_or_foreign_stream_state_is_rejected_and_leaves_stream_cold():
 
 @pytest.mark.slow
 def test_background_fine_tuner_stop_interrupts_a_long_fit():
-    engine = StreamEngine(EngineConfig(warmup_events=100, first_fit_steps=100_000).with_model(hidden_size=8), seed=0)
+    engine = StreamEngine(EngineConfig(init="random", warmup_events=100, first_fit_steps=100_000).with_model(hidden_size=8), seed=0)
     feed(engine, sine_events("a", 120), fit=False)
     # Record every answer of the stop flag the fit checks before each of its steps.
     answers: list[bool] = []

@@ -11,7 +11,7 @@ import pytest
 from streamvgan.engine import EngineConfig, Event, StreamEngine
 from streamvgan.errors import ConfigurationError
 
-TINY = EngineConfig(warmup_events=150, first_fit_steps=10, fit_steps=3, fit_every=10_000).with_model(
+TINY = EngineConfig(init="random", warmup_events=150, first_fit_steps=10, fit_steps=3, fit_every=10_000).with_model(
     hidden_size=8
 )
 

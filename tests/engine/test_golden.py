@@ -26,9 +26,10 @@ from streamvgan.engine import EngineConfig, Event, StreamEngine
 GOLDEN = Path(__file__).with_name("golden.json")
 TOL = 1e-9
 
-TINY = EngineConfig(warmup_events=120, first_fit_steps=8, fit_steps=3, fit_every=60).with_model(
-    hidden_size=8
-)
+# a random network (the cold start, the first fit), so its size can be tiny
+TINY = EngineConfig(
+    init="random", warmup_events=120, first_fit_steps=8, fit_steps=3, fit_every=60
+).with_model(hidden_size=8)
 
 
 def _events(start: int, n: int) -> list[Event]:
@@ -91,7 +92,10 @@ def _engine_replay(config: EngineConfig, seed: int, n: int, fit: bool) -> dict[s
 def _river_replay() -> dict[str, Any]:
     from streamvgan.river import VAEGANDetector, VAEGANForecaster
 
-    params = {"warmup_events": 80, "first_fit_steps": 5, "fit_steps": 2, "hidden_size": 8}
+    params = {
+        "init": "random", "warmup_events": 80, "first_fit_steps": 5, "fit_steps": 2,
+        "hidden_size": 8,
+    }
     detector = VAEGANDetector(seed=2, fit_every=50, **params)
     forecaster = VAEGANForecaster(seed=2, fit_every=50, horizon=6, **params)
     scores, forecasts = [], []

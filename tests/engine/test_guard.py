@@ -17,7 +17,7 @@ from streamvgan.engine import EngineConfig, Event, StreamEngine
 from streamvgan.engine.values import MAX_ABS_VALUE, ValueRejected
 from streamvgan.errors import InvalidInputError
 
-TINY = EngineConfig(warmup_events=60, first_fit_steps=5, fit_steps=2, fit_every=10**9).with_model(
+TINY = EngineConfig(init="random", warmup_events=60, first_fit_steps=5, fit_steps=2, fit_every=10**9).with_model(
     hidden_size=8, latent_size=2
 )
 
@@ -104,7 +104,7 @@ def test_a_restored_non_finite_stream_state_is_reset_on_import_and_on_load(tmp_p
 
 
 def test_eviction_listeners_hear_every_evicted_stream():
-    config = EngineConfig.from_params(hidden_size=8, latent_size=2, max_streams=3,
+    config = EngineConfig.from_params(init="random", hidden_size=8, latent_size=2, max_streams=3,
                                       warmup_events=10**9)
     engine = StreamEngine(config, seed=0)
     evicted: list[str] = []
@@ -131,8 +131,8 @@ def test_accepted_extremes_never_make_a_stream_non_finite(field_mode):
 
     values = st.lists(st.sampled_from(EXTREMES), min_size=1, max_size=20)
     configs = {
-        "channels": EngineConfig(warmup_events=10**9).with_model(hidden_size=8),
-        "joint": EngineConfig(field_mode="joint", warmup_events=10**9).with_model(
+        "channels": EngineConfig(init="random", warmup_events=10**9).with_model(hidden_size=8),
+        "joint": EngineConfig(init="random", field_mode="joint", warmup_events=10**9).with_model(
             hidden_size=8, n_features=2
         ),
     }

@@ -14,7 +14,7 @@ import pytest
 
 from streamvgan.engine import EngineConfig, Event, StreamEngine
 
-TINY = dict(warmup_events=120, first_fit_steps=6, fit_steps=3, fit_every=80)
+TINY = dict(init="random", warmup_events=120, first_fit_steps=6, fit_steps=3, fit_every=80)
 
 
 def _series(seed: int, n: int) -> list[float]:

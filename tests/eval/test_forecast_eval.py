@@ -9,7 +9,7 @@ import pytest
 
 from streamvgan.eval import forecast as fc
 
-SMALL_STREAMVGAN = {"warmup_events": 60, "first_fit_steps": 20, "fit_steps": 5, "hidden_size": 8}
+SMALL_STREAMVGAN = {"init": "random", "warmup_events": 60, "first_fit_steps": 20, "fit_steps": 5, "hidden_size": 8}
 
 
 def _series(values, season=1, horizon=3, name="toy"):

@@ -7,7 +7,7 @@ import pytest
 
 from streamvgan.eval import generation as gen
 
-SMALL_STREAMVGAN = {"warmup_events": 100, "first_fit_steps": 20, "fit_steps": 5, "hidden_size": 8}
+SMALL_STREAMVGAN = {"init": "random", "warmup_events": 100, "first_fit_steps": 20, "fit_steps": 5, "hidden_size": 8}
 
 
 class _Oracle:

@@ -17,7 +17,7 @@ from streamvgan.service import checkpoints
 from streamvgan.service.app import Application
 from streamvgan.service.settings import Settings
 
-CONFIG = EngineConfig.from_params(hidden_size=8, latent_size=2, warmup_events=10**9)
+CONFIG = EngineConfig.from_params(init="random", hidden_size=8, latent_size=2, warmup_events=10**9)
 
 
 def _engine(n_streams: int = 3, events: int = 5) -> StreamEngine:
@@ -135,7 +135,7 @@ def test_no_checkpoint_is_rewritten_when_nothing_changed(tmp_path):
 
 @pytest.mark.slow
 def test_evicted_streams_leave_the_service_maps(tmp_path):
-    config = EngineConfig.from_params(hidden_size=8, latent_size=2, max_streams=100,
+    config = EngineConfig.from_params(init="random", hidden_size=8, latent_size=2, max_streams=100,
                                       warmup_events=10**9)
     app = Application(Settings(input_topic="in", metrics_port=-1),
                       engine=StreamEngine(config, seed=0), registry=CollectorRegistry())
@@ -177,7 +177,7 @@ def test_a_restart_takes_the_architecture_from_the_checkpoint_and_the_rest_from_
     whole saved EngineConfig won, so a changed alert_cooldown or --max-streams was ignored."""
     import numpy as np
 
-    small = {"hidden_size": 8, "latent_size": 2, "warmup_events": 10**9}
+    small = {"init": "random", "hidden_size": 8, "latent_size": 2, "warmup_events": 10**9}
     first = Settings(input_topic="in", checkpoint_dir=str(tmp_path), metrics_port=-1,
                      engine_params=small)
     app = Application(first, registry=CollectorRegistry())

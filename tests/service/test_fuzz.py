@@ -101,7 +101,7 @@ def app(kafka_broker, kafka_session):
     clients.ensure_topics(s.bootstrap_servers, [s.scores_topic, s.forecasts_topic,
                                                 s.dlq_topic])
     # a warm engine (first fit done), so the network, critic and forecast paths are fuzzed too
-    config = EngineConfig.from_params(hidden_size=8, latent_size=2, warmup_events=200,
+    config = EngineConfig.from_params(init="random", hidden_size=8, latent_size=2, warmup_events=200,
                                       first_fit_steps=5, fit_every=10**9)
     engine = StreamEngine(config, seed=0)
     for t in range(150):

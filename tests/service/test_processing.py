@@ -40,7 +40,7 @@ from streamvgan.service.wire import (
 )
 
 TOPICS = OutputTopics("in.scores", "in.forecasts", "in.continuations", "in.dlq")
-ENGINE = {"hidden_size": 8, "latent_size": 2, "warmup_events": 10**9}
+ENGINE = {"init": "random", "hidden_size": 8, "latent_size": 2, "warmup_events": 10**9}
 
 
 @dataclass

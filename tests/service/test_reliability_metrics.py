@@ -12,7 +12,7 @@ from streamvgan.service.settings import Settings
 
 
 def test_streams_reset_is_exposed_as_a_counter():
-    config = EngineConfig.from_params(hidden_size=8, latent_size=2, warmup_events=10**9)
+    config = EngineConfig.from_params(init="random", hidden_size=8, latent_size=2, warmup_events=10**9)
     registry = CollectorRegistry()
     app = Application(Settings(input_topic="in", metrics_port=-1),
                       engine=StreamEngine(config, seed=0), registry=registry)

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 6
 STREAMS = [f"host-{i}/cpu" for i in range(12)]
 PER_PHASE = 25
-ENGINE = {"hidden_size": 8, "window": 32, "burn_in": 8, "warmup_events": 10**9}
+ENGINE = {"init": "random", "hidden_size": 8, "window": 32, "burn_in": 8, "warmup_events": 10**9}
 
 CONFIG = """
 bootstrap_servers = "{bootstrap}"
@@ -49,6 +49,7 @@ metrics_host = "127.0.0.1"
 forecast_every = 0
 continuation_every = 0
 [engine]
+init = "random"
 hidden_size = 8
 window = 32
 burn_in = 8

@@ -14,7 +14,7 @@ from streamvgan.service.model_topic import ModelFollower, publish
 
 pytestmark = pytest.mark.kafka
 
-TINY = EngineConfig(warmup_events=150, first_fit_steps=10, fit_steps=3, fit_every=100).with_model(hidden_size=8)
+TINY = EngineConfig(init="random", warmup_events=150, first_fit_steps=10, fit_steps=3, fit_every=100).with_model(hidden_size=8)
 
 
 def _events(stream: str, n: int, start: int = 0, offset: float = 0.0) -> list[Event]:

@@ -14,7 +14,7 @@ from streamvgan.service.clients import make_consumer, make_producer
 
 pytestmark = pytest.mark.kafka
 
-TINY = EngineConfig(warmup_events=100, first_fit_steps=5, fit_steps=2, fit_every=50).with_model(
+TINY = EngineConfig(init="random", warmup_events=100, first_fit_steps=5, fit_steps=2, fit_every=50).with_model(
     hidden_size=8
 )
 

@@ -333,7 +333,7 @@ def real_outputs() -> dict[str, list[Any]]:
     """Three streams (epoch-ms and ISO ts, one with two fields, one constant) through the
     cold start, the first fit and a later one."""
     engine = StreamEngine(
-        EngineConfig(warmup_events=90, first_fit_steps=5, fit_steps=2, fit_every=60).with_model(
+        EngineConfig(init="random", warmup_events=90, first_fit_steps=5, fit_steps=2, fit_every=60).with_model(
             hidden_size=8
         ),
         seed=0,
