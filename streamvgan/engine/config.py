@@ -210,8 +210,9 @@ class EngineConfig:
     clip: float = 20.0  # normalised values are clipped to +-clip
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     forecast_blend: bool = True  # weigh the network's forecast against the last value
-    init: str = "random"  # the network's first weights: "random", "pretrained" (the weights
-    # shipped in the package, docs/pretraining.md) or the path of a `streamvgan pretrain` file
+    init: str = "pretrained"  # the network's first weights: "pretrained" (the weights
+    # shipped in the package, docs/pretraining.md), "random" (a cold start and a first fit
+    # after `warmup_events`) or the path of a `streamvgan pretrain` file
 
     @property
     def horizon(self) -> int:

@@ -24,7 +24,7 @@ SKAB_ROOT = Path(
 ).resolve()
 
 #: A network small and quick enough for a test; the protocol does not depend on its size.
-SMALL = {"hidden_size": 16, "latent_size": 4, "first_fit_steps": 30, "fit_steps": 5}
+SMALL = {"init": "random", "hidden_size": 16, "latent_size": 4, "first_fit_steps": 30, "fit_steps": 5}
 
 
 @pytest.fixture(scope="module")

@@ -64,7 +64,7 @@ def test_an_engine_starts_from_the_weights_and_forecasts_with_them_at_once(weigh
     forecast = engine.forecast(["s"])[0]
     assert forecast.warm
     # a random engine forecasts from the fallback until its first fit
-    cold = StreamEngine(EngineConfig(), seed=3)
+    cold = StreamEngine(EngineConfig(init="random"), seed=3)
     for t in range(30):
         cold.process([Event("s", {"value": math.sin(t / 3)}, ts=float(t))])
     assert not cold.forecast(["s"])[0].warm

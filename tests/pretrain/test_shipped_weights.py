@@ -57,6 +57,27 @@ def test_the_shipped_weights_reproduce_their_recorded_forecast() -> None:
     np.testing.assert_allclose(_forecast_of_a_fixed_series(), recorded["forecast"], rtol=1e-4)
 
 
+def test_every_entry_point_starts_from_the_shipped_weights_by_default() -> None:
+    """One setting, ``init``, with one default for the engine, the River adapters and the
+    service (whose engine parameters go through the same ``EngineConfig.from_params``)."""
+    from streamvgan.river import VAEGANDetector, VAEGANForecaster
+    from streamvgan.service.settings import Settings
+
+    _, stored, _ = load_pretrained(shipped_path())
+    assert EngineConfig().init == EngineConfig.from_params().init == "pretrained"
+    assert EngineConfig.from_params(**Settings().engine_config_params()).init == "pretrained"
+    for engine in (
+        StreamEngine(EngineConfig(), seed=0),
+        VAEGANDetector().engine,
+        VAEGANForecaster(horizon=6).engine,
+    ):
+        assert engine.model_version == 1  # the network serves from the first event
+        served = engine.model.state_dict()
+        assert all(np.array_equal(served[k].numpy(), v.numpy()) for k, v in stored.items())
+    random = StreamEngine(EngineConfig(init="random"), seed=0)
+    assert random.model_version == 0  # today's cold start, for ablations
+
+
 if __name__ == "__main__" and "--record" in sys.argv:
     import torch
 

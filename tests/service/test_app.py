@@ -125,7 +125,7 @@ def test_every_valid_event_has_exactly_one_score_with_its_stream_and_ts(run):
         assert data["schema_version"] == 1
         assert 0.0 <= data["score"] <= 1.0
         assert set(data["components"]) == {"surprise", "reconstruction", "critic", "jump", "level"}
-        assert data["model_version"] == 0 and data["anomaly"] == (data["score"] >= 0.99)
+        assert data["model_version"] == 1 and data["anomaly"] == (data["score"] >= 0.99)
 
 
 def test_forecasts_and_continuations_per_stream(run):
@@ -204,7 +204,7 @@ def test_metrics_scraped_over_http_match_what_was_sent(run):
     assert sample("streamvgan_pipeline_batch_size_records_sum") == n_valid + n_bad
     assert sample("streamvgan_engine_streams") == N_STREAMS
     assert sample("streamvgan_service_ready") == 1
-    assert sample("streamvgan_model_version") == 0
+    assert sample("streamvgan_model_version") == 1  # the shipped weights, not yet fine-tuned
     assert "streamvgan_consumer_lag_records" in text
     assert run["health"] == 200 and run["ready"] == 200
     forecasts = len(run["outputs"]["forecasts"])

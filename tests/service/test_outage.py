@@ -472,7 +472,7 @@ def test_a_commit_waits_for_its_changelog_acks_through_an_outage(broker, kafka_c
 
     servers = broker.bootstrap_servers
     clients.ensure_topics(servers, ["cl"], partitions=1)
-    engine = StreamEngine(EngineConfig.from_params(hidden_size=8, latent_size=2), seed=0)
+    engine = StreamEngine(EngineConfig.from_params(init="random", hidden_size=8, latent_size=2), seed=0)
     for t in range(5):
         engine.process([Event(s, {"value": t * (k + 1.0)}) for k, s in enumerate("ab")])
     stop = threading.Event()
