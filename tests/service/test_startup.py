@@ -258,7 +258,13 @@ def test_changelog_with_another_partition_count_is_one_clear_error(kafka_broker,
     app = Application(settings, registry=CollectorRegistry())
     with caplog.at_level("ERROR"):
         assert app.run() == 2
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    # the service's own errors: kafka-python may also log an "Unhandled exception in task"
+    # of its selector while the consumer is torn down on a loaded machine (seen once in CI)
+    errors = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelname == "ERROR" and r.name.startswith("streamvgan")
+    ]
     assert len(errors) == 1, errors
     assert "has 1 partition(s)" in errors[0] and "has 4" in errors[0]
     assert f"delete {changelog!r}" in errors[0] and "--no-state-changelog" in errors[0]
