@@ -32,9 +32,9 @@ import numpy as np
 from river import base
 
 from streamvgan.errors import ConfigurationError, InvalidInputError
-from streamvgan.eval.baselines import DETECTORS, RollingZScore, make_detector
+from streamvgan.eval.baselines import RollingZScore
 from streamvgan.eval.nab import run_tasks
-from streamvgan.eval.scoring import finite_scores, score_series
+from streamvgan.eval.scoring import csv_files, detector_from_table, finite_scores, score_series
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +133,9 @@ def make_msl_detector(name: str, seed: int = 0, params: dict[str, Any] | None = 
     >>> make_msl_detector("streamvgan_model").params["signals"]
     ['model']
     """
-    if name not in MSL_DETECTORS and name not in DETECTORS:
-        raise ConfigurationError(
-            f"unknown detector {name!r}; choose from {', '.join(MSL_DETECTORS)} "
-            f"(or a NAB detector: {', '.join(DETECTORS)})"
-        )
-    factory, fixed = MSL_DETECTORS.get(name, (name, {}))
-    merged = {**fixed, **(params or {})}
-    if factory == "zscore_diff":
-        return DifferencedZScore(**merged)
-    return make_detector(factory, seed=seed, params=merged)
+    return detector_from_table(
+        MSL_DETECTORS, name, seed, params, local={"zscore_diff": DifferencedZScore}
+    )
 
 
 # --- metrics -------------------------------------------------------------------------------
@@ -271,21 +264,9 @@ def read_channel(path: Path) -> Channel:
 
 def channel_files(data: Path, channels: list[str] | None = None) -> list[Path]:
     """The channel CSVs under ``data`` (all, or those named in ``channels``), sorted by name."""
-    if not data.is_dir():
-        raise ConfigurationError(
-            f"{data} is not a directory; --data must be the MSL folder (../shared/datasets/msl)"
-        )
-    found = {p.stem: p for p in sorted(data.glob("*.csv"))}
-    if not found:
-        raise ConfigurationError(f"no channel CSV under {data}; --data must be the MSL folder")
-    if channels is None:
-        return list(found.values())
-    missing = [c for c in channels if c not in found]
-    if missing:
-        raise ConfigurationError(
-            f"channels {missing} are not in {data}; choose from {', '.join(found)}"
-        )
-    return [found[c] for c in channels]
+    return csv_files(
+        data, channels, kind="channel", folder="the MSL folder (../shared/datasets/msl)"
+    )
 
 
 # --- the run -------------------------------------------------------------------------------

@@ -5,14 +5,78 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from streamvgan.errors import ConfigurationError
+
 log = logging.getLogger(__name__)
 
-__all__ = ["finite_scores", "score_series"]
+__all__ = ["csv_files", "detector_from_table", "finite_scores", "score_series"]
+
+#: A benchmark's own detectors: ``name -> (factory, fixed keyword arguments)``, where the
+#: factory is a NAB detector's name (:data:`streamvgan.eval.baselines.DETECTORS`) or one of
+#: the benchmark's ``local`` factories.
+DetectorTable = Mapping[str, tuple[str, dict[str, Any]]]
+
+
+def detector_from_table(
+    table: DetectorTable,
+    name: str,
+    seed: int = 0,
+    params: dict[str, Any] | None = None,
+    local: Mapping[str, Callable[..., Any]] | None = None,
+) -> Any:
+    """A fresh detector by name: one of ``table``'s or of the NAB detectors; ``params``
+    override its fixed arguments. ``local`` holds factories only this benchmark has.
+
+    >>> detector_from_table({"z20": ("zscore", {"window_size": 20})}, "z20").window_size
+    20
+    """
+    from streamvgan.eval.baselines import DETECTORS, make_detector
+
+    if name not in table and name not in DETECTORS:
+        raise ConfigurationError(
+            f"unknown detector {name!r}; choose from {', '.join(table)} "
+            f"(or a NAB detector: {', '.join(DETECTORS)})"
+        )
+    factory, fixed = table.get(name, (name, {}))
+    merged = {**fixed, **(params or {})}
+    if local is not None and factory in local:
+        return local[factory](**merged)
+    return make_detector(factory, seed=seed, params=merged)
+
+
+def csv_files(
+    data: Path,
+    names: list[str] | None,
+    *,
+    kind: str,
+    folder: str,
+    numbered: bool = False,
+) -> list[Path]:
+    """The CSV files of a benchmark folder (all, or those whose stem is in ``names``), sorted
+    by name, or numerically with ``numbered`` (then only files named by a number count).
+    ``kind`` names a file in errors ("channel"), ``folder`` says which folder --data wants.
+    """
+    if not data.is_dir():
+        raise ConfigurationError(f"{data} is not a directory; --data must be {folder}")
+    stems = [p.stem for p in data.glob("*.csv") if not numbered or p.stem.isdigit()]
+    found = {s: data / f"{s}.csv" for s in sorted(stems, key=int if numbered else str)}
+    if not found:
+        label = f"numbered {kind}" if numbered else kind
+        raise ConfigurationError(f"no {label} CSV under {data}; --data must be {folder}")
+    if names is None:
+        return list(found.values())
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ConfigurationError(
+            f"{kind}s {missing} are not in {data}; choose from {', '.join(found)}"
+        )
+    return [found[n] for n in names]
 
 
 def score_series(detector: Any, events: Iterable[dict[str, float]]) -> tuple[np.ndarray, float]:

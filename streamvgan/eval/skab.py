@@ -31,10 +31,9 @@ from typing import Any
 import numpy as np
 
 from streamvgan.errors import ConfigurationError, InvalidInputError
-from streamvgan.eval.baselines import DETECTORS, make_detector
 from streamvgan.eval.msl import roc_auc
 from streamvgan.eval.nab import run_tasks
-from streamvgan.eval.scoring import finite_scores, score_series
+from streamvgan.eval.scoring import csv_files, detector_from_table, finite_scores, score_series
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +91,7 @@ def make_skab_detector(name: str, seed: int = 0, params: dict[str, Any] | None =
     >>> make_skab_detector("streamvgan_joint").params["field_mode"]
     'joint'
     """
-    if name not in SKAB_DETECTORS and name not in DETECTORS:
-        raise ConfigurationError(
-            f"unknown detector {name!r}; choose from {', '.join(SKAB_DETECTORS)} "
-            f"(or a NAB detector: {', '.join(DETECTORS)})"
-        )
-    factory, fixed = SKAB_DETECTORS.get(name, (name, {}))
-    return make_detector(factory, seed=seed, params={**fixed, **(params or {})})
+    return detector_from_table(SKAB_DETECTORS, name, seed, params)
 
 
 # --- metrics -------------------------------------------------------------------------------
@@ -213,24 +206,8 @@ def read_run(path: Path) -> Run:
 def run_files(data: Path, runs: list[str] | None = None) -> list[Path]:
     """The labelled run CSVs under ``data`` (all, or those named in ``runs``), in numeric
     order; ``anomaly-free.csv`` is not a judged run."""
-    if not data.is_dir():
-        raise ConfigurationError(
-            f"{data} is not a directory; --data must be the SKAB folder "
-            "(../shared/datasets/skab-other)"
-        )
-    found = {p.stem: p for p in data.glob("*.csv") if p.stem.isdigit()}
-    if not found:
-        raise ConfigurationError(
-            f"no numbered run CSV under {data}; --data must be the SKAB folder"
-        )
-    if runs is None:
-        return [found[k] for k in sorted(found, key=int)]
-    missing = [r for r in runs if r not in found]
-    if missing:
-        raise ConfigurationError(
-            f"runs {missing} are not in {data}; choose from {', '.join(sorted(found, key=int))}"
-        )
-    return [found[r] for r in runs]
+    folder = "the SKAB folder (../shared/datasets/skab-other)"
+    return csv_files(data, runs, kind="run", folder=folder, numbered=True)
 
 
 # --- the run -------------------------------------------------------------------------------
