@@ -4,6 +4,8 @@ Usage:
     python benchmarks/nab_signal_replay.py dump --data ../shared/datasets/nab --out DIR [--jobs 2]
     python benchmarks/nab_signal_replay.py replay --data ../shared/datasets/nab --dump DIR
         [--weights 1,0.9,0.8,0.7,0.6,0.5]
+    python benchmarks/nab_signal_replay.py candidates --data ../shared/datasets/nab --dump DIR
+        [--weights 0.6,1.0]
 
 ``dump`` runs the NAB detector (``make_detector("streamvgan")``: the River adapter with
 ``NAB_PARAMS``) over the 58 files exactly as ``streamvgan evaluate nab`` does, and saves for
@@ -19,13 +21,28 @@ the feedback of the score on learning (points scoring >= ``downweight_threshold`
 a lower weight), so a replayed figure differs from a full run: the weight 0.6 replayed to
 66.92 from a dump at 1.0 and scored 65.95 end to end. Use it to choose, then confirm with
 ``streamvgan evaluate nab``.
+
+Each row of a dump also holds the five score components, the model signal, the normaliser
+and the forecast the network made after the row for its next H steps (``dump --files`` takes
+globs, for a quick look at a few files). ``candidates`` uses them to weigh other model signals
+(issue 15): each candidate (the surprise alone, the reconstruction alone, the critic alone,
+the error of the forecasts made 1..H steps back, TadGAN/AER-style combinations of surprise
+and critic) is calibrated exactly as the engine calibrates its model signal (``calibrate``
+reproduces the engine's z to 1e-14) and scored alone and beside the jump and level (their z
+recalibrated from their values the same way). The first row is the detector's own scores as
+dumped, which equal ``streamvgan evaluate nab``'s for the same detector and parameters (one
+file compared: identical). Dump with ``--params '{"signals": ["model"]}'`` to get the
+``signals=model`` detector's own NAB score in the same pass.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import math
 import os
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -37,8 +54,14 @@ from streamvgan.eval import nab_scorer
 from streamvgan.eval.baselines import NAB_PARAMS, make_detector
 from streamvgan.eval.nab import read_data_file
 
-# columns of a dump: z of the model, jump and level signals, score before the cooldown, score
+# columns of a dump: z of the model, jump and level signals, score before the cooldown, score;
+# then the five components (surprise, reconstruction, critic output, jump, level), the model
+# signal, the smoothed signals (3), the value, the normaliser's mean and sd before it, the
+# normalised value, warm, and the forecast made after the row for the next H steps (mean, then
+# scale, in the normalised units of the row; NaN when cold)
 _Z, _LIKELY, _SCORE = slice(0, 3), 3, 4
+_COMPS, _RAW, _SMOOTHED = slice(5, 10), 10, slice(11, 14)
+_VALUE, _MEAN, _STD, _XN, _WARM, _FORECAST = 14, 15, 16, 17, 18, 19
 
 
 def _dump_file(data: Path, rel: str, out: Path, params: dict) -> str:
@@ -51,7 +74,23 @@ def _dump_file(data: Path, rel: str, out: Path, params: dict) -> str:
     original, original_one = SignalScorer.compute, engine_module.compute_one
 
     def record(b):
-        rows.append(np.concatenate([b.z[0], [b.likely[0], b.score[0]]]))
+        if b.f_mean is None:
+            forecast = np.full(2 * horizon, np.nan)
+        else:
+            forecast = np.concatenate([b.f_mean[0, :, 0], b.f_scale[0, :, 0]])
+        rows.append(
+            np.concatenate(
+                [
+                    b.z[0],
+                    [b.likely[0], b.score[0]],
+                    b.comps[0],
+                    [b.raw[0]],
+                    b.smoothed[0],
+                    [b.values[0, 0], b.mean[0, 0], b.std[0, 0], b.xn[0, 0], float(b.warm)],
+                    forecast,
+                ]
+            )
+        )
         return b
 
     # one call per event in the River adapter: the one-value path (engine/scalar.py) since
@@ -60,6 +99,7 @@ def _dump_file(data: Path, rel: str, out: Path, params: dict) -> str:
     engine_module.compute_one = lambda *args: record(original_one(*args))
     try:
         detector = make_detector("streamvgan", seed=0, params=params)
+        horizon = detector.horizon
         for v in read_data_file(data / "data" / rel)[1]:
             x = {"value": float(v)}
             detector.score_one(x)
@@ -70,10 +110,12 @@ def _dump_file(data: Path, rel: str, out: Path, params: dict) -> str:
     return rel
 
 
-def dump(data: Path, out: Path, jobs: int, params: dict) -> None:
+def dump(data: Path, out: Path, jobs: int, params: dict, only: str | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     files = sorted(nab_scorer.load_windows(data / "labels/combined_windows.json"),
                    key=lambda rel: -os.path.getsize(data / "data" / rel))  # longest first
+    if only:
+        files = [f for f in files if any(fnmatch.fnmatch(f, pat) for pat in only.split(","))]
     (out / "params.json").write_text(json.dumps({**NAB_PARAMS, **params}))
     with ProcessPoolExecutor(jobs) as pool:
         for rel in pool.map(_dump_file, [data] * len(files), files, [out] * len(files),
@@ -112,6 +154,154 @@ def replay(data: Path, dumped: Path, combine: Callable[[np.ndarray], np.ndarray]
     return {k: round(v, 2) for k, v in corpus.normalised().items()}
 
 
+def _summary(corpus) -> dict:
+    """The three profiles' normalised scores and realKnownCause's standard one."""
+    out = {k: round(v, 2) for k, v in corpus.normalised().items()}
+    known = corpus.per_category.get("realKnownCause", {}).get("standard")
+    out["realKnownCause"] = None if known is None else round(known, 2)
+    return out
+
+
+def calibrate(signal: np.ndarray, absolute_floor: bool, size: int = 10,
+              halflife: float = 2000.0) -> np.ndarray:
+    """The engine's calibration (``signals.py``, step 4) of one signal of one stream from its
+    first event: each value's mean with the previous ``size - 1`` (kept in float32, as the
+    engine's ring), against the exponentially weighted mean and sd of those means; -inf for
+    the first ``2 size`` events. ``absolute_floor``: the model signal's sd floor (0.05), else
+    the jump's and level's (0.05 of the mean)."""
+    sig = np.nan_to_num(np.asarray(signal, dtype=np.float64), nan=0.0, posinf=1e30)
+    ring = np.minimum(sig, 1e30).astype(np.float32).astype(np.float64)
+    t = np.arange(len(sig))
+    lo = np.maximum(0, t - (size - 1))
+    cum = np.concatenate([[0.0], np.cumsum(ring)])
+    smoothed = (cum[t] - cum[lo] + sig) / (t - lo + 1)  # the newest value in float64
+    z = np.full(len(sig), -np.inf)
+    mu = var = 0.0
+    a_min = math.log(2.0) / halflife
+    for i, x in enumerate(smoothed.tolist()):
+        if i >= 2 * size:
+            floor = (0.05 if absolute_floor else 0.05 * abs(mu)) + 1e-12
+            z[i] = (x - mu) / max(math.sqrt(var), floor)
+        a = max(1.0 / (i + 1.0), a_min)
+        d = x - mu
+        mu += a * d
+        var = (1.0 - a) * (var + a * d * d)
+    return z
+
+
+def horizon_errors(d: np.ndarray, min_scale: float = 0.02) -> np.ndarray:
+    """(rows, H): the error of the forecast made k = 1..H rows before each row for that row,
+    in units of its predicted sd, in the stream's units (NaN where there is none)."""
+    h = (d.shape[1] - _FORECAST) // 2
+    f_mean, f_scale = d[:, _FORECAST:_FORECAST + h], d[:, _FORECAST + h:]
+    value, mean, std = d[:, _VALUE], d[:, _MEAN], d[:, _STD]
+    out = np.full((len(d), h), np.nan)
+    for k in range(1, h + 1):
+        # made after row t - k, in the normalised units of the row after it (t - k + 1)
+        mu = f_mean[:-k, k - 1] * std[1:len(d) - k + 1] + mean[1:len(d) - k + 1]
+        sc = np.maximum(f_scale[:-k, k - 1], min_scale) * std[1:len(d) - k + 1]
+        out[k:, k - 1] = np.abs(value[k:] - mu) / sc
+    return out
+
+
+def candidate_signals(d: np.ndarray) -> dict[str, np.ndarray]:
+    """Model signals to try, from one file's dump (rows,): each is calibrated as the engine
+    calibrates its model signal."""
+    comps, raw = d[:, _COMPS], d[:, _RAW]
+    surprise, recon, critic_out = comps[:, 0], comps[:, 1], comps[:, 2]
+    # the critic's standardised output, recovered from the model signal's weighted mean
+    # (1, 1, 0.25): raw = (surprise + recon + 0.25 critic_z) / 2.25 where a critic scored
+    critic_z = np.where(critic_out != 0.0, 9.0 * raw - 4.0 * (surprise + recon), 0.0)
+    hz = horizon_errors(d)
+    with warnings.catch_warnings():  # rows with no forecast yet: all-NaN, replaced below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        h_mean = np.where(np.isnan(hz).all(1), surprise, np.nanmean(hz, axis=1))
+        h_min = np.where(np.isnan(hz).all(1), surprise, np.nanmin(hz, axis=1))
+    return {
+        "default (surprise + reconstruction + 0.25 critic)": raw,
+        "surprise (predictive)": surprise,
+        "reconstruction": recon,
+        "critic": critic_z,
+        "horizon mean (forecasts 1..H steps back)": h_mean,
+        "horizon min": h_min,
+    }
+
+
+def replay_candidates(data: Path, dumped: Path, weights: list[float]) -> list[tuple]:
+    """NAB scores of every candidate model signal alone and beside the jump and level, plus
+    the TadGAN/AER-style combinations of surprise and critic."""
+    from streamvgan.engine import EngineConfig
+
+    params = json.loads((dumped / "params.json").read_text())
+    cfg = EngineConfig(alert_cooldown=params.get("alert_cooldown", 0))
+    weight = params.get("model_signal_weight", cfg.model_signal_weight)  # in the dumped z
+    windows = nab_scorer.load_windows(data / "labels/combined_windows.json")
+    profiles = nab_scorer.load_profiles(data / "config/profiles.json")
+    per_file: dict[str, tuple] = {}
+    check = []
+    for rel in sorted(windows):
+        path = dumped / (rel.replace("/", "__") + ".npy")
+        if not path.exists():  # a dump of some files (--files): the corpus of those
+            continue
+        d = np.load(path)
+        z, likely = d[:, _Z], d[:, _LIKELY]
+        ruled = np.abs(likely - calibrated_score(z.max(1))) > 1e-12
+        zc = {name: calibrate(sig, True) for name, sig in candidate_signals(d).items()}
+        live = np.isfinite(z[:, 0])
+        check.append(np.abs(weight * zc["default (surprise + reconstruction + 0.25 critic)"][live]
+                            - z[live, 0]).max(initial=0.0))
+        # the jump's and the level's z, recalibrated from their values (a dump with
+        # signals=model has -inf there)
+        z = np.stack([z[:, 0], calibrate(d[:, _COMPS][:, 3], False),
+                      calibrate(d[:, _COMPS][:, 4], False)], axis=1)
+        zs, zk = zc["surprise (predictive)"], zc["critic"]
+        with np.errstate(invalid="ignore"):
+            zc["AER: (z surprise + z critic) / 2"] = (zs + zk) / 2
+            zc["AER: sqrt(z+ surprise * z+ critic)"] = np.sqrt(
+                np.maximum(zs, 0) * np.maximum(zk, 0))
+        stamps = np.array(read_data_file(data / "data" / rel)[0], dtype="datetime64[s]")
+        per_file[rel] = (z, ruled, likely, zc, stamps)
+    print(f"recalibrated default model signal vs dumped z: max |diff| {max(check):.2e}",
+          flush=True)
+    names = list(next(iter(per_file.values()))[3])
+    results = []
+    # the detector's own scores, as dumped (equal to `streamvgan evaluate nab` of the same
+    # detector and parameters: the same River adapter, seed 0, a fresh one per file)
+    rows = [nab_scorer.prepare_file(rel, stamps, np.load(
+                dumped / (rel.replace("/", "__") + ".npy"))[:, _SCORE], windows[rel])
+            for rel, (_, _, _, _, stamps) in per_file.items()]
+    own = nab_scorer.score_corpus(rows, profiles)
+    results.append(("as dumped", json.dumps(params), _summary(own)))
+    print("per category, as dumped (standard / low FP / low FN):")
+    for cat, row in own.per_category.items():
+        cells = " / ".join("-" if row[p] is None else f"{row[p]:.2f}" for p in profiles)
+        print(f"  {cat}: {cells}", flush=True)
+    print(results[-1], flush=True)
+
+    def corpus(combine: Callable) -> dict:
+        rows = []
+        for rel, (z, ruled, likely, zc, stamps) in per_file.items():
+            zz = np.nan_to_num(combine(z, zc), nan=-np.inf)
+            scores = np.where(ruled, likely, calibrated_score(zz))
+            scores = _cooldown(scores, cfg.cooldown_threshold, cfg.alert_cooldown,
+                               cfg.cooldown_cap)
+            rows.append(nab_scorer.prepare_file(rel, stamps, scores, windows[rel]))
+        return _summary(nab_scorer.score_corpus(rows, profiles))
+
+    for name in names:
+        for w in weights:
+            alone = corpus(lambda z, zc, n=name, w=w: w * zc[n])
+            results.append((name, f"alone; weight {w}", alone))
+        for w in weights:
+            results.append((name, f"max with jump, level; weight {w}",
+                            corpus(lambda z, zc, n=name, w=w: np.maximum(
+                                w * np.nan_to_num(zc[n], nan=-np.inf), z[:, 1:].max(1)))))
+            print(results[-1], flush=True)
+        print(results[-1], flush=True)
+    results.append(("none", "jump, level", corpus(lambda z, zc: z[:, 1:].max(1))))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,13 +310,28 @@ def main() -> None:
     d.add_argument("--out", type=Path, required=True)
     d.add_argument("--jobs", type=int, default=2)
     d.add_argument("--params", type=json.loads, default={"model_signal_weight": 1.0})
+    d.add_argument("--files", default=None, help="comma-separated patterns (default: all)")
+    c = sub.add_parser("candidates")
+    c.add_argument("--data", type=Path, required=True)
+    c.add_argument("--dump", type=Path, required=True)
+    c.add_argument("--weights", default="0.6,1.0")
     r = sub.add_parser("replay")
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--dump", type=Path, required=True)
     r.add_argument("--weights", default="1,0.9,0.8,0.7,0.6,0.5")
     args = parser.parse_args()
     if args.command == "dump":
-        dump(args.data, args.out, args.jobs, args.params)
+        dump(args.data, args.out, args.jobs, args.params, args.files)
+        return
+    if args.command == "candidates":
+        results = replay_candidates(
+            args.data, args.dump, [float(w) for w in args.weights.split(",")]
+        )
+        print("| model signal | how | standard | low FP | low FN | realKnownCause |")
+        print("|---|---|---|---|---|---|")
+        for name, how, s in results:
+            print(f"| {name} | {how} | {s['standard']:.2f} | {s['reward_low_FP_rate']:.2f} | "
+                  f"{s['reward_low_FN_rate']:.2f} | {s['realKnownCause']} |", flush=True)
         return
     print("| model signal weight | standard | low FP | low FN |\n|---|---|---|---|")
     cases = [(w, lambda z, w=w: np.maximum(w * z[:, 0], z[:, 1:].max(1)))
