@@ -211,7 +211,7 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
 
     def score_one(self, x: dict) -> float:
         self._scored = scored = self.engine.assess([self._event(x)])
-        self._last_scored = scored.columns  # for .cause, after learn_one too
+        self._last_scored = scored.columns  # for .cause and .fields, after learn_one too
         return float(scored.columns.score[0])
 
     @property
@@ -222,6 +222,15 @@ class VAEGANDetector(_EngineMixin, river_base.AnomalyDetector):
         is counted yet (the first events)."""
         last = getattr(self, "_last_scored", None)
         return None if last is None else last.cause_of(0)
+
+    @property
+    def fields(self) -> dict[str, float] | None:
+        """Each field's own score in the latest :meth:`score_one` (the largest of that field's
+        signals, calibrated as the score is; the score is the largest of them), for an
+        observation of several fields; None for one field, before any score and for the
+        first observation (nothing learned yet, the score is 0.0)."""
+        last = getattr(self, "_last_scored", None)
+        return None if last is None else last.fields_of(0)
 
     def generate(self, horizon: int, n_samples: int) -> list[list[dict]]:
         """``n_samples`` sampled continuations of ``horizon`` steps, each a list of dicts."""

@@ -248,3 +248,29 @@ def test_detector_says_what_drove_each_score():
     assert {c.field for c in causes[20:250]} == {"a", "b"}  # each field drives some scores
     clone = pickle.loads(pickle.dumps(detector))
     assert clone.cause == causes[-1]
+    assert clone.fields == detector.fields
+
+
+def test_detector_gives_each_field_its_score():
+    # the per-field scores of the latest score_one: field b jumps by +6 at t = 250 (a new
+    # extreme, b scores 1.0), a goes on as before (its own score; seeds 0-2 of the engine's
+    # test gave it 0.47-0.83 at the spike); the score is the largest of them, every time
+    detector = streamvgan.VAEGANDetector(seed=0, warmup_events=10_000)
+    assert detector.fields is None  # nothing scored yet
+    rng = np.random.default_rng(0)
+    for t in range(260):
+        x = {"a": math.sin(t / 5) + rng.normal(scale=0.2), "b": 10 + rng.normal(scale=0.2)}
+        x["b"] += 6.0 if t == 250 else 0.0
+        score = detector.score_one(x)
+        fields = detector.fields
+        detector.learn_one(x)
+        assert detector.fields == fields  # learn_one leaves them as score_one gave them
+        if t == 0:  # nothing learned yet: the first score (0.0) is not computed, no fields
+            assert fields is None and score == 0.0
+            continue
+        assert set(fields) == {"a", "b"} and score == max(fields.values()), t
+        if t == 250:
+            assert fields["b"] == 1.0 and fields["a"] < 0.95
+    one = streamvgan.VAEGANDetector(seed=0, warmup_events=10_000)
+    one.score_one({"value": 1.0})
+    assert one.fields is None  # one field: no per-field scores

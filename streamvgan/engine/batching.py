@@ -30,7 +30,9 @@ class ScoreColumns:
     ``score`` (N,) in [0, 1], ``raw`` (N,), ``components`` (N, 5) in the order of
     ``COMPONENTS``, ``warm`` (N,) bool; ``streams`` and ``ts`` as the events had them;
     ``cause`` (N,) int8, the index into ``CAUSES`` of what drove the score (-1: none yet), and
-    ``cause_field`` (N,) the index of its field into the stream's ``field_names`` (-1: none).
+    ``cause_field`` (N,) the index of its field into the stream's ``field_names`` (-1: none);
+    ``fields`` (N, W) each event's per-field scores in its stream's field order, NaN beyond
+    its fields and for events of one field (None: no event of several fields was scored).
     See :class:`Score` for what each is; :meth:`scores` builds those objects.
     """
 
@@ -45,6 +47,7 @@ class ScoreColumns:
     cause_field: np.ndarray
     #: stream -> its field names (the engine's table, read when the scores are built)
     field_names: Mapping[str, tuple[str, ...]]
+    fields: np.ndarray | None = None
 
     @classmethod
     def zeros(
@@ -86,21 +89,75 @@ class ScoreColumns:
             self.components[0] = [x if math.isfinite(x) else 0.0 for x in b.comps[0].tolist()]
             self.warm[0] = b.warm
             self.cause[0], self.cause_field[0] = b.cause.item(0), b.cause_field.item(0)
+            if b.field_scores.shape[1] > 1:  # joint mode, one event of several fields
+                self._joint_fields([0], b)
             return
         score = np.minimum(np.maximum(np.where(np.isnan(b.score), 0.0, b.score), 0.0), 1.0)
         raw, comps, cause, cause_field = b.raw, b.comps, b.cause, b.cause_field
         if starts is not None and len(starts) != len(b.slots):
             bounds = [*starts, len(b.slots)]
             best = [a + int(np.argmax(score[a:c])) for a, c in zip(bounds[:-1], bounds[1:])]
+            self._channel_fields(members, score, starts, np.diff(bounds))
             score, raw, comps, cause = score[best], raw[best], comps[best], cause[best]
             # one channel per field, in the stream's field order: the row is the field
             cause_field = np.where(cause != NO_CAUSE, np.subtract(best, starts), -1)
+        elif b.field_scores.shape[1] > 1:
+            self._joint_fields(members, b)
         self.score[members] = score
         self.raw[members] = np.where(np.isfinite(raw), raw, 0.0)
         self.components[members] = np.where(np.isfinite(comps), comps, 0.0)
         self.warm[members] = b.warm
         self.cause[members] = cause
         self.cause_field[members] = cause_field
+
+    def _field_table(self, width: int) -> np.ndarray:
+        """:attr:`fields`, made (all NaN) or widened to at least ``width`` columns."""
+        table = self.fields
+        if table is None:
+            table = self.fields = np.full((len(self.streams), width), np.nan)
+        elif table.shape[1] < width:
+            pad = ((0, 0), (0, width - table.shape[1]))
+            table = self.fields = np.pad(table, pad, constant_values=np.nan)
+        return table
+
+    def _channel_fields(
+        self, members: Sequence[int] | slice, score: np.ndarray, starts: list[int], counts
+    ) -> None:
+        """Channels mode: each field's score is its channel's (``score`` (B,), one row per
+        channel, already in [0, 1]), for the events of ``members`` with several channels;
+        ``starts`` and ``counts`` (E,): each event's first row and number of rows."""
+        if counts.max() < 2:
+            return
+        event = np.repeat(np.arange(len(starts)), counts)  # (B,) the event of each row
+        column = np.arange(len(score)) - np.repeat(starts, counts)  # (B,) its field
+        several = counts[event] > 1
+        at = np.arange(len(self.streams))[members][event[several]]
+        self._field_table(int(counts.max()))[at, column[several]] = score[several]
+
+    def _joint_fields(self, members: Sequence[int] | slice, b: ScoreBatch) -> None:
+        """Joint mode: the field scores of ``b`` (one row per event), in [0, 1] as the scores
+        are; all 0 where the event's score is NaN (published 0), so that the event's score
+        stays the largest of its fields'."""
+        fs = np.minimum(np.maximum(np.where(np.isnan(b.field_scores), 0.0, b.field_scores), 0), 1)
+        fs[np.isnan(b.score)] = 0.0
+        self._field_table(fs.shape[1])[members, : fs.shape[1]] = fs
+
+    def fields_of(self, i: int) -> dict[str, float] | None:
+        """:attr:`Score.fields` of event ``i``: field -> score, None for one field."""
+        return self.field_dicts(slice(i, i + 1))[0]
+
+    def field_dicts(self, rows: slice = slice(None)) -> list[dict[str, float] | None]:
+        """:attr:`Score.fields` of the events at ``rows``."""
+        streams = self.streams[rows]
+        if self.fields is None:
+            return [None] * len(streams)
+        names = self.field_names
+        out: list[dict[str, float] | None] = []
+        for stream, row in zip(streams, self.fields[rows].tolist()):
+            fields = names.get(stream, ())
+            # NaN in the first column: not scored (a stream unknown to score())
+            out.append(dict(zip(fields, row)) if len(fields) > 1 and row[0] == row[0] else None)
+        return out
 
     def cause_of(self, i: int) -> Cause | None:
         """The :class:`Cause` of event ``i``'s score (None while no signal is counted)."""
@@ -143,7 +200,7 @@ class ScoreColumns:
 
     def _build(self, out: list[Score], new, set_dict, version: int) -> None:
         cause_of = self._causes({})
-        for stream, s, r, (a, b, c, d, e), w, t, k, f in zip(
+        for stream, s, r, (a, b, c, d, e), w, t, k, f, fs in zip(
             self.streams,
             self.score.tolist(),
             self.raw.tolist(),
@@ -152,12 +209,14 @@ class ScoreColumns:
             self.ts,
             self.cause.tolist(),
             self.cause_field.tolist(),
+            self.field_dicts(),
         ):
             obj = new(Score)
             components = {"surprise": a, "reconstruction": b, "critic": c, "jump": d, "level": e}
             set_dict(obj, "__dict__", {
                 "stream": stream, "score": s, "raw": r, "components": components,
                 "model_version": version, "warm": w, "ts": t, "cause": cause_of(stream, k, f),
+                "fields": fs,
             })  # fmt: skip
             out.append(obj)
 

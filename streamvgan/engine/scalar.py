@@ -211,6 +211,7 @@ def compute_one(
         score=np.array([score]),
         cause=np.array([cause], dtype=np.int8),
         cause_field=np.array([0 if cause != NO_CAUSE else -1]),
+        field_scores=np.array([[score]]),  # the one field's score is the event's
         warm=warm,
         fm=None if fm is None else col(fm),
         h=h,

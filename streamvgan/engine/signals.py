@@ -102,11 +102,47 @@ class ScoreBatch:
     score: np.ndarray  # (B,) the score
     cause: np.ndarray  # (B,) int8 index into CAUSES of what drove the score (NO_CAUSE: none)
     cause_field: np.ndarray  # (B,) int64 column of the field behind it (-1 with NO_CAUSE)
+    field_scores: np.ndarray  # (B, F) each field's score, as ``score`` (see field_scores())
     warm: bool  # scored by a fitted network (False: the cold-start fallback)
     fm: np.ndarray | None  # (B, F) the network's forecast of x_t (None when cold)
     h: np.ndarray | None  # (B, hidden) float32 network state after this event (None when cold)
     f_mean: np.ndarray | None  # (B, H, F) float32 forecast made after this event
     f_scale: np.ndarray | None
+
+
+def field_scores(
+    z: np.ndarray,
+    model_field: np.ndarray,
+    young: np.ndarray,
+    extreme_field: np.ndarray,
+    quiet: np.ndarray,
+    cfg: EngineConfig,
+) -> np.ndarray:
+    """The score of each field of B events of F > 1 fields (one row each, ``field_mode=
+    "joint"``): ``calibrated_score`` of the largest calibrated z among that field's own
+    signals, its jump and its level (``z`` (B, 1 + 2F) as :attr:`ScoreBatch.z`), where the
+    joint model signal belongs to ``model_field`` (B,), the field with the largest normalised
+    error, as its cause does; 1.0 for the field at ``extreme_field`` (B,) where the new-extreme
+    rule fired (-1: not); 0 for ``young`` (B,) rows; capped as the score under the cooldown
+    (``quiet`` (B,)). Each column of ``z`` belongs to exactly one field and
+    ``calibrated_score`` does not decrease, so the event's score is the largest of its
+    fields' (and the field named by the cause has exactly the event's score).
+
+    >>> z = np.array([[2.0, 0.5, -1.0, 1.0, 3.0], [-np.inf, -np.inf, -np.inf, -np.inf, -np.inf]])
+    >>> scores = field_scores(z, np.array([0, 1]), np.array([False, False]), np.array([-1, 0]),
+    ...                       np.array([False, False]), EngineConfig())
+    >>> scores.round(4).tolist()  # a: model 2.0 (its field), jump 0.5, level 1.0; b: level 3.0
+    [[0.9545, 0.9973], [1.0, 0.0]]
+    """
+    f = (z.shape[1] - 1) // 2
+    rows = np.arange(len(z))
+    zf = np.maximum(z[:, 1 : 1 + f], z[:, 1 + f :])  # (B, F) jump and level of each field
+    zf[rows, model_field] = np.maximum(zf[rows, model_field], z[:, 0])
+    out = calibrated_score(zf)
+    out[young] = 0.0
+    fired = extreme_field >= 0
+    out[rows[fired], extreme_field[fired]] = 1.0
+    return np.where(quiet[:, None], np.minimum(out, cfg.cooldown_cap), out)
 
 
 class SignalScorer:
@@ -233,6 +269,7 @@ class SignalScorer:
         cause = np.where(live, self.signal_col[top], NO_CAUSE).astype(np.int8)
         cause_field = np.where(top == 0, errors.argmax(-1), (top - 1) % f)
         # 5. a new extreme: beyond the range of everything seen by a fraction of that range
+        extreme_field = np.full(len(slots), -1)  # where the rule fired, the field (else -1)
         if cfg.range_tolerance is not None:
             lo, hi = st.seen_min[slots], st.seen_max[slots]
             margin = cfg.range_tolerance * (hi - lo)
@@ -244,11 +281,17 @@ class SignalScorer:
                     beyond = np.maximum(values - hi, lo - values) / (hi - lo)
                 beyond = np.where(outside, beyond, -np.inf)
                 cause[extreme] = EXTREME
-                cause_field = np.where(extreme, beyond.argmax(-1), cause_field)
+                extreme_field = np.where(extreme, beyond.argmax(-1), -1)
+                cause_field = np.where(extreme, extreme_field, cause_field)
         cause_field = np.where(cause == NO_CAUSE, -1, cause_field)
         likely = score  # before the cooldown: decides the learning weight
         # 6. the alert cooldown
-        score = np.where(st.quiet[slots] > 0, np.minimum(score, cfg.cooldown_cap), score)
+        quiet = st.quiet[slots] > 0
+        score = np.where(quiet, np.minimum(score, cfg.cooldown_cap), score)
+        if f == 1:  # one field: its score is the row's (a channel, or a one-field stream)
+            per_field = score[:, None]
+        else:
+            per_field = field_scores(z, errors.argmax(-1), young, extreme_field, quiet, cfg)
         return ScoreBatch(
             slots=slots,
             values=values,
@@ -267,6 +310,7 @@ class SignalScorer:
             score=score,
             cause=cause,
             cause_field=cause_field,
+            field_scores=per_field,
             warm=warm,
             fm=fm,
             h=h,

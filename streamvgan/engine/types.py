@@ -61,8 +61,12 @@ class Score:
     those three, ``jump`` and ``level`` (for a stream with several fields, the channel that
     scored highest). ``warm`` is False while the score came from the cold-start fallback (no
     fitted model yet). ``cause`` says which signal and field drove the score (None while
-    no signal is counted yet: a stream's first events, or one unknown to :meth:`score`). How
-    each is computed: README "How the score is computed".
+    no signal is counted yet: a stream's first events, or one unknown to :meth:`score`).
+    ``fields``, for an event of more than one field only (else None), maps each field to its
+    own score: the calibrated score of the largest of that field's signals (in ``channels``
+    mode its channel's score), the new-extreme rule and the joint model signal counted in the
+    field their cause names; ``score`` is the largest of them and the field ``cause`` names
+    has exactly ``score``. How each is computed: README "How the score is computed".
     """
 
     stream: str
@@ -73,6 +77,7 @@ class Score:
     warm: bool
     ts: Any = None
     cause: Cause | None = None
+    fields: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -356,6 +356,9 @@ class ScoreMessage:
     #: what drove the score, {"signal": ..., "field": ...}; None (left out of the record)
     #: while no signal is counted yet
     cause: dict[str, str | None] | None = None
+    #: each field's own score, {"cpu": 0.93, "mem": 0.12}, for an event of several fields
+    #: only; None (left out of the record) for an event of one field
+    fields: dict[str, float] | None = None
 
     @classmethod
     def from_score(cls, score: Score, ts: Any, threshold: float) -> ScoreMessage:
@@ -370,6 +373,7 @@ class ScoreMessage:
             warm=bool(score.warm),
             anomaly=bool(score.score >= threshold),
             cause=None if cause is None else {"signal": cause.signal, "field": cause.field},
+            fields=None if score.fields is None else {k: float(v) for k, v in score.fields.items()},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -386,6 +390,8 @@ class ScoreMessage:
         }
         if self.cause is not None:
             out["cause"] = self.cause
+        if self.fields is not None:
+            out["fields"] = self.fields
         return out
 
     def to_bytes(self) -> bytes:
@@ -407,7 +413,7 @@ def encode_scores(columns: ScoreColumns, threshold: float) -> list[bytes]:
     names, version, dumps = columns.field_names, int(columns.model_version), _dumps
     causes: dict[tuple[str, int, int], dict[str, str | None]] = {}
     out: list[bytes] = []
-    for stream, ts, s, r, (a, b, c, d, e), w, k, f in zip(
+    for stream, ts, s, r, (a, b, c, d, e), w, k, f, fs in zip(
         columns.streams,
         columns.ts,
         columns.score.tolist(),
@@ -416,6 +422,7 @@ def encode_scores(columns: ScoreColumns, threshold: float) -> list[bytes]:
         columns.warm.tolist(),
         columns.cause.tolist(),
         columns.cause_field.tolist(),
+        columns.field_dicts(),
     ):
         record = {
             "schema_version": SCHEMA_VERSION, "stream": stream, "ts": ts, "score": s, "raw": r,
@@ -431,6 +438,8 @@ def encode_scores(columns: ScoreColumns, threshold: float) -> list[bytes]:
                 field_ = fields[f] if 0 <= f < len(fields) else None
                 cause = causes[stream, k, f] = {"signal": CAUSES[k], "field": field_}
             record["cause"] = cause
+        if fs is not None:  # an event of several fields: each field's own score
+            record["fields"] = fs
         out.append(dumps(record))
     return out
 

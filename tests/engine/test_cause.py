@@ -104,15 +104,16 @@ def test_batched_causes_equal_one_event_at_a_time():
     for i in range(0, 280, 7):  # polls of 14 events, 7 per stream, interleaved
         chunk = [e for pair in zip(events["x"][i : i + 7], events["y"][i : i + 7]) for e in pair]
         for s in batched.process(chunk):
-            got[s.stream].append(s.cause)
+            got[s.stream].append((s.cause, s.fields))
     for name, evs in events.items():
-        want = [single[name].process([e])[0].cause for e in evs]
-        assert got[name] == want
-        assert {c.signal for c in want[20:]} >= {"jump", "extreme"}  # not one constant cause
+        want = [(s.cause, s.fields) for s in (single[name].process([e])[0] for e in evs)]
+        assert got[name] == want  # the causes and the per-field scores
+        assert {c.signal for c, _ in want[20:]} >= {"jump", "extreme"}  # not one constant cause
     # score() without learning, on a known and an unknown stream
     probe = [Event("x", {"a": 0.0, "b": 30.0}), Event("new", {"a": 0.0, "b": 0.0})]
-    causes = [s.cause for s in batched.score(probe)]
-    assert causes == [Cause("extreme", "b"), None]
+    probed = batched.score(probe)
+    assert [s.cause for s in probed] == [Cause("extreme", "b"), None]
+    assert probed[0].fields["b"] == 1.0 and probed[1].fields is None  # unknown: not scored
 
 
 def test_columns_carry_the_cause_as_codes():
@@ -124,3 +125,94 @@ def test_columns_carry_the_cause_as_codes():
     assert spike.cause_of(0) == Cause("extreme", "b")
     assert (columns.cause[:20] == -1).all() and (columns.cause_field[:20] == -1).all()
     assert (columns.cause[20:] >= 0).all()
+    # the per-field scores: one (N, 2) array, a dict per event only when asked
+    assert columns.fields.shape == (250, 2) and spike.fields.tolist() == [[spike.fields[0, 0], 1.0]]
+    assert spike.fields_of(0) == {"a": spike.fields[0, 0], "b": 1.0}
+    assert (columns.fields.max(axis=1) == columns.score).all()
+
+
+# -- per-field scores (Score.fields) ---------------------------------------------------------
+
+
+def _relation_holds(scores) -> None:
+    """Every event's score is exactly the largest of its field scores, and the field its cause
+    names has exactly the event's score (no cause: all 0)."""
+    for s in scores:
+        assert s.fields is not None and set(s.fields) == {"a", "b"}
+        assert s.score == max(s.fields.values()), s
+        if s.cause is None:
+            assert set(s.fields.values()) == {0.0}, s
+        else:
+            assert s.fields[s.cause.field] == s.score, s
+
+
+@pytest.mark.parametrize("range_tolerance", [None, 0.1])
+@pytest.mark.parametrize("field_mode", ["channels", "joint"])
+def test_the_field_that_jumps_scores_high_and_the_still_one_low(field_mode, range_tolerance):
+    # field "b" jumps by +6 (about 25 of its sd) at event 250, "a" goes on as before. Seen
+    # over seeds 0-7, both modes: b scores 0.99959-0.99964 from the jump signal (1.0 from the
+    # new-extreme rule with range_tolerance 0.1), a 0.47-0.83 (its own noise: a's jump and
+    # level are a's alone); bounds: b above the service's alert threshold 0.99 and the
+    # engine's cooldown threshold 0.9994, a below 0.95
+    for seed in SEEDS:
+        engine = _engine(field_mode, seed, range_tolerance=range_tolerance)
+        scores = [engine.process([e])[0] for e in _two_fields(seed, 300, spike_at=250)]
+        _relation_holds(scores)
+        spike = scores[250]
+        assert spike.fields["b"] >= (0.9994 if range_tolerance is None else 1.0), seed
+        assert spike.fields["a"] < 0.95, seed
+        assert spike.cause.field == "b" and spike.score == spike.fields["b"], seed
+        assert spike.cause.signal == ("jump" if range_tolerance is None else "extreme")
+
+
+def test_a_channel_s_field_score_ignores_the_other_fields():
+    # channels mode: each field is its own channel, so field a scores exactly as it would in
+    # a stream where b never jumped
+    for seed in SEEDS:
+        got = []
+        for spike_at in (250, None):
+            engine = _engine("channels", seed)
+            got.append([engine.process([e])[0] for e in _two_fields(seed, 280, spike_at)])
+        assert [s.fields["a"] for s in got[0]] == [s.fields["a"] for s in got[1]]
+        assert got[0][250].fields["b"] == 1.0 > got[1][250].fields["b"]
+
+
+def test_the_joint_model_signal_counts_in_the_field_its_cause_names():
+    # a fitted joint network: some scores are driven by the model signal, which belongs to
+    # the field with the largest normalised forecast error; the relation holds for all, also
+    # under the alert cooldown (the scores after an alert capped, the field scores with them)
+    for seed in SEEDS:
+        config = EngineConfig(
+            field_mode="joint",
+            init="random",
+            warmup_events=120,
+            first_fit_steps=6,
+            fit_steps=3,
+            fit_every=80,
+            range_tolerance=None,
+            alert_cooldown=30,
+        ).with_model(n_features=2, hidden_size=8)
+        engine = StreamEngine(config, seed=seed)
+        scores = []
+        for event in _two_fields(seed, 400, spike_at=330):
+            scores.append(engine.process([event])[0])
+            engine.fine_tune()
+        assert engine.model_version >= 3 and scores[-1].warm
+        _relation_holds(scores)
+        capped = [s for s in scores[331:361] if s.cause.field == "b"]
+        assert capped and max(s.fields["b"] for s in capped) == config.cooldown_cap, seed
+        # seeds 0-2: 7-17 of the warm events driven by the model signal, in both fields
+        by_model = [s for s in scores[130:] if s.cause.signal == "model"]
+        assert {s.cause.field for s in by_model} == {"a", "b"}, seed
+        assert scores[330].cause == Cause("jump", "b") and scores[330].fields["b"] > 0.999
+        assert scores[330].fields["a"] < 0.95
+
+
+def test_one_field_streams_have_no_field_scores():
+    for field_mode, n_features in (("channels", 1), ("joint", 1)):
+        config = EngineConfig(field_mode=field_mode, **COLD).with_model(n_features=n_features)
+        engine = StreamEngine(config, seed=0)
+        events = [Event("s", {"value": math.sin(t / 3)}, t) for t in range(40)]
+        scores = engine.process(events[:30]) + [engine.process([e])[0] for e in events[30:]]
+        assert all(s.fields is None for s in scores)
+        assert engine.process_columns(events[:3]).fields is None

@@ -68,6 +68,7 @@ def test_one_value_path_equals_the_vectorised_path(params, seed, river_way):
         for k in a.components:
             assert a.components[k] == pytest.approx(b.components[k], rel=1e-12, abs=1e-12)
         assert a.cause == b.cause  # the signal (and field) that drove the score, issue 15
+        assert a.fields is None and b.fields is None  # one field: no per-field scores
     # the series has a spike, a level shift and a constant stretch: several causes, none early
     assert all(s.cause is None for s in slow_scores[:20])
     assert len({s.cause.signal for s in slow_scores[20:]}) >= 3

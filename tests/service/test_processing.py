@@ -139,8 +139,8 @@ def test_score_records_from_the_columns_are_the_bytes_of_the_per_event_path():
     """Issue 13: the service builds its score records straight from the engine's columns,
     and its forecast records in one pass; they must be byte for byte those of the former path
     (Score -> ScoreMessage -> bytes, Forecast -> ForecastMessage -> bytes):
-    cold and fitted model, one- and two-field streams (cause fields), epoch and ISO ts,
-    alerts on both sides of the threshold, and a batch the engine rejects."""
+    cold and fitted model, one- and two-field streams (cause and per-field scores), epoch and
+    ISO ts, alerts on both sides of the threshold, and a batch the engine rejects."""
     config = dict(ENGINE, warmup_events=40, first_fit_steps=3, window=40)
     new = StreamEngine(EngineConfig.from_params(**config), seed=3)
     old = StreamEngine(EngineConfig.from_params(**config), seed=3)
@@ -148,7 +148,7 @@ def test_score_records_from_the_columns_are_the_bytes_of_the_per_event_path():
     proc = ScoringProcessor(new, TOPICS, forecast_every=1, continuation_every=0,
                             continuation_samples=2, alert_threshold=threshold)
     tp = TopicPartition("in", 0)
-    compared = alerts = causes = 0
+    compared = alerts = causes = fields = 0
     for poll in range(6):
         recs = []
         for i in range(poll * 20, poll * 20 + 20):
@@ -172,9 +172,12 @@ def test_score_records_from_the_columns_are_the_bytes_of_the_per_event_path():
         compared += len(got)
         alerts += sum(json.loads(v)["anomaly"] for _, v in got)
         causes += sum("cause" in json.loads(v) for _, v in got)
+        # the per-field scores: in the two-field stream's records only (issue 15)
+        assert all(("fields" in json.loads(v)) == (k == b"h/m") for k, v in got)
+        fields += sum("fields" in json.loads(v) for _, v in got)
         if poll == 2:  # fit both the same way: the later polls are scored by a model
             assert new.fine_tune(force=True) is not None and old.fine_tune(force=True) is not None
-    assert compared == 240 and 0 < alerts < compared and causes > 0
+    assert compared == 240 and 0 < alerts < compared and causes > 0 and fields == 120
     assert json.loads(got[-1][1])["warm"] and json.loads(got[-1][1])["model_version"] == 1
 
 

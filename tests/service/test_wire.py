@@ -425,3 +425,21 @@ def test_a_broken_message_fails_validation(real_outputs, name, broken, change):
     validator.validate(message)  # valid before the change
     change(message)
     assert not validator.is_valid(message), broken
+
+
+def test_score_message_carries_the_field_scores_of_a_multivariate_event_only():
+    # issue 15: "fields" after "cause", for an event of several fields; one field: the
+    # record as before, byte for byte
+    fields = {"cpu": 0.9996, "mem": 0.12}
+    many = Score("h", 0.9996, 1.3, {}, 3, True, cause=Cause("jump", "cpu"), fields=fields)
+    data = ScoreMessage.from_score(many, 7, threshold=0.99).to_bytes()
+    assert data.endswith(
+        b'"cause":{"signal":"jump","field":"cpu"},"fields":{"cpu":0.9996,"mem":0.12}}'
+    )
+    assert ScoreMessage.from_bytes(data) == ScoreMessage.from_score(many, 7, threshold=0.99)
+    one = Score("s", 0.5, 0.1, {"surprise": 0.1}, 3, True, ts=None, cause=Cause("level", "value"))
+    assert ScoreMessage.from_score(one, 1, threshold=0.99).to_bytes() == (
+        b'{"schema_version":1,"stream":"s","ts":1,"score":0.5,"raw":0.1,'
+        b'"components":{"surprise":0.1},"model_version":3,"warm":true,"anomaly":false,'
+        b'"cause":{"signal":"level","field":"value"}}'
+    )
