@@ -162,6 +162,8 @@ class Application:
             on_forget=processor.forget,
             stats=self.stats,
         )
+        if isinstance(processor, ScoringProcessor):
+            processor.already_applied = self.state.already_applied  # filled by restores
         self.metrics_port: int | None = None
         self._stop = threading.Event()
         self._started = threading.Event()

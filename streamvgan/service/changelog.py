@@ -10,14 +10,23 @@ Tansu's does not), and the states are installed before any of its records are pr
 
 Records are the engine's pickle-free stream-state format (``StreamEngine.export_stream``);
 a corrupt one is rejected with a log line and counted, and that stream starts cold.
+
+Each record also carries, in the header :data:`HEADER_INPUT_OFFSET` (decimal ASCII), the next
+offset of its input partition whose events were all applied and acknowledged when its state was
+exported: the state holds exactly the stream's events below that offset. A kill -9 after the
+records are acknowledged but before the offsets are committed makes a restart re-read events
+the restored state already holds; :meth:`StateChangelog.restore` returns these offsets so the
+service skips those events (:mod:`streamvgan.service.state`). Records written before the header
+existed restore as before, with nothing skipped; the value format (:data:`SCHEMA_VERSION`) is
+unchanged.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import TopicPartition
@@ -28,6 +37,8 @@ log = logging.getLogger(__name__)
 
 HEADER_SCHEMA = "streamvgan.state.schema"
 SCHEMA_VERSION = b"1"
+#: the next input offset whose events the record's state holds (all of them, no later one)
+HEADER_INPUT_OFFSET = "streamvgan.state.input-offset"
 
 
 def changelog_topic(group_id: str, input_topic: str) -> str:
@@ -37,12 +48,15 @@ def changelog_topic(group_id: str, input_topic: str) -> str:
 
 @dataclass(frozen=True)
 class RestoreReport:
-    """What a restore did: states installed and rejected, records read, seconds taken."""
+    """What a restore did: states installed and rejected, records read, seconds taken, and
+    ``applied``: input partition -> {stream: the input offset its restored state holds every
+    event below} for the restored states whose record carried it."""
 
     restored: int
     rejected: int
     records: int
     seconds: float
+    applied: dict[int, dict[str, int]] = field(default_factory=dict)
 
 
 class StateChangelog:
@@ -75,10 +89,17 @@ class StateChangelog:
         self.bytes_written = 0
         self.records_written = 0
 
-    def write(self, producer: Any, engine: Any, dirty: dict[str, int]) -> list[Any]:
+    def write(
+        self,
+        producer: Any,
+        engine: Any,
+        dirty: dict[str, int],
+        applied: Mapping[int, int] | None = None,
+    ) -> list[Any]:
         """Send the state of every stream in ``dirty`` (stream -> input partition); return the
-        send futures. The caller flushes the producer before committing offsets."""
-        return self.send(producer, self.export(engine, dirty))
+        send futures. The caller flushes the producer before committing offsets. ``applied``:
+        see :meth:`send`."""
+        return self.send(producer, self.export(engine, dirty), applied)
 
     @staticmethod
     def export(engine: Any, dirty: dict[str, int]) -> list[tuple[str, int, bytes | None]]:
@@ -87,8 +108,22 @@ class StateChangelog:
         states = engine.export_streams(list(dirty))
         return [(stream, p, blob) for (stream, p), blob in zip(dirty.items(), states)]
 
-    def send(self, producer: Any, states: list[tuple[str, int, bytes | None]]) -> list[Any]:
-        """Send exported ``states`` (see :meth:`export`); return the send futures."""
+    def send(
+        self,
+        producer: Any,
+        states: list[tuple[str, int, bytes | None]],
+        applied: Mapping[int, int] | None = None,
+    ) -> list[Any]:
+        """Send exported ``states`` (see :meth:`export`); return the send futures.
+
+        ``applied``: input partition -> the next offset whose events the states hold, all of
+        them and no later one (the caller exported them so); each record of such a partition
+        carries it in :data:`HEADER_INPUT_OFFSET`."""
+        plain = [(HEADER_SCHEMA, SCHEMA_VERSION)]
+        headers: dict[int, list[tuple[str, bytes]]] = {}
+        if applied:
+            for p, offset in applied.items():
+                headers[p] = [*plain, (HEADER_INPUT_OFFSET, str(offset).encode("ascii"))]
         futures = []
         for stream, partition, blob in states:
             if blob is not None:
@@ -99,7 +134,7 @@ class StateChangelog:
                     key=stream.encode("utf-8"),
                     value=blob,
                     partition=partition,
-                    headers=[(HEADER_SCHEMA, SCHEMA_VERSION)],
+                    headers=headers.get(partition, plain),
                 )
             )
             self.records_written += 1
@@ -113,7 +148,7 @@ class StateChangelog:
         tps = [TopicPartition(self.topic, p) for p in sorted(set(partitions))]
         if not tps:
             return RestoreReport(0, 0, 0, 0.0)
-        latest: dict[bytes, bytes | None] = {}
+        latest: dict[bytes, tuple[bytes | None, int, int | None]] = {}
         records = 0
         consumer = self._make_consumer()
         try:
@@ -144,7 +179,8 @@ class StateChangelog:
                 for recs in batch.values():
                     for record in recs:
                         if record.key is not None:
-                            latest[record.key] = record.value
+                            offset = _input_offset(record.headers, record.partition)
+                            latest[record.key] = (record.value, record.partition, offset)
                             records += 1
                 caught_up = all(consumer.position(tp) >= ends.get(tp, 0) for tp in tps)
                 if caught_up and not batch:
@@ -156,7 +192,8 @@ class StateChangelog:
         finally:
             consumer.close()
         restored = rejected = 0
-        for key, value in latest.items():
+        applied: dict[int, dict[str, int]] = {}
+        for key, (value, partition, offset) in latest.items():
             stream = key.decode("utf-8", errors="replace")
             if value is None:  # tombstone
                 engine.drop_stream(stream)
@@ -165,10 +202,14 @@ class StateChangelog:
                 engine.import_stream(stream, value)
                 restored += 1
             except CheckpointError as exc:
+                # starts cold: its events are applied again (nothing skipped), so it has them
                 rejected += 1
                 self._on_rejected()
                 log.error("rejected changelog state of stream %r (%s); it starts cold", stream, exc)
-        report = RestoreReport(restored, rejected, records, time.perf_counter() - start)
+                continue
+            if offset is not None:
+                applied.setdefault(partition, {})[stream] = offset
+        report = RestoreReport(restored, rejected, records, time.perf_counter() - start, applied)
         log.info(
             "restored %d stream states (%d rejected) from %d changelog records of %s in %.2fs",
             restored,
@@ -178,3 +219,22 @@ class StateChangelog:
             report.seconds,
         )
         return report
+
+
+def _input_offset(headers: Sequence[tuple[str, bytes]] | None, partition: int) -> int | None:
+    """The :data:`HEADER_INPUT_OFFSET` of a record's headers; None without it (a record written
+    before it existed) or when it is not a decimal offset (logged; nothing is skipped)."""
+    for key, value in headers or ():
+        if key == HEADER_INPUT_OFFSET:
+            text = bytes(value or b"").decode("ascii", errors="replace")
+            if text.isdigit():
+                return int(text)
+            log.warning(
+                "changelog record of partition %d has %s=%r, not an offset; its stream's "
+                "events are all applied again",
+                partition,
+                HEADER_INPUT_OFFSET,
+                text,
+            )
+            return None
+    return None

@@ -79,8 +79,9 @@ class ServiceLoop:
             # while a commit is in progress, polls are short: the changelog goes on being sent
             # and the offsets are committed right after the last acknowledgement, not a whole
             # idle poll later (a kill -9 in between leaves the changelog ahead of the
-            # committed offsets: those streams' events would be applied twice after a move);
-            # after a second without the acknowledgements (an outage), polls are long again
+            # committed offsets: the records re-read then are skipped as already applied, see
+            # state.py, but re-reading them costs); after a second without the
+            # acknowledgements (an outage), polls are long again
             ticket, timeout_ms = self.state.ticket, s.poll_timeout_ms
             if ticket is not None and time.monotonic() - ticket.started < _COMMIT_FAST_S:
                 timeout_ms = min(timeout_ms, _COMMIT_POLL_MS)
@@ -150,6 +151,8 @@ class ServiceLoop:
         result = self.processor.process(records)
         for topic, n in result.consumed.items():
             m.consumed.labels(topic=topic).inc(n)
+        if result.already_applied:
+            m.already_applied.inc(result.already_applied)
         m.batch_size.observe(result.records)
         errors: list[BaseException] = []
         for out in result.outputs:

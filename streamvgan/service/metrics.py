@@ -170,6 +170,12 @@ class ServiceMetrics:
             "Changelog records rejected as corrupt (those streams started cold).",
             registry=r,
         )
+        self.already_applied = Counter(
+            "streamvgan_state_events_already_applied",
+            "Input events skipped because the stream state restored from the changelog already "
+            "held them (written before a crash kept their offsets from being committed).",
+            registry=r,
+        )
         self.restore_duration = Histogram(
             "streamvgan_state_restore_duration_seconds",
             "Wall time of one changelog restore.",

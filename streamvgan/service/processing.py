@@ -86,6 +86,8 @@ class BatchResult:
     scored: int = 0
     forecasts: int = 0
     continuations: int = 0
+    #: events skipped because the restored state of their stream already holds them
+    already_applied: int = 0
 
 
 class Processor(Protocol):
@@ -236,6 +238,12 @@ class ScoringProcessor(_Base):
     before_change
         Called with the streams of each ``engine.process`` call just before it (the commit
         order exports states a commit in progress still needs, see ``state.py``).
+    already_applied
+        stream -> (input partition, offset): the restored state of the stream already holds
+        its events of that partition below the offset (written by the changelog before a
+        crash kept the offsets from being committed, see ``state.py``). Those events are
+        skipped (counted as consumed, not scored), and an entry is dropped once an event of
+        its stream reaches the offset. The application passes the state store's map.
     """
 
     def __init__(
@@ -248,16 +256,20 @@ class ScoringProcessor(_Base):
         continuation_samples: int,
         alert_threshold: float,
         before_change: Callable[[list[str]], None] | None = None,
+        already_applied: dict[str, tuple[int, int]] | None = None,
     ) -> None:
         super().__init__(topics, DueSchedule(forecast_every, continuation_every))
         self.engine = engine
         self.before_change = before_change or (lambda streams: None)
+        self.already_applied = {} if already_applied is None else already_applied
         self.continuation_samples = continuation_samples
         self.alert_threshold = alert_threshold
 
     def process(self, records: Records) -> BatchResult:
         result = BatchResult()
         events, sources = self._decode(records, result)
+        if self.already_applied:  # only after a restore: no per-event cost otherwise
+            events, sources = _skip_applied(self.already_applied, events, sources, result)
         scored = self._score(events, sources, result)
         topics, outputs, touched = self.topics, result.outputs, result.touched
         last_ts: dict[str, Any] = {}
@@ -319,6 +331,30 @@ class ScoringProcessor(_Base):
                     )
                 self._dead_letter(result, record, "engine_error", str(exc))
         return scored
+
+
+def _skip_applied(
+    applied: dict[str, tuple[int, int]],
+    events: list[Event],
+    sources: list[Any],
+    result: BatchResult,
+) -> tuple[list[Event], list[Any]]:
+    """``events`` and their records without those the restored state already holds (see
+    ``already_applied`` of :class:`ScoringProcessor`); drops the entries their streams passed."""
+    kept_events: list[Event] = []
+    kept_sources: list[Any] = []
+    for event, record in zip(events, sources):
+        entry = applied.get(event.stream)
+        if entry is not None and entry[0] == record.partition:
+            if record.offset < entry[1]:
+                result.already_applied += 1
+                continue
+            del applied[event.stream]  # its events from here on are new to its state
+        kept_events.append(event)
+        kept_sources.append(record)
+    if result.already_applied:
+        log.debug("skipped %d events already in restored states", result.already_applied)
+    return kept_events, kept_sources
 
 
 def _score_outputs(

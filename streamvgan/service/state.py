@@ -26,6 +26,25 @@ batch changes it (:meth:`StateStore.before_change`, called by the processor), so
 export only sees streams no event changed since. Shutdown, checkpoints and revocations finish
 the ticket and write the rest synchronously (:meth:`StateStore.commit`,
 :meth:`StateStore.revoke`).
+
+A kill -9 after step 2 and before step 3 leaves the changelog ahead of the committed offsets:
+a restart restores states that already hold some of the events it re-reads. So each changelog
+record also says which events its state holds: :attr:`StateStore.applied` keeps, per input
+partition, the next offset whose events are all applied and acknowledged (set by
+:meth:`StateStore.acknowledged`, never cleared by a commit), and each record carries that offset
+of its partition as of its export (``streamvgan.state.input-offset``, see
+:mod:`~streamvgan.service.changelog`): a ticket's records carry the ticket's offsets (they hold
+the state as of those exactly, see above), a synchronous write the current ones (everything
+processed is acknowledged then). A restore hands back, per stream, the offset its record
+carried (:attr:`StateStore.already_applied`, filled before any record of the partition is
+processed), and the processor skips an event of that stream and partition below it: the event
+is in the state, and its outputs were acknowledged before the record was written (step 1
+before 2), so its offset counts as consumed but it is neither applied nor scored again
+(``streamvgan_state_events_already_applied_total``). An entry goes once an event of its stream
+reaches the offset, or once the partition's position passes every entry of the partition.
+Records without the header (written before it existed) restore as before, nothing skipped.
+Still at least once: events of a stream whose record of an interrupted commit was never
+acknowledged are applied once (its older record is restored) but scored twice.
 """
 
 from __future__ import annotations
@@ -56,6 +75,7 @@ class _Ticket:
 
     offsets: dict[TopicPartition, int]
     todo: dict[str, int]  # stream -> input partition, state not exported yet
+    applied: dict[int, int]  # input partition -> next offset the exported states hold
     states: list[tuple[str, int, bytes | None]] = field(default_factory=list)  # exported
     sent: int = 0
     errors: list[BaseException] = field(default_factory=list)
@@ -113,6 +133,13 @@ class StateStore:
         self.dirty: dict[str, int] = {}  # stream -> input partition, changed since the commit
         self.stream_partition: dict[str, int] = {}
         self.to_restore: set[int] = set()
+        #: input partition -> next offset whose events are all applied and acknowledged
+        self.applied: dict[int, int] = {}
+        #: stream -> (input partition, offset): its restored state holds its events of that
+        #: partition below the offset (the processor skips them, and drops the entry once an
+        #: event reaches it); empty but after a restore
+        self.already_applied: dict[str, tuple[int, int]] = {}
+        self._replay_until: dict[int, int] = {}  # partition -> highest offset of its entries
         self.changelog: StateChangelog | None = None
         self.producer: Producer | None = None
         self.stats = stats if stats is not None else _Totals()
@@ -128,20 +155,30 @@ class StateStore:
     def acknowledged(self, next_offsets: Mapping[Any, int], touched: Mapping[str, int]) -> None:
         """The outputs of a batch were acknowledged: its offsets may be committed once the
         state of the streams it changed (``touched``: stream -> input partition) is written."""
-        if self.changelog is not None and touched:
-            with self.lock:
-                self.dirty.update(touched)
-            self.stream_partition.update(touched)
+        if self.changelog is not None:
+            if touched:
+                with self.lock:
+                    self.dirty.update(touched)
+                self.stream_partition.update(touched)
+            applied = self.applied
+            for tp, offset in next_offsets.items():
+                applied[tp[1]] = offset
+            if self._replay_until:
+                self._replay_passed(next_offsets)
         with self.lock:
             self.pending.update(next_offsets)
 
     # -- 2. changelog acknowledged --------------------------------------------------------------
 
     def _send_states(
-        self, states: list[tuple[str, int, bytes | None]], errors: list[BaseException]
+        self,
+        states: list[tuple[str, int, bytes | None]],
+        errors: list[BaseException],
+        applied: dict[int, int],
     ) -> None:
+        """Send ``states``, exported when ``applied`` were the applied offsets."""
         assert self.producer is not None and self.changelog is not None, "not running"
-        for handle in self.changelog.send(self.producer, states):
+        for handle in self.changelog.send(self.producer, states, applied):
             handle.add_errback(errors.append)
 
     def _changelog_failed(
@@ -172,8 +209,10 @@ class StateStore:
             return
         assert self.producer is not None, "the changelog is written only while running"
         errors: list[BaseException] = []
+        # everything processed is acknowledged here (between batches): the states hold exactly
+        # the events below the applied offsets
         states = self.changelog.export(self.engine, dirty)
-        self._send_states(states, errors)
+        self._send_states(states, errors, self.applied)
         self.producer.flush()
         if errors:
             self._changelog_failed(states, errors)
@@ -192,7 +231,7 @@ class StateStore:
         with self.lock:
             dirty, self.dirty = self.dirty, {}
             offsets, self.pending = self.pending, {}
-        self.ticket = _Ticket(offsets, dirty)
+        self.ticket = _Ticket(offsets, dirty, dict(self.applied))
 
     def _export(self, ticket: _Ticket, streams: Iterable[str]) -> None:
         assert self.changelog is not None
@@ -224,7 +263,7 @@ class StateStore:
             if ticket.sent == len(ticket.states):
                 self._export(ticket, list(ticket.todo)[: self.chunk])
             part = ticket.states[ticket.sent : ticket.sent + self.chunk]
-            self._send_states(part, ticket.errors)
+            self._send_states(part, ticket.errors, ticket.applied)
             ticket.sent += len(part)
             if time.monotonic() >= until:
                 return
@@ -250,7 +289,7 @@ class StateStore:
             return
         assert self.producer is not None
         self._export(ticket, list(ticket.todo))
-        self._send_states(ticket.states[ticket.sent :], ticket.errors)
+        self._send_states(ticket.states[ticket.sent :], ticket.errors, ticket.applied)
         ticket.sent = len(ticket.states)
         self.producer.flush()
         self.ticket = None
@@ -348,9 +387,43 @@ class StateStore:
         report = self.changelog.restore(self.engine, partitions)
         self.metrics.state_restored.inc(report.restored)
         self.metrics.restore_duration.observe(report.seconds)
+        for p in partitions:
+            carried = report.applied.get(p, {})
+            if carried:
+                self._replay_until[p] = max(carried.values())
+                for stream, offset in carried.items():
+                    self.already_applied[stream] = (p, offset)
+            log.info(
+                'restored partition="%s[%d]": %d stream states carry the input offset they '
+                "were written at (highest %s); their events below it are already applied and "
+                "will be skipped",
+                self.changelog.topic,
+                p,
+                len(carried),
+                max(carried.values()) if carried else "-",
+            )
+
+    def _replay_passed(self, next_offsets: Mapping[Any, int]) -> None:
+        """Drop the entries of :attr:`already_applied` of partitions whose position passed
+        them all (streams with no event since the restore would keep them otherwise)."""
+        for tp, offset in next_offsets.items():
+            until = self._replay_until.get(tp[1])
+            if until is not None and offset >= until:
+                self._forget_replayed({tp[1]})
+
+    def _forget_replayed(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self._replay_until.pop(p, None)
+        entries = self.already_applied
+        for stream in [s for s, (p, _) in entries.items() if p in partitions]:
+            del entries[stream]
 
     def drop_partitions(self, partitions: set[int]) -> None:
         """Forget the streams of partitions that moved to another replica."""
+        for p in partitions:
+            self.applied.pop(p, None)
+        if self._replay_until:
+            self._forget_replayed(partitions)
         gone = [st for st, p in self.stream_partition.items() if p in partitions]
         for stream in gone:
             self.engine.drop_stream(stream)
@@ -366,6 +439,7 @@ class StateStore:
     def forget_stream(self, stream: str) -> None:
         """The engine evicted ``stream`` (called inside ``engine.process``)."""
         self.stream_partition.pop(stream, None)
+        self.already_applied.pop(stream, None)  # its restored state is gone
         with self.lock:
             self.dirty.pop(stream, None)
         if self.ticket is not None:  # as the dirty set: no record for an evicted stream

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,6 +230,7 @@ class FakeProducer:
         self.fail_topics = fail_topics
         self.healthy = True
         self.sent: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+        self.headers: list[list[tuple[str, bytes]] | None] = []  # of each record sent
         self._unflushed: list[tuple[str, _Handle]] = []
         self.acked = 0  # records the broker answered so far
 
@@ -244,6 +246,7 @@ class FakeProducer:
     def send(self, topic, *, key=None, value=None, headers=None, partition=None):
         handle = _Handle()
         self.sent.append((topic, key, value, partition))
+        self.headers.append(headers)
         self._unflushed.append((topic, handle))
         self.log.append(("send", topic))
         return handle
@@ -592,3 +595,181 @@ def test_the_scoring_processor_exports_a_pending_state_before_changing_it():
     app.processor.process(_poll(0, 3))  # a, b, c: a changes
     assert engine.export_stream("a") != before
     assert state.ticket.states == [("a", 0, before)] and state.ticket.todo == {}
+
+
+class FakeChangelogReader:
+    """The changelog restore's group-less reader over what ``producer`` sent to ``topic`` and
+    the broker acknowledged (in send order, offsets per partition from 0)."""
+
+    def __init__(self, producer: FakeProducer, topic: str) -> None:
+        self.parts: dict[int, list[Rec]] = {}
+        sent = zip(producer.sent[: producer.acked], producer.headers)
+        for (t, key, value, partition), headers in sent:
+            if t == topic:
+                part = self.parts.setdefault(partition, [])
+                part.append(Rec(t, partition, len(part), key, value, list(headers or [])))
+        self.assigned: list[Any] = []
+        self.read = False
+
+    def partitions_for_topic(self, topic):
+        return {0, 1}
+
+    def assign(self, tps) -> None:
+        self.assigned = list(tps)
+
+    def seek_to_beginning(self, *tps) -> None:
+        self.read = False
+
+    def end_offsets(self, tps):
+        return {tp: len(self.parts.get(tp.partition, [])) for tp in tps}
+
+    def poll(self, timeout_ms):
+        if self.read:
+            return {}
+        self.read = True
+        return {tp: self.parts[tp.partition] for tp in self.assigned if tp.partition in self.parts}
+
+    def position(self, tp) -> int:
+        return len(self.parts.get(tp.partition, [])) if self.read else 0
+
+    def close(self) -> None:
+        pass
+
+
+def _scores(result) -> list[tuple[bytes, bytes]]:
+    return [(o.key, o.value) for o in result.outputs if o.topic == TOPICS.scores]
+
+
+def _service(engine: StreamEngine, log: list[tuple], restore_from: FakeProducer | None = None
+             ) -> tuple[ScoringProcessor, StateStore, FakeProducer]:
+    """A processor and its commit order as the Application wires them (one changelog chunk
+    per step); the changelog restores from what ``restore_from`` sent to it."""
+    state = StateStore(engine, ServiceMetrics(CollectorRegistry()), chunk=1, step_budget_s=0)
+    producer = FakeProducer(log)
+    source = restore_from or producer
+    state.attach_changelog(StateChangelog("cl", lambda: FakeChangelogReader(source, "cl")))
+    state.producer = producer
+    proc = ScoringProcessor(engine, TOPICS, forecast_every=0, continuation_every=0,
+                            continuation_samples=2, alert_threshold=0.99,
+                            before_change=state.before_change,
+                            already_applied=state.already_applied)
+    return proc, state, producer
+
+
+@pytest.mark.parametrize("scored_during_commit", [False, True])
+def test_a_kill_9_after_the_changelog_acks_applies_each_event_once(scored_during_commit):
+    """The window of issue 13's closing note: the changelog records of a commit are
+    acknowledged, then the process dies before the offsets are committed. The restarted
+    service restores states that already hold the events after the committed offsets; each
+    record says up to which input offset (its header), and those events are skipped. Every
+    stream ends with the state of a twin that saw each event once, byte for byte, and every
+    score record equals the twin's. Events scored while the commit was in progress are not in
+    any record (exported before they changed the streams), so they are applied again: once in
+    the state, their scores sent twice with the same bytes (at least once)."""
+    offsets = {0: 0, 1: 0}
+    # 6 polls of 30 events, 10 per stream each (a on partition 0, b and c on 1)
+    polls = [_poll(30 * k, 30, offsets=offsets) for k in range(6)]
+    log: list[tuple] = []
+    proc, state, producer = _service(_engine(), log)
+    consumer = FakeConsumer([], log, stop=lambda: None)
+
+    def run(proc: ScoringProcessor, state: StateStore, poll: dict) -> Any:
+        result = proc.process(poll)
+        state.acknowledged(result.next_offsets, result.touched)  # outputs acknowledged
+        return result
+
+    first: list[tuple[bytes, bytes]] = []
+    for poll in polls[:2]:
+        first += _scores(run(proc, state, poll))
+    state.commit(consumer)  # changelog, then offsets: the group's position is after poll 1
+    committed = dict(consumer.committed)
+    assert committed == {TopicPartition("in", 0): 20, TopicPartition("in", 1): 40}
+    for poll in polls[2:4]:
+        first += _scores(run(proc, state, poll))
+    state.begin_commit(consumer)  # the periodic commit of polls 2-3
+    state.advance(consumer)  # a's record sent; b's and c's not yet exported
+    if scored_during_commit:  # b and c are exported as of the commit before poll 4 changes them
+        first += _scores(run(proc, state, polls[4]))
+    while state.ticket.todo or state.ticket.sent < len(state.ticket.states):
+        state.advance(consumer)
+    producer.ack()  # every changelog record acknowledged; kill -9 before the step that commits
+    assert consumer.committed == committed
+    ticket_records = producer.headers[-3:]
+    assert [dict(h)["streamvgan.state.input-offset"] for h in ticket_records] == [
+        b"40", b"80", b"80"]  # the offsets after poll 3 (a on partition 0; b, c on 1)
+
+    # the restart: a fresh engine, the changelog restored, the records re-read from `committed`
+    restarted = _engine()
+    proc2, state2, _ = _service(restarted, [], restore_from=producer)
+    state2.assign({TopicPartition("in", 0), TopicPartition("in", 1)})
+    state2.restore_assigned()
+    assert state2.already_applied == {"a": (0, 40), "b": (1, 80), "c": (1, 80)}
+    second: list[tuple[bytes, bytes]] = []
+    skipped = 0
+    for poll in polls[2:]:
+        result = run(proc2, state2, poll)
+        second += _scores(result)
+        skipped += result.already_applied
+        assert result.next_offsets == {tp: recs[-1].offset + 1 for tp, recs in poll.items()}
+    assert skipped == 60  # polls 2 and 3: in the restored states
+    assert state2.already_applied == {} and state2._replay_until == {}  # nothing kept after
+
+    twin = _engine()
+    twin_proc = ScoringProcessor(twin, TOPICS, forecast_every=0, continuation_every=0,
+                                 continuation_samples=2, alert_threshold=0.99)
+    twin_scores = [_scores(twin_proc.process(poll)) for poll in polls]
+    expected = Counter(sum(twin_scores, []))
+    if scored_during_commit:
+        expected += Counter(twin_scores[4])  # applied once, sent twice with the same bytes
+    assert Counter(first + second) == expected
+    assert sum(expected.values()) == 180 + 30 * scored_during_commit
+    for stream in "abc":
+        assert restarted.export_stream(stream) == twin.export_stream(stream), stream
+    assert len({json.loads(v)["score"] for _, v in second}) > 30  # scores that tell states apart
+
+    # without the skip (the gap this closes), polls 2-3 are applied twice: the states differ
+    again = _engine()
+    proc3, state3, _ = _service(again, [], restore_from=producer)
+    state3.assign({TopicPartition("in", 0), TopicPartition("in", 1)})
+    state3.restore_assigned()
+    proc3.already_applied = {}
+    for poll in polls[2:]:
+        run(proc3, state3, poll)
+    assert all(again.export_stream(s) != twin.export_stream(s) for s in "abc")
+
+
+@pytest.mark.parametrize("header", [None, b"not-an-offset"])
+def test_a_changelog_record_without_the_input_offset_restores_and_skips_nothing(header, caplog):
+    """Records written before the input offset was a header (or with a damaged one) restore
+    as before: the state is installed, and every re-read event is applied again."""
+    def processor(engine: StreamEngine) -> ScoringProcessor:
+        return ScoringProcessor(engine, TOPICS, forecast_every=0, continuation_every=0,
+                                continuation_samples=2, alert_threshold=0.99)
+
+    engine = _engine()
+    poll = _poll(0, 30)
+    processor(engine).process(poll)
+    old = FakeProducer([])
+    changelog = StateChangelog("cl", lambda: None)
+    changelog.send(old, changelog.export(engine, {"a": 0, "b": 1, "c": 1}))  # no offsets
+    assert old.headers == [[("streamvgan.state.schema", b"1")]] * 3  # the records of before
+    if header is not None:
+        old.headers = [[*h, ("streamvgan.state.input-offset", header)] for h in old.headers]
+    old.ack()
+
+    restarted = _engine()
+    proc, state, _ = _service(restarted, [], restore_from=old)
+    state.assign({TopicPartition("in", 0), TopicPartition("in", 1)})
+    with caplog.at_level("WARNING", logger="streamvgan.service.changelog"):
+        state.restore_assigned()
+    assert state.already_applied == {}
+    assert len(caplog.records) == (3 if header is not None else 0)  # one per damaged record
+    for stream in "abc":
+        assert restarted.export_stream(stream) == engine.export_stream(stream)  # installed
+    result = proc.process(poll)  # re-read from the start: applied again, nothing skipped
+    assert result.already_applied == 0 and result.scored == 30
+    twice = _engine()
+    processor(twice).process(poll)
+    processor(twice).process(poll)
+    for stream in "abc":
+        assert restarted.export_stream(stream) == twice.export_stream(stream)
