@@ -1,0 +1,92 @@
+"""The NAB signal replay (benchmarks/nab_signal_replay.py) recomputes the engine's calibration
+from dumped signal values; docs/evaluation.md's table of model signals tried rests on that
+being exact. These tests dump a short synthetic series through the real detector and check
+the replay against what the engine itself computed."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPLAY = Path(__file__).resolve().parents[2] / "benchmarks" / "nab_signal_replay.py"
+
+
+@pytest.fixture(scope="module")
+def replay():
+    spec = importlib.util.spec_from_file_location("nab_signal_replay", REPLAY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def d(replay, tmp_path_factory) -> np.ndarray:
+    """One dumped file (model signal at weight 1.0): a noisy sine with a level shift and a
+    spike, through the real River detector."""
+    tmp_path = tmp_path_factory.mktemp("replay")
+    rng = np.random.default_rng(0)
+    t = np.arange(500)
+    values = 10 + 3 * np.sin(2 * np.pi * t / 48) + rng.normal(0, 0.3, len(t))
+    values[300:] += 4.0
+    values[420] += 15.0
+    data = tmp_path / "nab"
+    (data / "data" / "synthetic").mkdir(parents=True)
+    stamps = np.datetime64("2020-01-01T00:00:00") + t * np.timedelta64(300, "s")
+    lines = ["timestamp,value"] + [
+        f"{str(s).replace('T', ' ')},{v:.6f}" for s, v in zip(stamps, values)
+    ]
+    (data / "data" / "synthetic" / "s.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "dump"
+    out.mkdir()
+    replay._dump_file(data, "synthetic/s.csv", out, {"model_signal_weight": 1.0})
+    return np.load(out / "synthetic__s.csv.npy")
+
+
+def test_the_replay_calibration_is_the_engine_s(replay, d):
+    assert len(d) == 500 and d.shape[1] > replay._FORECAST
+    z = d[:, replay._Z]
+    comps = d[:, replay._COMPS]
+    recalibrated = [
+        replay.calibrate(d[:, replay._RAW], True),  # the model signal
+        replay.calibrate(comps[:, 3], False),  # the jump
+        replay.calibrate(comps[:, 4], False),  # the level
+    ]
+    for k, zk in enumerate(recalibrated):
+        live = np.isfinite(z[:, k])
+        assert live.sum() >= 470, k  # -inf only for the first 2 x smoothing events
+        np.testing.assert_allclose(zk[live], z[live, k], rtol=0, atol=1e-9)
+        assert np.all(np.isneginf(zk[~live]))
+    # the level shift at row 300 stands out in the replayed jump z
+    jump = recalibrated[1]
+    assert jump[300:310].max() > 2 * jump[60:295].max()
+
+
+def test_the_one_step_horizon_error_is_the_surprise(replay, d):
+    errors = replay.horizon_errors(d)
+    h = (d.shape[1] - replay._FORECAST) // 2
+    assert errors.shape == (500, h)
+    surprise = d[:, replay._COMPS][:, 0]
+    # away from the clip of normalised values (+-20) and the first rows, the error of the
+    # forecast made one row back, in the stream's units, is the engine's surprise
+    ok = np.abs(d[:, replay._XN]) < 19.0
+    ok[:30] = False
+    np.testing.assert_allclose(errors[ok, 0], surprise[ok], rtol=1e-4, atol=1e-4)
+    assert np.isnan(errors[:h, h - 1]).all() and np.isfinite(errors[h + 30 :, h - 1]).all()
+
+
+def test_the_candidates_include_the_detector_s_own_signal(replay, d):
+    signals = replay.candidate_signals(d)
+    assert list(signals)[0].startswith("default")
+    np.testing.assert_array_equal(signals[next(iter(signals))], d[:, replay._RAW])
+    for name, values in signals.items():
+        assert values.shape == (500,), name
+        assert np.isfinite(values[30:]).all(), name
+    # the critic's z, recovered from the model signal's weights (1, 1, 0.25), lies within the
+    # engine's clip of it ([-5, 20]): other weights in the engine would throw it out of range
+    critic = signals["critic"][d[:, replay._COMPS][:, 2] != 0.0]
+    assert len(critic) > 400
+    assert critic.min() >= -5.0 - 1e-6 and critic.max() <= 20.0 + 1e-6
+    assert critic.std() > 0.1  # and it varies: not a constant left by a wrong formula
