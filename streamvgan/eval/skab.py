@@ -72,12 +72,19 @@ SENSORS = (
 #: default field mode) models each sensor as its own univariate channel and scores the event
 #: by its most surprising sensor; ``joint`` models the 8 sensors together in one network, so
 #: relations between them (a valve closing shows in flow, pressure and current at once) can
-#: show in the model signal.
+#: show in the model signal. The shipped pretrained network reads one value per step, so the
+#: joint row starts from random weights (``init="random"``); the channels row starts from the
+#: pretrained network, the default.
 SKAB_DETECTORS: dict[str, tuple[str, dict[str, Any]]] = {
     "streamvgan": ("streamvgan", {"alert_cooldown": 0}),
     "streamvgan_joint": (
         "streamvgan",
-        {"alert_cooldown": 0, "field_mode": "joint", "n_features": len(SENSORS)},
+        {
+            "alert_cooldown": 0,
+            "field_mode": "joint",
+            "n_features": len(SENSORS),
+            "init": "random",
+        },
     ),
     "hst": ("hst", {}),
 }

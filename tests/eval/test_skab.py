@@ -228,3 +228,15 @@ def test_real_runs_are_read_as_released(skab_root):
     assert [r.n_train for r in runs] == [400, 104] + [400] * 12
     assert all(r.labels[: r.n_train].sum() == 0 for r in runs)
     assert all(r.labels[r.n_train :].sum() > 0 for r in runs)
+
+
+def test_every_skab_detector_builds_with_its_defaults():
+    """With no --params, each row's engine starts: the joint row (8 values per step) cannot
+    take the shipped one-value pretrained network, so it says init="random" (before, `evaluate
+    skab` stopped with a ConfigurationError once the pretrained network became the default)."""
+    for name in skab.DEFAULT_DETECTORS:
+        detector = skab.make_skab_detector(name)
+        if name.startswith("streamvgan"):
+            engine = detector.engine  # built on first use, from the default init
+            assert engine.config.model.n_features == (8 if name == "streamvgan_joint" else 1)
+            assert engine.model_version == (0 if name == "streamvgan_joint" else 1)
