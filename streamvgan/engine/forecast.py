@@ -2,9 +2,11 @@
 
 The forecast blends the network's forecast with the last value (persistence), weighted by the
 inverse of each one's recent squared one-step error times the step ahead (Bates & Granger
-1969), and, where a season is known, with the value one season back, weighted by its squared
-error over the season ring (``forecast_blend``). Before the first fit it is the last value,
-with a band from the running standard deviation.
+1969), and, where a season is known, that blend with a seasonal forecast (the value one season
+back, the same plus the last season-on-season change, or the mean of a few seasons, whichever
+erred least at that step over the season ring), weighted by its squared error there
+(``forecast_blend``). Before the first fit it is the last value, with a band from the running
+standard deviation.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from streamvgan.errors import InvalidInputError
 from streamvgan.nn.model import RecurrentVAEGAN
 
 Candidate = tuple[np.ndarray, np.ndarray, np.ndarray]  # (mean, spread, mse), one shape
+
+MAX_SEASONS_AVERAGED = 4  # seasonal forms: the mean of up to this many past seasons
+MIN_ORIGINS = 8  # past origins on the season ring that a seasonal form's error needs
 
 
 def inverse_mse_blend(candidates: list[Candidate]) -> tuple[np.ndarray, np.ndarray]:
@@ -103,34 +108,50 @@ def _blend(
     e_m, e_l = np.where(measured, e_m, 1.0), np.where(measured, e_l, 1.0)
     # the last value's band: its own one-step error, growing as a random walk's
     steps = np.arange(1, horizon + 1)[None, :, None]
+    season = seasonal_naive(cfg, st, slots, std)
     walk = std[:, None, :] * np.sqrt(e_l[:, None, :] * steps)
     last_spread = np.where(
         (measured & (st.err_last[slots] > 0))[:, None, :],
         walk,
         np.repeat(std[:, None, :], horizon, axis=1),
     )
-    # both errors grow with the horizon alike, so their weights do not depend on it
+    # both errors grow with the step ahead alike, so their weights do not depend on it
     candidates = [
         (mean, spread, e_m[:, None, :] * steps),
         (last, last_spread, e_l[:, None, :] * steps),
     ]
-    # and the value one season back, where a season is known: its error does not grow within
-    # a season, so it weighs more the further ahead (channels without one: infinite error,
-    # weight exactly 0, so the blend of the others is unchanged to the last bit)
-    season = seasonal_naive(cfg, st, slots, std)
-    if season is not None:
-        s_mean, s_spread, s_mse = season
-        candidates.append((s_mean, s_spread, np.where(measured[:, None, :], s_mse, np.inf)))
-    return inverse_mse_blend(candidates)
+    if season is None:
+        return inverse_mse_blend(candidates)
+    # and the seasonal forecast, where a season is known: its error does not grow within a
+    # season, so it weighs more the further ahead. The network and the last value both track
+    # the recent level, so their errors move together: against the season they count as one
+    # candidate (their blend) with the smaller of their errors, not twice. Channels without
+    # a season: infinite error, weight exactly 0, so their blend is unchanged to the last bit
+    pair_mean, pair_spread = inverse_mse_blend(candidates)
+    pair = (pair_mean, pair_spread, np.minimum(e_m, e_l)[:, None, :] * steps)
+    s_mean, s_spread, s_mse = season
+    return inverse_mse_blend(
+        [pair, (s_mean, s_spread, np.where(measured[:, None, :], s_mse, np.inf))]
+    )
 
 
 def seasonal_naive(
     cfg: EngineConfig, st: StateTable, slots: np.ndarray, std: np.ndarray
 ) -> Candidate | None:
-    """The seasonal-naive forecast of channels ``slots`` (the value one season before each
-    step) and its band, in original units, and its mean squared error over the season ring
-    in normalised units, as (U, H, F) each; None if no channel has a season and enough
-    history to measure it. Channels without one get an infinite error (weight 0)."""
+    """The seasonal forecast of channels ``slots`` and its band, in original units, and its
+    mean squared error in normalised units, as (U, H, F) each; None if no channel has a
+    season and enough history to measure it. Channels without one get an infinite error
+    (weight 0). At each step ahead it is the best, over the season ring, of these forms:
+
+    * seasonal naive, the value one season before the step (a repeating profile);
+    * seasonal naive plus the last season-on-season change ``x_t - x_{t-P}``, once per season
+      ahead (Box-Jenkins' seasonal random walk on first differences, SARIMA(0,1,0)(0,1,0):
+      a season riding on a trend, such as airline passengers);
+    * the mean of the last 2..``MAX_SEASONS_AVERAGED`` seasons at that step (a repeating
+      profile under noise: the mean of k seasons has (1 + 1/k) / 2 of the naive's variance).
+
+    Each form's error at step ``h`` is measured on the ring as if it had forecast from every
+    past origin (all are functions of past values only)."""
     horizon = cfg.horizon
     if not cfg.season_window:
         return None
@@ -142,15 +163,48 @@ def seasonal_naive(
     u_count, f_count = period.shape
     mean = np.zeros((u_count, horizon, f_count))
     mse = np.full((u_count, horizon, f_count), np.inf)
-    steps = np.arange(1, horizon + 1)
     for u, f in zip(*np.nonzero(usable)):
-        p = int(period[u, f])
-        ring = st.season_values(slots[u], n[u])[:, f]  # oldest first, last value at -1
-        back = p * np.ceil(steps / p).astype(np.int64)  # whole seasons back, >= the step
-        mean[u, :, f] = ring[len(ring) - 1 + steps - back]
-        mse[u, :, f] = np.mean(((ring[p:] - ring[:-p]) / std[u, f]) ** 2)
+        ring = st.season_values(slots[u], n[u])[:, f] / std[u, f]  # oldest first, normalised
+        m, e = _seasonal_forms(ring, int(period[u, f]), horizon)
+        mean[u, :, f], mse[u, :, f] = m * std[u, f], e
     spread = std[:, None, :] * np.sqrt(np.where(np.isfinite(mse), mse, 0.0))
     return mean, spread, mse
+
+
+def _seasonal_forms(ring: np.ndarray, p: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per step ahead 1..``horizon``: the better of the two seasonal forecasts of
+    :func:`seasonal_naive` from the end of ``ring`` and its mean squared error over ``ring``
+    (infinite where fewer than 16 past origins measure it)."""
+    last = len(ring) - 1
+    h = np.arange(1, horizon + 1)[:, None]  # (H, 1)
+    seasons = -(-h // p)  # whole seasons back, so the value lies in the past
+    back = seasons * p
+    t = np.arange(len(ring))[None, :]  # past origins (H, T) with a value h steps later
+    valid = (t >= back) & (t <= last - h)
+
+    def at(index: np.ndarray) -> np.ndarray:
+        return ring[np.clip(index, 0, last)]
+
+    change = seasons * (ring[t] - at(t - p))  # the season-on-season change, once per season
+    naive = at(t + h - back)
+    now_naive = at(last + h - back)[:, 0]
+    forms_now = [now_naive, now_naive + seasons[:, 0] * (ring[last] - ring[last - p])]
+    forms_past = [naive, naive + change]
+    masks = [valid, valid]
+    for k in range(2, MAX_SEASONS_AVERAGED + 1):  # the mean of the last k seasons
+        if len(ring) < k * p + 1:
+            break
+        forms_now.append(np.mean([at(last + h - back - j * p)[:, 0] for j in range(k)], axis=0))
+        forms_past.append(np.mean([at(t + h - back - j * p) for j in range(k)], axis=0))
+        masks.append(valid & (t + h - back - (k - 1) * p >= 0))
+    now = np.stack(forms_now)
+    target = at(t + h)
+    sq = np.stack([np.where(m, (target - f) ** 2, 0.0) for f, m in zip(forms_past, masks)])
+    count = np.stack(masks).sum(axis=2)  # (forms, H)
+    err = np.where(count >= MIN_ORIGINS, sq.sum(axis=2) / np.maximum(count, 1), np.inf)
+    best = np.argmin(err, axis=0)  # the naive form where neither is measured
+    steps = np.arange(horizon)
+    return now[best, steps], err[best, steps]
 
 
 def continuations(

@@ -13,7 +13,13 @@ import numpy as np
 from streamvgan.engine.config import EngineConfig
 from streamvgan.engine.signals import ScoreBatch
 from streamvgan.engine.state import StateTable
-from streamvgan.engine.stats import ew_alpha, ew_moments, robust_std, seasonal_period
+from streamvgan.engine.stats import (
+    ew_alpha,
+    ew_moments,
+    find_season,
+    robust_std,
+    season_search_due,
+)
 
 #: the per-channel arrays one learning step writes, checked for NaN/inf after each step (the
 #: replay ring gets the step's normalised value, checked on its own)
@@ -124,12 +130,10 @@ def learn(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
     st.lvl_short[slots] = b.short
     if cfg.season_window:
         st.season_buf[slots, n % cfg.season_window] = values
-        half = max(cfg.season_window // 2, 1)
-        for row in np.flatnonzero((n + 1) % half == 0):  # look for a season now and then
+        for row in np.flatnonzero(season_search_due(n + 1, cfg.season_window)):
             ring = st.season_values(slots[row], n[row] + 1)
             st.period[slots[row]] = [
-                seasonal_period(ring[:, f], cfg.season_min_correlation)
-                for f in range(ring.shape[1])
+                find_season(ring[:, f], cfg.season_min_correlation) for f in range(ring.shape[1])
             ]
     st.last[slots] = values
     st.n[slots] = n + 1

@@ -31,7 +31,7 @@ from streamvgan.engine.signals import (
     model_signal_weights,
 )
 from streamvgan.engine.state import StateTable
-from streamvgan.engine.stats import seasonal_period
+from streamvgan.engine.stats import find_season, season_search_due_one
 from streamvgan.nn.model import RecurrentVAEGAN, WindowCritic
 
 _LN2 = math.log(2.0)
@@ -297,9 +297,9 @@ def learn_one(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
     st.lvl_short[s, 0] = b.short.item(0, 0)
     if cfg.season_window:
         st.season_buf[s, n % cfg.season_window, 0] = value
-        if (n + 1) % max(cfg.season_window // 2, 1) == 0:  # look for a season now and then
+        if season_search_due_one(n + 1, cfg.season_window):
             ring = st.season_values(s, n + 1)
-            st.period[s, 0] = seasonal_period(ring[:, 0], cfg.season_min_correlation)
+            st.period[s, 0] = find_season(ring[:, 0], cfg.season_min_correlation)
     st.last[s, 0] = value
     st.n[s] = n + 1
     if b.h is not None and b.f_mean is not None and b.f_scale is not None:

@@ -62,3 +62,36 @@ def seasonal_period(values: np.ndarray, min_correlation: float = 0.8, min_lag: i
     below = np.flatnonzero(ac[first:half] < min_correlation)
     last = first + (int(below[0]) if len(below) else half - first)
     return first + int(np.argmax(ac[first:last]))
+
+
+#: stream event counts at which a season is first looked for, before every half window
+SEASON_FIRST_SEARCHES = (48, 96, 192)
+
+
+def season_search_due(count: np.ndarray, window: int) -> np.ndarray:
+    """Whether each channel that has just seen its ``count``-th value looks for a season now:
+    at :data:`SEASON_FIRST_SEARCHES` (so a short series, e.g. 144 months, finds its season of
+    12 after four seasons) and then every half ``window``."""
+    early = np.isin(count, [c for c in SEASON_FIRST_SEARCHES if c < window])
+    return early | (count % max(window // 2, 1) == 0)
+
+
+def season_search_due_one(count: int, window: int) -> bool:
+    """:func:`season_search_due` of one channel, in Python ints (the batch-1 path)."""
+    return count % max(window // 2, 1) == 0 or (count < window and count in SEASON_FIRST_SEARCHES)
+
+
+def find_season(values: np.ndarray, min_correlation: float = 0.8) -> int:
+    """The season of ``values`` (1-D): :func:`seasonal_period` of the values, or, if they show
+    none, of their first differences (a strong trend hides a season from the autocorrelation
+    of the levels: airline passengers grow for years while repeating every 12 months).
+
+    >>> t = np.arange(96)
+    >>> trend_and_season = 3.0 * t + 20 * np.sin(2 * np.pi * t / 12)
+    >>> seasonal_period(trend_and_season), find_season(trend_and_season)
+    (0, 12)
+    """
+    period = seasonal_period(values, min_correlation)
+    if period == 0 and len(values) > 2:
+        period = seasonal_period(np.diff(np.asarray(values, dtype=np.float64)), min_correlation)
+    return period
