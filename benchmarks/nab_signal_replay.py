@@ -64,6 +64,11 @@ _COMPS, _RAW, _SMOOTHED = slice(5, 10), 10, slice(11, 14)
 _VALUE, _MEAN, _STD, _XN, _WARM, _FORECAST = 14, 15, 16, 17, 18, 19
 
 
+# the critic scored at weight 0.25 (the default until it was measured to add nothing):
+# candidate_signals recovers the critic's z from the model signal weighted (1, 1, 0.25)
+DUMP_PARAMS = {"critic_weight": 0.25}
+
+
 def _dump_file(data: Path, rel: str, out: Path, params: dict) -> str:
     import torch
 
@@ -97,6 +102,7 @@ def _dump_file(data: Path, rel: str, out: Path, params: dict) -> str:
     # issue 13, the vectorised one where the engine is told not to take it
     SignalScorer.compute = lambda self, *args: record(original(self, *args))
     engine_module.compute_one = lambda *args: record(original_one(*args))
+    params = {**DUMP_PARAMS, **params}
     try:
         detector = make_detector("streamvgan", seed=0, params=params)
         horizon = detector.horizon
@@ -116,6 +122,7 @@ def dump(data: Path, out: Path, jobs: int, params: dict, only: str | None = None
                    key=lambda rel: -os.path.getsize(data / "data" / rel))  # longest first
     if only:
         files = [f for f in files if any(fnmatch.fnmatch(f, pat) for pat in only.split(","))]
+    params = {**DUMP_PARAMS, **params}
     (out / "params.json").write_text(json.dumps({**NAB_PARAMS, **params}))
     with ProcessPoolExecutor(jobs) as pool:
         for rel in pool.map(_dump_file, [data] * len(files), files, [out] * len(files),
@@ -219,6 +226,7 @@ def candidate_signals(d: np.ndarray) -> dict[str, np.ndarray]:
         h_min = np.where(np.isnan(hz).all(1), surprise, np.nanmin(hz, axis=1))
     return {
         "default (surprise + reconstruction + 0.25 critic)": raw,
+        "surprise + reconstruction (critic_weight=0)": (surprise + recon) / 2,
         "surprise (predictive)": surprise,
         "reconstruction": recon,
         "critic": critic_z,

@@ -204,7 +204,9 @@ class EngineConfig:
     cooldown_cap: float = 0.5
     surprise_weight: float = 1.0
     reconstruction_weight: float = 1.0
-    critic_weight: float = 0.25
+    critic_weight: float = 0.0  # the critic's judgement in the model signal; at 0 (the default)
+    # the critic is still trained (adversarially) but not run when scoring: on NAB its output
+    # added nothing to the score (docs/evaluation.md, "The critic at scoring time")
     downweight_threshold: float = 0.999  # scores at or above are learned at `anomalous_weight`
     anomalous_weight: float = 0.1
     clip: float = 20.0  # normalised values are clipped to +-clip

@@ -214,11 +214,12 @@ class StreamEngine:
         st, cfg, net = self.state, self.config, self.net
         one = self.scalar_path and values.shape == (1, 1)  # one value: Python floats
         b = scored.batch_for(self, self.revision, slots, values) if scored else None
+        critic = net.critic if cfg.critic_weight > 0 else None  # weighted 0: not run at all
         if b is None and one:
             on, x = self.scorer.signal_on.tolist(), values.item(0, 0)
-            b = compute_one(cfg, st, int(slots[0]), x, net.scoring, net.critic, on, self.device)
+            b = compute_one(cfg, st, int(slots[0]), x, net.scoring, critic, on, self.device)
         elif b is None:
-            b = self.scorer.compute(st, slots, values, net.scoring, net.critic)
+            b = self.scorer.compute(st, slots, values, net.scoring, critic)
         if learning:
             self._mutations += 1
             (learn_one if one else learn)(cfg, st, b)

@@ -70,8 +70,11 @@ def model_signal_weights(cfg: EngineConfig, with_critic: bool) -> tuple[float, f
     before ``x_t`` arrived: the reconstruction comes from a posterior that has already seen
     ``x_t``, and the critic judges a window that ends with it.
 
-    >>> model_signal_weights(EngineConfig(), True), model_signal_weights(EngineConfig(), False)
+    >>> with_critic = EngineConfig(critic_weight=0.25)
+    >>> model_signal_weights(with_critic, True), model_signal_weights(with_critic, False)
     ((1.0, 1.0, 0.25), (1.0, 1.0, 0.0))
+    >>> model_signal_weights(EngineConfig(), True)  # the default: the critic is not scored
+    (1.0, 1.0, 0.0)
     >>> model_signal_weights(EngineConfig(model_signal="predictive"), True)
     (1.0, 0.0, 0.0)
     """

@@ -16,10 +16,9 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from promql_names import ALERTS, PROMETHEUS_CONFIG, alert_rules, exposed_series,
 
 from streamvgan.service.app import Application
 from streamvgan.service.settings import Settings
+from waiting import wait_until
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = [
@@ -51,17 +51,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _wait(what: str, check: Callable[[], Any], timeout: float = 30.0, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -161,9 +150,9 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_alert_rules(kafka, ser
     try:
         # Round 1: valid and malformed records, so every labelled metric has a child.
         kafka.produce(topic, _records(0, 60))
-        _wait("the first 80 records", lambda: service.stats.consumed >= 80)
-        _wait("a fine-tune", lambda: service.engine.model_version >= 1)
-        _wait("readiness", lambda: _get(f"{metrics}/readyz")[0] == 200)
+        wait_until(lambda: service.stats.consumed >= 80, "the first 80 records")
+        wait_until(lambda: service.engine.model_version >= 1, "a fine-tune")
+        wait_until(lambda: _get(f"{metrics}/readyz")[0] == 200, "readiness")
         assert _get(f"{metrics}/healthz")[0] == 200
 
         # The shipped expressions against the live page.
@@ -173,12 +162,12 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_alert_rules(kafka, ser
         assert unknown_names(live) == {}
         assert "streamvgan_finetune_loss" in live and "streamvgan_consumer_lag_records" in live
 
-        _wait("Prometheus to start", prometheus.ready, timeout=30)
+        wait_until(prometheus.ready, "Prometheus to start", timeout_s=30)
         consumed = f'streamvgan_consumer_records_consumed_total{{topic="{topic}"}}'
         dead = f'sum(streamvgan_consumer_records_dead_lettered_total{{topic="{topic}"}})'
-        _wait("the first round in Prometheus",
-              lambda: [r for r in prometheus.query(consumed) if float(r["value"][1]) == 80]
-              and [r for r in prometheus.query(dead) if float(r["value"][1]) == 20])
+        wait_until(lambda: [r for r in prometheus.query(consumed) if float(r["value"][1]) == 80]
+                   and [r for r in prometheus.query(dead) if float(r["value"][1]) == 20],
+                   "the first round in Prometheus")
         (series,) = prometheus.query(consumed)
         assert series["metric"]["job"] == "streamvgan"
         assert series["metric"]["instance"] == f"127.0.0.1:{service.metrics_port}"
@@ -190,10 +179,10 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_alert_rules(kafka, ser
 
         # Round 2: the counters grow, so rate() has an increase to measure.
         kafka.produce(topic, _records(60, 60))
-        _wait("the second round", lambda: service.stats.consumed >= 160)
+        wait_until(lambda: service.stats.consumed >= 160, "the second round")
         rule = next(r for r in alert_rules() if r["alert"] == "StreamvganDeadLetterRateHigh")
-        result = _wait("the dead-letter alert expression to hold",
-                       lambda: prometheus.query(rule["expr"]), timeout=20)
+        result = wait_until(lambda: prometheus.query(rule["expr"]),
+                            "the dead-letter alert expression to hold", timeout_s=20)
         assert [r["metric"]["topic"] for r in result] == [topic]
         assert 0.2 <= float(result[0]["value"][1]) <= 0.3  # 20 of 80 records per round
 
@@ -201,7 +190,7 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_alert_rules(kafka, ser
             return [a for a in prometheus.api("alerts")["alerts"]
                     if a["labels"]["alertname"] == "StreamvganDeadLetterRateHigh"]
 
-        (alert,) = _wait("the dead-letter alert to go pending", pending, timeout=20)
+        (alert,) = wait_until(pending, "the dead-letter alert to go pending", timeout_s=20)
         assert alert["state"] == "pending"  # `for: 5m` keeps it from firing in a test
         assert alert["labels"]["topic"] == topic and alert["labels"]["severity"] == "warning"
 
@@ -210,7 +199,7 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_alert_rules(kafka, ser
             rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
             return rules if rules and all(r["health"] != "unknown" for r in rules) else []
 
-        rules = _wait("every rule to be evaluated", evaluated, timeout=10)
+        rules = wait_until(evaluated, "every rule to be evaluated", timeout_s=10)
         assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
         assert {r["name"]: r["health"] for r in rules} == {r["name"]: "ok" for r in rules}
         # Round 1 ended before Prometheus started, so the latency histogram only shows a rate
@@ -223,6 +212,6 @@ def test_prometheus_scrapes_the_service_and_evaluates_the_alert_rules(kafka, ser
             value = float(result[0]["value"][1]) if result else float("nan")
             return value if value == value else 0.0  # NaN -> keep waiting
 
-        assert 0 < _wait("a latency rate from round 2", latency, timeout=20) < 10
+        assert 0 < wait_until(latency, "a latency rate from round 2", timeout_s=20) < 10
     finally:
         prometheus.stop()

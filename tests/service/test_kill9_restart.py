@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from streamvgan.service.changelog import StateChangelog, changelog_topic
 from streamvgan.service.clients import make_consumer
 from streamvgan.service.settings import Settings
 from streamvgan.service.wire import ScoreMessage
+from waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -81,12 +81,8 @@ class _KilledBeforeCommits:
         return getattr(self._factory, name)
 
 
-def _wait(predicate, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+def _wait(predicate, what: str):
+    return wait_until(predicate, what, WAIT_S, 0.1)
 
 
 def test_a_restart_after_changelog_acks_without_the_commit_scores_each_event_once(

@@ -39,6 +39,7 @@ from streamvgan.service.app import Application
 from streamvgan.service.changelog import changelog_topic
 from streamvgan.service.settings import Settings
 from streamvgan.tools.broker import EmbeddedBroker, _recv_exactly, free_port
+from waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -241,12 +242,8 @@ def _status(port: int, path: str) -> int | None:
         return None
 
 
-def _wait(predicate, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+def _wait(predicate, what: str):
+    return wait_until(predicate, what, WAIT_S, 0.2)
 
 
 def test_resending_producer_recovers_unknown_producer_id_after_a_restart(broker):

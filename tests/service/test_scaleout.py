@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 from streamvgan.engine import EngineConfig, Event, StreamEngine
 from streamvgan.service.clients import ensure_topics, make_producer
 from streamvgan.service.model_topic import model_topic, publish
+from waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -104,17 +104,6 @@ class Replica:
         return [set(map(int, re.findall(r"\[(\d+)\]", m))) for m in re.findall(r"partitions assigned: (.*)", self.text())]
 
 
-def _wait(predicate, timeout_s: float, what: str, on_poll=None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        if on_poll is not None:
-            on_poll()
-        else:
-            time.sleep(0.2)
-
-
 def _engine() -> StreamEngine:
     return StreamEngine(EngineConfig.from_params(**ENGINE), seed=0)
 
@@ -156,7 +145,7 @@ def scenario(module_kafka_client, kafka_session, tmp_path_factory):
             latest = [r.assigned()[-1] if r.assigned() else set() for r in replicas]
             return all(latest) and sorted(p for s in latest for p in s) == list(range(PARTITIONS))
 
-        _wait(split, 120, "three replicas sharing the partitions")
+        wait_until(split, "three replicas sharing the partitions", 120)
         facts["initial_assignment"] = [r.assigned()[-1] for r in replicas]
 
         def send(phase: int) -> None:
@@ -164,14 +153,14 @@ def scenario(module_kafka_client, kafka_session, tmp_path_factory):
             kafka.produce(topic, records)
             facts["sent"] += records
             keys = {(json.loads(v)["stream"], json.loads(v)["ts"]) for _, v in facts["sent"]}
-            _wait(lambda: keys <= {(r["stream"], r["ts"]) for r in watcher.records}, 120,
-                  f"phase {phase} scored", watcher.poll)
+            wait_until(lambda: keys <= {(r["stream"], r["ts"]) for r in watcher.records},
+                       f"phase {phase} scored", 120, on_poll=watcher.poll)
 
         send(0)
         # a new model version reaches every replica
         publish(producer, models, v2, version=2)
-        _wait(lambda: all(_metric(r.port, "streamvgan_model_version") == 2.0 for r in replicas),
-              60, "model_version 2 on every replica's /metrics")
+        wait_until(lambda: all(_metric(r.port, "streamvgan_model_version") == 2.0 for r in replicas),
+                   "model_version 2 on every replica's /metrics", 60)
         facts["model_version_metrics"] = [_metric(r.port, "streamvgan_model_version") for r in replicas]
         # graceful stop of r0: its partitions move with their state
         replicas[0].proc.send_signal(signal.SIGTERM)
