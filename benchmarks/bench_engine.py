@@ -8,8 +8,9 @@ events per second of this process's CPU time (see ``_rate``):
 
 * for 1, 100 and 10,000 streams (one event per stream per poll, fitted weights: the model
   path, not the cold-start fallback): ``StreamEngine.process`` events/s, the *compute limit*
-  (the bare network step plus the critic on a batch of the same size, the torch calls alone,
-  on ready tensors) and their ratio; the polls are built before the clock starts (making
+  (the bare network step on a batch of the same size, plus the critic where the engine scores
+  with it (``critic_weight > 0``; not by default), the torch calls alone, on ready tensors)
+  and their ratio; the polls are built before the clock starts (making
   events is the caller's cost, not the engine's), and cycled;
 * the columnar ``StreamEngine.process_columns`` at the same sizes, where the engine has it;
 * ``VAEGANDetector.score_one`` + ``learn_one`` on one stream (the River way), and River's
@@ -104,10 +105,13 @@ class EngineBench:
             return None
         return _rate(lambda: len(self.engine.process_columns(self._next())), seconds)
 
-    def limit(self, seconds: float) -> float:
-        """The bare network step and critic at batch ``n`` (what the engine cannot beat)."""
+    def limit(self, seconds: float, with_critic: bool | None = None) -> float:
+        """The bare network step at batch ``n``, and the critic where the engine runs it when
+        scoring (what the engine cannot beat); ``with_critic`` forces the critic in or out."""
         model = self.engine.model
-        critic = model.critic.frozen()
+        if with_critic is None:
+            with_critic = getattr(self.engine.config, "critic_weight", 0.25) > 0
+        critic = model.critic.frozen() if with_critic else None
         cfg = model.config
         gen = torch.Generator().manual_seed(0)
         x = torch.randn((self.n, cfg.n_features), generator=gen)
@@ -116,8 +120,9 @@ class EngineBench:
 
         def step() -> int:
             model.step(x, h)
-            with torch.no_grad():
-                critic(window)
+            if critic is not None:
+                with torch.no_grad():
+                    critic(window)
             return self.n
 
         return _rate(step, seconds)
@@ -152,11 +157,13 @@ def main() -> None:
         for n, bench in benches.items():
             measured[f"engine {n}"] = bench.process(args.seconds)
             measured[f"limit {n}"] = bench.limit(args.seconds)
+            measured[f"critic limit {n}"] = bench.limit(args.seconds, with_critic=True)
             columns = bench.process_columns(args.seconds)
             if columns is not None:
                 measured[f"columns {n}"] = columns
         for n in sizes:  # each ratio from one repeat, engine and limit measured back to back
             measured[f"ratio {n}"] = measured[f"engine {n}"] / measured[f"limit {n}"]
+            measured[f"critic ratio {n}"] = measured[f"engine {n}"] / measured[f"critic limit {n}"]
             if f"columns {n}" in measured:
                 measured[f"cratio {n}"] = measured[f"columns {n}"] / measured[f"limit {n}"]
         for key, value in measured.items():
@@ -173,9 +180,10 @@ def main() -> None:
     )
     print(
         "| streams | engine events/s | compute limit events/s | engine / limit |"
-        " process_columns events/s | columns / limit |"
+        " process_columns events/s | columns / limit | step + critic events/s |"
+        " engine / (step + critic) |"
     )
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         e, lim = rows[f"engine {n}"], rows[f"limit {n}"]
         cols = rows.get(f"columns {n}")
@@ -188,7 +196,8 @@ def main() -> None:
         print(
             f"| {n:,} | {med(f'engine {n}'):,.0f} ({min(e):,.0f}-{max(e):,.0f}) | "
             f"{med(f'limit {n}'):,.0f} ({min(lim):,.0f}-{max(lim):,.0f}) | "
-            f"{med(f'ratio {n}'):.2f} | {col_text} |"
+            f"{med(f'ratio {n}'):.2f} | {col_text} | {med(f'critic limit {n}'):,.0f} | "
+            f"{med(f'critic ratio {n}'):.2f} |"
         )
     print("\n| one stream, score_one + learn_one | events/s | vs HalfSpaceTrees |")
     print("|---|---:|---:|")
