@@ -96,9 +96,9 @@ def _blend(
     spread: np.ndarray,
     last: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The network's forecast blended with the last value (and the value one season back)
-    by inverse-MSE weights from the recent one-step errors; equal weights until both have been
-    measured."""
+    """The network's forecast blended with the last value (and a seasonal forecast, where a
+    season is known) by inverse-MSE weights from the recent one-step errors; equal weights
+    until both have been measured."""
     horizon = cfg.horizon
     e_m, e_l = (
         st.err_model[slots].astype(np.float64),
@@ -108,7 +108,6 @@ def _blend(
     e_m, e_l = np.where(measured, e_m, 1.0), np.where(measured, e_l, 1.0)
     # the last value's band: its own one-step error, growing as a random walk's
     steps = np.arange(1, horizon + 1)[None, :, None]
-    season = seasonal_naive(cfg, st, slots, std)
     walk = std[:, None, :] * np.sqrt(e_l[:, None, :] * steps)
     last_spread = np.where(
         (measured & (st.err_last[slots] > 0))[:, None, :],
@@ -120,6 +119,7 @@ def _blend(
         (mean, spread, e_m[:, None, :] * steps),
         (last, last_spread, e_l[:, None, :] * steps),
     ]
+    season = seasonal_forecast(cfg, st, slots, std)
     if season is None:
         return inverse_mse_blend(candidates)
     # and the seasonal forecast, where a season is known: its error does not grow within a
@@ -135,7 +135,7 @@ def _blend(
     )
 
 
-def seasonal_naive(
+def seasonal_forecast(
     cfg: EngineConfig, st: StateTable, slots: np.ndarray, std: np.ndarray
 ) -> Candidate | None:
     """The seasonal forecast of channels ``slots`` and its band, in original units, and its
@@ -172,9 +172,9 @@ def seasonal_naive(
 
 
 def _seasonal_forms(ring: np.ndarray, p: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per step ahead 1..``horizon``: the better of the two seasonal forecasts of
-    :func:`seasonal_naive` from the end of ``ring`` and its mean squared error over ``ring``
-    (infinite where fewer than 16 past origins measure it)."""
+    """Per step ahead 1..``horizon``: the best of the seasonal forms of
+    :func:`seasonal_forecast` (season ``p``) from the end of ``ring``, and its mean squared
+    error over ``ring`` (infinite where fewer than ``MIN_ORIGINS`` past origins measure it)."""
     last = len(ring) - 1
     h = np.arange(1, horizon + 1)[:, None]  # (H, 1)
     seasons = -(-h // p)  # whole seasons back, so the value lies in the past

@@ -202,4 +202,3 @@ def test_a_short_trending_seasonal_series_gets_its_season_into_the_forecast(one_
         ratios.append((mae_season / mae_snaive, mae_season / mae_plain))
     # noise seeds 0-7: against seasonal naive 0.333-0.376, against no season 0.132-0.149
     assert all(a < 0.5 and b < 0.25 for a, b in ratios), ratios
-
