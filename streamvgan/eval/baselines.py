@@ -141,7 +141,8 @@ DETECTORS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
     "streamvgan": (_streamvgan, dict(NAB_PARAMS)),
     "streamvgan_noadv": (_streamvgan, {**NAB_PARAMS, "adversarial": False}),
     "streamvgan_random": (_streamvgan, {**NAB_PARAMS, "init": "random"}),
-    "streamvgan_novar": (_streamvgan, {**NAB_PARAMS, "variational": False}),
+    # the shipped weights are variational: the ablation starts from random ones
+    "streamvgan_novar": (_streamvgan, {**NAB_PARAMS, "variational": False, "init": "random"}),
     "streamvgan_predictive": (_streamvgan, {**NAB_PARAMS, "model_signal": "predictive"}),
     "streamvgan_model": (_streamvgan, {**NAB_PARAMS, "signals": ["model"]}),
     "streamvgan_model_predictive": (

@@ -145,7 +145,8 @@ def _streamvgan(seed: int = 0, **params: Any) -> Any:
 GENERATORS: dict[str, tuple[Any, dict[str, Any]]] = {
     "streamvgan": (_streamvgan, {}),
     "streamvgan_noadv": (_streamvgan, {"adversarial": False}),
-    "streamvgan_novar": (_streamvgan, {"variational": False}),
+    # the shipped weights are variational: the ablation starts from random ones
+    "streamvgan_novar": (_streamvgan, {"variational": False, "init": "random"}),
     "randomwalk": (lambda seed=0, **p: RandomWalkGenerator(seed=seed, **p), {}),
 }
 
