@@ -64,7 +64,7 @@ _COMPS, _RAW, _SMOOTHED = slice(5, 10), 10, slice(11, 14)
 _VALUE, _MEAN, _STD, _XN, _WARM, _FORECAST = 14, 15, 16, 17, 18, 19
 
 
-# the critic scored at weight 0.25 (the default until it was measured to add nothing):
+# the critic scored at weight 0.25 (the default before critic_weight 0):
 # candidate_signals recovers the critic's z from the model signal weighted (1, 1, 0.25)
 DUMP_PARAMS = {"critic_weight": 0.25}
 

@@ -202,7 +202,7 @@ def _seasonal_forms(ring: np.ndarray, p: int, horizon: int) -> tuple[np.ndarray,
     sq = np.stack([np.where(m, (target - f) ** 2, 0.0) for f, m in zip(forms_past, masks)])
     count = np.stack(masks).sum(axis=2)  # (forms, H)
     err = np.where(count >= MIN_ORIGINS, sq.sum(axis=2) / np.maximum(count, 1), np.inf)
-    best = np.argmin(err, axis=0)  # the naive form where neither is measured
+    best = np.argmin(err, axis=0)  # the naive form where none is measured
     steps = np.arange(horizon)
     return now[best, steps], err[best, steps]
 
