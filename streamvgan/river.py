@@ -113,7 +113,7 @@ class _EngineMixin:
 
     def _learn_event(self, event: Event) -> None:
         scored, self._scored = self._scored, None
-        self.engine.process([event], scored)
+        self.engine.process_columns([event], scored)  # no Score objects: nobody reads them
         self.engine.fine_tune()
 
     def __getstate__(self) -> dict:

@@ -54,6 +54,9 @@ LAYOUT: dict[str, tuple[tuple[str, ...], type]] = {
     "buf_w": (("R",), np.float16),  # learning weight of each buffered point
 }
 
+#: the arrays of :data:`LAYOUT` that can hold a NaN or an infinity
+_FLOAT_ARRAYS = frozenset(n for n, (_, d) in LAYOUT.items() if np.dtype(d).kind == "f")
+
 
 @dataclass
 class StreamRecord:
@@ -309,8 +312,8 @@ class StateTable:
         names = LAYOUT if names is None else names
         if count == 1:  # views of one row: no gathers (the one-stream case, every event)
             slot = int(slots[0])
-            parts = [getattr(self, n)[slot].ravel() for n in names]
-            flat = np.concatenate([p for p in parts if p.dtype.kind == "f"])
+            floats = [n for n in names if n in _FLOAT_ARRAYS]
+            flat = np.concatenate([getattr(self, n)[slot].ravel() for n in floats])
             return np.array([not np.isfinite(flat).all()])
         finite = np.ones(count, dtype=bool)
         for arr in map(self.__getattribute__, names):
