@@ -90,3 +90,22 @@ def test_the_candidates_include_the_detector_s_own_signal(replay, d):
     assert len(critic) > 400
     assert critic.min() >= -5.0 - 1e-6 and critic.max() <= 20.0 + 1e-6
     assert critic.std() > 0.1  # and it varies: not a constant left by a wrong formula
+
+
+def test_the_masked_calibration(replay, d):
+    comps = d[:, replay._COMPS]
+    signals = np.stack([d[:, replay._RAW], comps[:, 3], comps[:, 4]], axis=1)
+    z = d[:, replay._Z]
+    likely = d[:, replay._LIKELY]
+    ruled = np.abs(likely - replay.calibrated_score(z.max(1))) > 1e-12
+    args = (signals, (True, False, False), (1.0, 1.0, 1.0), ruled, likely)
+    # mask weight 1: the calibration of each signal alone, bit for bit
+    full = replay.calibrate_masked(*args, 1.0, None)
+    for k in range(3):
+        np.testing.assert_array_equal(full[:, k], replay.calibrate(signals[:, k], k == 0))
+    # masked, the level shift at row 300 and the spike at 420 inflate the calibration less:
+    # the z after them are higher; released at once, it is the full calibration again
+    masked = replay.calibrate_masked(*args, 0.1, None)
+    assert (masked[421:] >= full[421:] - 1e-9).mean() > 0.9
+    assert masked[425:, 1].max() > full[425:, 1].max()
+    np.testing.assert_array_equal(replay.calibrate_masked(*args, 0.1, 0), full)
