@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +108,7 @@ def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
 
 def _apply_mlp(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``mlp(x)`` for an :func:`_mlp`, as plain functions (the same kernels, no module calls)."""
-    first, last = mlp[0], mlp[2]
+    first, last = cast(nn.Linear, mlp[0]), cast(nn.Linear, mlp[2])
     return F.linear(torch.tanh(F.linear(x, first.weight, first.bias)), last.weight, last.bias)
 
 
@@ -256,10 +256,7 @@ class RecurrentVAEGAN(nn.Module):
             2, dim=-1
         )
         recon_error = ((x - rec_mean).abs() / (F.softplus(raw_scale) + cfg.min_scale)).sum(-1)
-        rnn = self.rnn
-        h = torch.gru_cell(
-            x, h_prev, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
-        )
+        h = torch.gru_cell(x, h_prev, *self.rnn.all_weights[0])
         out = _apply_mlp(self.forecaster, h).unflatten(-1, (cfg.horizon, 2 * cfg.n_features))
         f_mean, raw_f = out.chunk(2, dim=-1)
         if cfg.forecast_relative:
