@@ -17,13 +17,16 @@ events for many polls). *Latency*: events are then produced at a steady rate (a
 fraction of the service's throughput, the same for both) for ``--latency-s`` seconds;
 end-to-end latency is the output record's timestamp minus the input record's send time
 (carried in ``ts``), both taken on this machine, so it spans produce, broker, consume, model
-and produce again.
+and produce again. The paced load comes from a process of its own, as a service's producers
+are elsewhere: in the benchmark's own process its Python would share the interpreter lock
+with the service's threads.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import time
 import uuid
 from collections.abc import Sequence
@@ -248,6 +251,37 @@ def _produce(
     producer.flush()
 
 
+def _produce_paced(bootstrap_servers: str, topic: str, events: list, rate: float) -> None:
+    """The paced load, in a process of its own (see :func:`_produce_elsewhere`)."""
+    from streamvgan.service import clients
+
+    producer = clients.make_producer(bootstrap_servers, client_id="streamvgan-bench-load")
+    try:
+        _produce(producer, topic, events, rate=rate)
+    finally:
+        producer.close()
+
+
+def _produce_elsewhere(
+    bootstrap_servers: str, topic: str, events: list[tuple[str, float]], rate: float
+) -> None:
+    """Produce ``events`` at ``rate`` from another process, as a service's producers are:
+    in this one, the load generator's Python would take turns with the service's threads
+    for the interpreter lock, and the latency measured would be partly the load
+    generator's."""
+    ctx = multiprocessing.get_context("spawn")  # no copy of this process's torch state
+    child = ctx.Process(
+        target=_produce_paced, args=(bootstrap_servers, topic, events, rate), daemon=True
+    )
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(
+            f"the paced load generator stopped with exit code {child.exitcode}; its error is "
+            "in the output above"
+        )
+
+
 def _run_contestant(
     kind: str,
     bootstrap_servers: str,
@@ -293,7 +327,9 @@ def _run_contestant(
         events_per_s = len(thr) / span_s
         paced = rate or args.latency_load * events_per_s
         n_lat = max(50, int(paced * args.latency_s))
-        _produce(producer, topic, _events(n_streams, n_events, n_lat, rng), rate=paced)
+        _produce_elsewhere(
+            bootstrap_servers, topic, _events(n_streams, n_events, n_lat, rng), paced
+        )
         lat = reader.read(
             n_lat, timeout_s=max(60.0, 3 * args.latency_s), desc=f"{label}, latency phase"
         )
