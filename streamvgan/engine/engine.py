@@ -222,8 +222,11 @@ class StreamEngine:
             b = self.scorer.compute(st, slots, values, net.scoring, critic)
         if learning:
             self._mutations += 1
-            (learn_one if one else learn)(cfg, st, b)
-            self._reset_nonfinite(slots, STEP_ARRAYS, extra=~np.isfinite(b.xn).all(-1))
+            if not one:
+                learn(cfg, st, b)
+                self._reset_nonfinite(slots, STEP_ARRAYS, extra=~np.isfinite(b.xn).all(-1))
+            elif not learn_one(cfg, st, b):  # it checks what it wrote: the guard in floats
+                self._reset_nonfinite(slots, STEP_ARRAYS, extra=np.array([True]))
         return b
 
     def _reset_nonfinite(

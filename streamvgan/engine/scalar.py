@@ -161,7 +161,7 @@ def compute_one(
             if (j == n % size or age <= kept) and x == x:  # NaN is skipped, as nanmean does
                 total = x if count == 0 else total + x
                 count += 1
-        smoothed_k = total / count
+        smoothed_k = total / count if count else math.nan  # all NaN: nanmean says NaN
         mu, sd = st.cal_mean.item(s, k), math.sqrt(st.cal_var.item(s, k))
         floor = (CAL_SD_FLOOR if k == 0 else CAL_SD_FLOOR * abs(mu)) + 1e-12
         zk = (smoothed_k - mu) / max(sd, floor)
@@ -220,8 +220,11 @@ def compute_one(
     )
 
 
-def learn_one(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
-    """:func:`~streamvgan.engine.learn.learn` for a batch from :func:`compute_one`."""
+def learn_one(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> bool:
+    """:func:`~streamvgan.engine.learn.learn` for a batch from :func:`compute_one`; return
+    whether the row is finite afterwards (the engine's guard,
+    :meth:`~streamvgan.engine.state.StateTable.reset_nonfinite`, in Python floats for the
+    one row: every array of :data:`~streamvgan.engine.learn.STEP_ARRAYS`, read back)."""
     s = int(b.slots[0])
     n, value = int(b.n[0]), b.values.item(0, 0)
     mean, var, std, xn = b.mean.item(0, 0), b.var.item(0, 0), b.std.item(0, 0), b.xn.item(0, 0)
@@ -302,7 +305,21 @@ def learn_one(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
             st.period[s, 0] = find_season(ring[:, 0], cfg.season_min_correlation)
     st.last[s, 0] = value
     st.n[s] = n + 1
+    # the row, read back from the arrays (a float32 array may round a large value to inf):
+    # the sum is finite when every term is (inputs within 1e30, squares 1e60), and any NaN
+    # or infinity makes it non-finite
+    written = (
+        xn + sum(map(sum, st.recent[s].tolist()))
+        + sum(st.cal_mean[s].tolist()) + sum(st.cal_var[s].tolist())
+        + st.critic_mean.item(s) + st.critic_var.item(s)
+        + st.norm_mean.item(s, 0) + st.norm_var.item(s, 0)
+        + st.err_model.item(s, 0) + st.err_last.item(s, 0)
+        + st.lvl_mean.item(s, 0) + st.lvl_var.item(s, 0) + st.lvl_short.item(s, 0)
+        + st.seen_min.item(s, 0) + st.seen_max.item(s, 0) + st.last.item(s, 0)
+    )  # fmt: skip
     if b.h is not None and b.f_mean is not None and b.f_scale is not None:
         st.h[s] = b.h[0]
         st.f_mean[s] = b.f_mean[0]
         st.f_scale[s] = b.f_scale[0]
+    outputs = np.concatenate((st.h[s], st.f_mean[s], st.f_scale[s]), axis=None)
+    return math.isfinite(written) and bool(np.isfinite(outputs).all())

@@ -77,6 +77,8 @@ def univariate_batch(
     names and values (float64); None if any event is otherwise (then :func:`validate_batch`
     names the first bad event, or accepts a batch that is merely not of this kind, e.g. with
     new streams). Checks by type sets and list comparisons, not per event in Python."""
+    if len(events) == 1:  # one event (the River adapters' every call): plain comparisons
+        return _univariate_one(events[0], single_field)
     if set(map(type, events)) - {Event}:
         return None
     dicts = [e.values for e in events]
@@ -96,3 +98,21 @@ def univariate_batch(
     if not (np.abs(values) <= MAX_ABS_VALUE).all():  # NaN and inf fail this too
         return None
     return streams, names, values
+
+
+def _univariate_one(
+    event: Event, single_field: Mapping[str, str]
+) -> tuple[list[str], list[str], np.ndarray] | None:
+    """:func:`univariate_batch` for one event, with the same outcome."""
+    if type(event) is not Event or type(event.values) is not dict or len(event.values) != 1:
+        return None
+    ((name, x),) = event.values.items()
+    if single_field.get(event.stream) != name or (type(x) is not float and type(x) is not int):
+        return None
+    try:
+        value = float(x)
+    except OverflowError:  # a Python int beyond float64
+        return None
+    if not abs(value) <= MAX_ABS_VALUE:  # NaN and inf fail this too
+        return None
+    return [event.stream], [name], np.array([value])

@@ -106,10 +106,17 @@ def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, n_hidden), nn.Tanh(), nn.Linear(n_hidden, n_out))
 
 
-def _apply_mlp(mlp: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``mlp(x)`` for an :func:`_mlp`, as plain functions (the same kernels, no module calls)."""
+def _mlp_params(mlp: nn.Sequential) -> tuple[torch.Tensor, ...]:
+    """The (weight, bias, weight, bias) of an :func:`_mlp`, for :func:`_apply_mlp`."""
     first, last = cast(nn.Linear, mlp[0]), cast(nn.Linear, mlp[2])
-    return F.linear(torch.tanh(F.linear(x, first.weight, first.bias)), last.weight, last.bias)
+    return first.weight, first.bias, last.weight, last.bias
+
+
+def _apply_mlp(params: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+    """``mlp(x)`` for an :func:`_mlp` given its :func:`_mlp_params`, as plain functions (the
+    same kernels, no module calls)."""
+    w1, b1, w2, b2 = params
+    return F.linear(torch.tanh(F.linear(x, w1, b1)), w2, b2)
 
 
 _Layer = TypeVar("_Layer", bound=nn.Module)
@@ -206,6 +213,30 @@ class RecurrentVAEGAN(nn.Module):
         self.decoder = _mlp(n_z + n_h, n_h, 2 * n_f)
         self.forecaster = _mlp(n_h, 2 * n_h, 2 * config.horizon * n_f)
         self.critic = WindowCritic(config) if config.adversarial else None
+        self._step_params = self._collect_step_params()
+
+    def _collect_step_params(self) -> dict[str, tuple[torch.Tensor, ...]]:
+        """The tensors :meth:`step` uses, by part: looked up once, not through the modules'
+        attribute machinery at every step (at one stream that cost a tenth of a step). A
+        plain dict of tensors, so not registered again as parameters; rebuilt wherever torch
+        may replace a parameter object (:meth:`_apply`, :meth:`load_state_dict`)."""
+        # all_weights[0] is (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0)
+        return {
+            "posterior": _mlp_params(self.posterior),
+            "decoder": _mlp_params(self.decoder),
+            "forecaster": _mlp_params(self.forecaster),
+            "gru": tuple(self.rnn.all_weights[0]),
+        }
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .double(), ...
+        result = super()._apply(fn, recurse)
+        self._step_params = self._collect_step_params()
+        return result
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._step_params = self._collect_step_params()  # assign=True makes new parameters
+        return result
 
     # -- pieces -------------------------------------------------------------------------------
     def _scale(self, raw: torch.Tensor) -> torch.Tensor:
@@ -242,7 +273,7 @@ class RecurrentVAEGAN(nn.Module):
         return torch.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
 
     # -- online ------------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, x: torch.Tensor, h_prev: torch.Tensor) -> StepOutput:
         """One online step for B streams: reconstruct x_t (B, F), advance the state, forecast.
 
@@ -250,14 +281,14 @@ class RecurrentVAEGAN(nn.Module):
         :meth:`forecast` (bit for bit: ``tests/nn/test_model.py``), with the layers applied
         as functions: at one stream a step is ~15 tiny kernels, and the modules' call
         machinery cost a third as much again."""
-        cfg = self.config
-        z_mu = _apply_mlp(self.posterior, torch.cat([h_prev, x], dim=-1)).chunk(2, dim=-1)[0]
-        rec_mean, raw_scale = _apply_mlp(self.decoder, torch.cat([z_mu, h_prev], dim=-1)).chunk(
+        cfg, p = self.config, self._step_params
+        z_mu = _apply_mlp(p["posterior"], torch.cat([h_prev, x], dim=-1)).chunk(2, dim=-1)[0]
+        rec_mean, raw_scale = _apply_mlp(p["decoder"], torch.cat([z_mu, h_prev], dim=-1)).chunk(
             2, dim=-1
         )
         recon_error = ((x - rec_mean).abs() / (F.softplus(raw_scale) + cfg.min_scale)).sum(-1)
-        h = torch.gru_cell(x, h_prev, *self.rnn.all_weights[0])
-        out = _apply_mlp(self.forecaster, h).unflatten(-1, (cfg.horizon, 2 * cfg.n_features))
+        h = torch.gru_cell(x, h_prev, *p["gru"])
+        out = _apply_mlp(p["forecaster"], h).unflatten(-1, (cfg.horizon, 2 * cfg.n_features))
         f_mean, raw_f = out.chunk(2, dim=-1)
         if cfg.forecast_relative:
             f_mean = f_mean + x.unsqueeze(-2)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from streamvgan.engine import EngineConfig, Event, StreamEngine
+from streamvgan.engine.learn import STEP_ARRAYS
 from streamvgan.engine.values import MAX_ABS_VALUE, ValueRejected
 from streamvgan.errors import InvalidInputError
 
@@ -161,3 +162,21 @@ def test_a_jump_across_the_whole_range_is_scored_not_reset(base, jump):
     assert score.score == 1.0  # a new extreme, far beyond anything seen
     assert engine.streams_reset == 0 and engine.n_streams == 1
     assert math.isfinite(score.components["level"])
+
+
+@pytest.mark.parametrize("array", STEP_ARRAYS)
+@pytest.mark.parametrize("streams", [["a"], ["a", "b"]], ids=["one-value-path", "batched"])
+def test_any_step_array_turned_nan_resets_the_stream(array, streams):
+    """Both paths (one value per call in Python floats, and the batched one) check every array
+    a step writes: NaN anywhere in the row resets the stream at its next event."""
+    engine = StreamEngine(TINY, seed=0)
+    _feed(engine, streams, 80)
+    engine.fine_tune()
+    assert engine.model_version == 1
+    slot = engine.state.streams["a"]["value"]
+    engine.state.arrays[array][slot] = np.nan
+    scores = _feed(engine, streams, 1, start=80)
+    assert all(0.0 <= s.score <= 1.0 for s in scores)
+    assert engine.streams_reset == 1
+    assert all(_finite_state(engine, s) for s in streams)
+    assert engine.state.n[slot] == 0

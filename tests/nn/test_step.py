@@ -36,3 +36,35 @@ def test_step_equals_the_modules_bit_for_bit(batch: int, n_features: int, relati
         assert a.shape == b.shape, name
         assert torch.equal(a, b), f"{name} differs from the modules' result"
     assert not out.h.requires_grad  # scoring builds no graph
+
+
+def _outputs(model: RecurrentVAEGAN, x: torch.Tensor, h_prev: torch.Tensor) -> tuple:
+    out = model.step(x, h_prev)
+    return out.h, out.recon_error, out.forecast_mean, out.forecast_scale
+
+
+@pytest.mark.parametrize("how", ["load_state_dict", "assign", "double", "in_place"])
+def test_step_follows_new_weights(how: str) -> None:
+    """``step`` keeps its tensors in a lookup of its own: every way torch changes or replaces
+    the weights must reach it (a stale lookup would score with the old weights)."""
+    torch.manual_seed(0)
+    model = RecurrentVAEGAN(ModelConfig(horizon=4))
+    other = RecurrentVAEGAN(ModelConfig(horizon=4))
+    x, h_prev = torch.randn(3, 1), torch.randn(3, model.config.hidden_size)
+    before = _outputs(model, x, h_prev)
+    if how == "load_state_dict":
+        model.load_state_dict(other.state_dict())
+    elif how == "assign":  # new parameter objects
+        model.load_state_dict(other.state_dict(), assign=True)
+    elif how == "in_place":
+        with torch.no_grad():
+            for mine, theirs in zip(model.parameters(), other.parameters()):
+                mine.copy_(theirs)
+    else:
+        model, other = model.double(), model  # the same weights, as float64
+        x, h_prev = x.double(), h_prev.double()
+    got, expected = _outputs(model, x, h_prev), _by_modules(other, x, h_prev)
+    for a, b in zip(got, expected):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    if how != "double":
+        assert not torch.equal(got[0], before[0])  # the weights did change the output
