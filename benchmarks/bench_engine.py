@@ -1,7 +1,7 @@
 """Throughput of the engine against its compute limit, and of the River adapter, in one run.
 
 Usage: python benchmarks/bench_engine.py [--repeats 5] [--seconds 2] [--threads 1]
-                                         [--sizes 1,100,10000]
+                                         [--sizes 1,100,10000] [--init pretrained|PATH]
 
 Prints markdown tables, medians over repeats (every repeat measures every row in turn), in
 events per second of this process's CPU time (see ``_rate``):
@@ -40,10 +40,10 @@ def _value(t: int, stream: int = 0) -> float:
     return math.sin(t / 7 + stream) + 0.1 * math.cos(t * 1.3 + stream)
 
 
-def trained_weights(seed: int = 0) -> tuple[bytes, int, float]:
+def trained_weights(seed: int = 0, init: str = "pretrained") -> tuple[bytes, int, float]:
     # the shipped weights (init="pretrained", the default) fine-tuned on one stream: forced,
     # as a pretrained engine is not due for a fit after 300 events
-    engine = StreamEngine(EngineConfig(warmup_events=300), seed=seed)
+    engine = StreamEngine(EngineConfig(warmup_events=300, init=init), seed=seed)
     for t in range(300):
         engine.process([Event("s", {"value": _value(t)})])
     start = time.perf_counter()
@@ -81,9 +81,12 @@ def bench_river(model, seconds: float) -> float:
 class EngineBench:
     """One engine with ``n`` streams registered and fitted weights, and polls made ahead."""
 
-    def __init__(self, n: int, weights: bytes, version: int, polls: int = 4) -> None:
+    def __init__(
+        self, n: int, weights: bytes, version: int, polls: int = 4, init: str = "pretrained"
+    ) -> None:
         self.n = n
-        self.engine = StreamEngine(EngineConfig(max_streams=max(n, 1), fit_every=10**9), seed=0)
+        cfg = EngineConfig(max_streams=max(n, 1), fit_every=10**9, init=init)
+        self.engine = StreamEngine(cfg, seed=0)
         self.engine.import_weights(weights, version)
         names = [f"host-{i}/cpu" for i in range(n)]
         self.polls = [
@@ -134,19 +137,25 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--sizes", default="1,100,10000", help="streams per poll, comma-separated")
+    parser.add_argument(
+        "--init",
+        default="pretrained",
+        help="first weights of every engine: 'pretrained' (shipped) or a `streamvgan pretrain` "
+        "file (its network's size; the size sweep of docs/pretraining.md)",
+    )
     args = parser.parse_args()
     sizes = tuple(int(x) for x in args.sizes.split(","))
     torch.set_num_threads(args.threads)
 
-    weights, version, fit_s = trained_weights()
-    detector = streamvgan.VAEGANDetector(seed=0, warmup_events=300, fit_every=10**9)
+    weights, version, fit_s = trained_weights(init=args.init)
+    detector = streamvgan.VAEGANDetector(seed=0, warmup_events=300, fit_every=10**9, init=args.init)
     for t in range(300):
         detector.learn_one({"value": _value(t)})
     assert detector.model_version == 1
     hst = compose.Pipeline(preprocessing.MinMaxScaler(), anomaly.HalfSpaceTrees(seed=0))
     for t in range(300):
         hst.learn_one({"value": _value(t)})
-    benches = {n: EngineBench(n, weights, version) for n in sizes}
+    benches = {n: EngineBench(n, weights, version, init=args.init) for n in sizes}
 
     rows: dict[str, list[float]] = {}
     for _ in range(args.repeats):
@@ -210,7 +219,7 @@ def main() -> None:
             f"| {label} | {med(key):,.0f} ({min(values):,.0f}-{max(values):,.0f}) | "
             f"{med(key) / med('hst'):.3f}x |"
         )
-    engine = StreamEngine(EngineConfig(), seed=0)
+    engine = StreamEngine(EngineConfig(init=args.init), seed=0)
     print(f"\nstate per univariate stream: {engine.state_bytes_per_stream():,} bytes (arrays)")
     print(f"one fine-tune (300 optimiser steps, batch 32, window 64): {fit_s:.1f} s")
 

@@ -103,6 +103,7 @@ class ConfluentClients(KafkaPythonClients):
         max_poll_interval_ms: int,
         max_poll_records: int,
         auto_offset_reset: str,
+        fetch_max_wait_ms: int = 100,
     ) -> ConfluentConsumer:
         config = {
             **self.base,
@@ -115,7 +116,7 @@ class ConfluentClients(KafkaPythonClients):
             "max.poll.interval.ms": max_poll_interval_ms,
             # eager range assignment, as kafka-python's (clients.py says why)
             "partition.assignment.strategy": "range",
-            "fetch.wait.max.ms": 100,
+            "fetch.wait.max.ms": fetch_max_wait_ms,
             "allow.auto.create.topics": False,
         }
         consumer = ConfluentConsumer(None)

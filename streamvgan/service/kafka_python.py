@@ -80,6 +80,7 @@ class KafkaPythonClients:
         max_poll_interval_ms: int,
         max_poll_records: int,
         auto_offset_reset: str,
+        fetch_max_wait_ms: int = 100,
     ) -> KafkaPythonConsumer:
         return KafkaPythonConsumer(
             clients.make_consumer(
@@ -91,6 +92,7 @@ class KafkaPythonClients:
                 max_poll_records=max_poll_records,
                 auto_offset_reset=auto_offset_reset,
                 security=self.security,
+                fetch_max_wait_ms=fetch_max_wait_ms,
             )
         )
 

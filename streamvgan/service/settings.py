@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     )
     poll_max_records: int = _opt("most records taken per poll (one batched engine step)", 500, ge=1)
     poll_timeout_ms: int = _opt("how long one poll waits for records", 200, ge=0)
+    fetch_max_wait_ms: int = _opt(
+        "longest the broker holds a fetch while no records are ready: a bound on the latency a "
+        "quiet input adds, against more empty fetches",
+        100,
+        ge=0,
+    )
     commit_interval_s: float = _opt(
         "seconds between offset commits (always after the outputs are acknowledged)", 5.0, gt=0
     )

@@ -82,6 +82,7 @@ def connect(
             max_poll_interval_ms=s.max_poll_interval_ms,
             max_poll_records=s.poll_max_records,
             auto_offset_reset=s.auto_offset_reset,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
         ),
         f"connecting a consumer to {s.bootstrap_servers}",
     )
