@@ -129,6 +129,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
         "; use signals=jump,level to leave the model out",
     ),
     "forecast_blend": ((lambda v: isinstance(v, bool)), "true or false", ""),
+    "forecast_network": ((lambda v: isinstance(v, bool)), "true or false", ""),
     "season_window": (
         (lambda v: _is_int(v) and (v == 0 or v >= 16)),
         "0 (off) or an int >= 16",
@@ -213,6 +214,8 @@ class EngineConfig:
     clip: float = 20.0  # normalised values are clipped to +-clip
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     forecast_blend: bool = True  # weigh the network's forecast against the last value
+    forecast_network: bool = True  # False: the blend without the network's forecast (the last
+    # value and the seasonal forms alone), an ablation that measures what the network adds
     init: str = "pretrained"  # the network's first weights: "pretrained" (the weights
     # shipped in the package, docs/pretraining.md), "random" (a cold start and a first fit
     # after `warmup_events`) or the path of a `streamvgan pretrain` file
@@ -241,6 +244,11 @@ class EngineConfig:
             raise ConfigurationError(
                 f"EngineConfig.window={self.window} is too short: it needs at least burn_in + "
                 f"max(horizon, critic_window) + 1 = {need}"
+            )
+        if not (self.forecast_blend or self.forecast_network):
+            raise ConfigurationError(
+                "EngineConfig.forecast_network=False leaves the network out of the blend, so it "
+                "needs forecast_blend=True (forecast_blend=False is the network alone)"
             )
         if self.replay_size < self.window:
             raise ConfigurationError(

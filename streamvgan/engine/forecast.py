@@ -114,7 +114,10 @@ def _blend(
         walk,
         np.repeat(std[:, None, :], horizon, axis=1),
     )
-    # both errors grow with the step ahead alike, so their weights do not depend on it
+    # both errors grow with the step ahead alike, so their weights do not depend on it; the
+    # network left out (forecast_network=False, an ablation): infinite error, weight 0
+    if not cfg.forecast_network:
+        e_m = np.full_like(e_m, np.inf)
     candidates = [
         (mean, spread, e_m[:, None, :] * steps),
         (last, last_spread, e_l[:, None, :] * steps),

@@ -233,6 +233,7 @@ FORECASTERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "streamvgan_random": (_streamvgan, {"init": "random"}),
     "streamvgan_nofinetune": (_streamvgan, {"fit_every": 10**9, "warmup_events": 10**9}),
     "streamvgan_network": (_streamvgan, {"forecast_blend": False}),
+    "streamvgan_nonetwork": (_streamvgan, {"forecast_network": False}),
     # fine-tuning held near the pretrained weights (L2-SP, EngineConfig.finetune_anchor)
     "streamvgan_anchor": (_streamvgan, {"finetune_anchor": 0.1}),
     "snarimax": (_snarimax, {}),

@@ -70,6 +70,26 @@ def test_blend_on_a_random_walk_is_close_to_persistence_and_better_than_the_netw
     assert mae_blend < 1.4 * mae_last
 
 
+def test_the_blend_without_the_network_is_the_last_value_where_no_season_is_known():
+    """``forecast_network=False`` (the ablation of docs/pretraining.md) gives the network's
+    forecast weight 0: with no season the blend is the last value at every step."""
+    values = random_walk(200)
+    fitted = EngineConfig(season_window=0, fit_every=10**9)  # the shipped network, served at once
+    without, _ = run(replace(fitted, forecast_network=False), values, start=200)
+    with_network, _ = run(fitted, values, start=200)
+    assert without.model_version == with_network.model_version == 1
+    mean = np.asarray(without.forecast(["s"])[0].mean[:, 0])
+    assert np.array_equal(mean, np.full_like(mean, values[-1]))
+    assert not np.array_equal(np.asarray(with_network.forecast(["s"])[0].mean[:, 0]), mean)
+
+
+def test_the_network_left_out_needs_the_blend():
+    with pytest.raises(ConfigurationError, match="forecast_network=False"):
+        EngineConfig(forecast_blend=False, forecast_network=False)
+    with pytest.raises(ConfigurationError, match="forecast_network"):
+        EngineConfig(forecast_network="no")
+
+
 def test_forecast_blend_must_be_a_bool():
     with pytest.raises(ConfigurationError, match="forecast_blend"):
         EngineConfig(forecast_blend="yes")
