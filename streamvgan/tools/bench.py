@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
+import statistics
 import time
 import uuid
 from collections.abc import Sequence
@@ -75,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="kafka-python",
         help="comma-separated client libraries, each measured at every number of streams in "
         "the same run: kafka-python, confluent-kafka",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of each row (service, then pass-through, each time); with more than one, "
+        "each cell is the median (min-max), the ratio the median of the runs' ratios",
     )
     parser.add_argument("--partitions", type=int, default=3, help="partitions of the input topic")
     parser.add_argument(
@@ -125,6 +133,8 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigurationError(
                 f"--kafka-clients {client!r}: use one or more of {', '.join(KAFKA_CLIENTS)}"
             )
+    if args.repeats < 1:
+        raise ConfigurationError(f"--repeats {args.repeats}: use 1 or more")
     engine_params = dict(_parse_engine_param(p) for p in args.engine_params or [])
     args.extra_settings = dict(_parse_engine_param(p) for p in args.settings or [])
     _check_settings(args.extra_settings, args)
@@ -163,7 +173,8 @@ def _check_settings(extra: dict[str, Any], args: argparse.Namespace) -> None:
             )
 
 
-Row = tuple[int, int, Result, Result, str]  # streams, events, pass-through, service, client
+#: streams, events, pass-through and service (one Result per repeat each), client
+Row = tuple[int, int, list[Result], list[Result], str]
 
 
 def run_bench(
@@ -172,55 +183,76 @@ def run_bench(
     args: argparse.Namespace,
     engine_params: dict[str, Any],
 ) -> list[Row]:
-    rows = []
+    rows: list[Row] = []
     for n_streams in counts:
         for client in getattr(args, "clients", ["kafka-python"]):
             n_events = max(args.events, 3 * n_streams)
-            log.info("bench: %d streams, %d events, %s", n_streams, n_events, client)
-            contest = dict(client=client, engine_params=engine_params)
-            service = _run_contestant(
-                "service",
-                bootstrap_servers,
-                n_streams,
-                n_events,
-                args,
-                rate=args.latency_rate,
-                **contest,
-            )
-            passthrough = _run_contestant(
-                "passthrough",
-                bootstrap_servers,
-                n_streams,
-                n_events,
-                args,
-                rate=service.paced_rate,
-                **contest,
-            )
-            log.info(
-                "bench %d streams, %s: pass-through %.0f ev/s, service %.0f ev/s",
-                n_streams,
-                client,
-                passthrough.events_per_s,
-                service.events_per_s,
-            )
-            rows.append((n_streams, n_events, passthrough, service, client))
+            runs: tuple[list[Result], list[Result]] = ([], [])
+            for repeat in range(getattr(args, "repeats", 1)):
+                log.info(
+                    "bench: %d streams, %d events, %s, run %d", n_streams, n_events, client, repeat
+                )
+                passthrough, service = _run_pair(
+                    bootstrap_servers, n_streams, n_events, args, engine_params, client
+                )
+                runs[0].append(passthrough)
+                runs[1].append(service)
+            rows.append((n_streams, n_events, runs[0], runs[1], client))
     return rows
 
 
+def _run_pair(
+    bootstrap_servers: str,
+    n_streams: int,
+    n_events: int,
+    args: argparse.Namespace,
+    engine_params: dict[str, Any],
+    client: str,
+) -> tuple[Result, Result]:
+    """The service, then the pass-through at the service's paced rate: one row's run."""
+    common = (bootstrap_servers, n_streams, n_events, args, engine_params)
+    service = _run_contestant("service", *common, rate=args.latency_rate, client=client)
+    passthrough = _run_contestant("passthrough", *common, rate=service.paced_rate, client=client)
+    log.info(
+        "bench %d streams, %s: pass-through %.0f ev/s, service %.0f ev/s",
+        n_streams,
+        client,
+        passthrough.events_per_s,
+        service.events_per_s,
+    )
+    return passthrough, service
+
+
 def format_table(rows: Sequence[Row]) -> str:
+    """One line per row; over several runs each cell is the median (min-max) of the runs and
+    the ratio is the median of the runs' own ratios (each from one run's pair)."""
     lines = [
         "| streams | events | pass-through events/s | service events/s | ratio b/a "
         "| paced load events/s | pass-through p50 / p99 ms | service p50 / p99 ms | client |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for n_streams, n_events, a, b, client in rows:
-        ratio = b.events_per_s / a.events_per_s if a.events_per_s else float("nan")
+        ratios = [
+            y.events_per_s / x.events_per_s if x.events_per_s else float("nan")
+            for x, y in zip(a, b)
+        ]
         lines.append(
-            f"| {n_streams:,} | {n_events:,} | {a.events_per_s:,.0f} | {b.events_per_s:,.0f} "
-            f"| {ratio:.2f} | {b.paced_rate:,.0f} | {a.p50_ms:.0f} / {a.p99_ms:.0f} "
-            f"| {b.p50_ms:.0f} / {b.p99_ms:.0f} | {client} |"
+            f"| {n_streams:,} | {n_events:,} | {_cell([x.events_per_s for x in a], ',.0f')} "
+            f"| {_cell([y.events_per_s for y in b], ',.0f')} | {statistics.median(ratios):.2f} "
+            f"| {_cell([y.paced_rate for y in b], ',.0f')} "
+            f"| {_cell([x.p50_ms for x in a], '.0f')} / {_cell([x.p99_ms for x in a], '.0f')} "
+            f"| {_cell([y.p50_ms for y in b], '.0f')} / {_cell([y.p99_ms for y in b], '.0f')} "
+            f"| {client} |"
         )
     return "\n".join(lines)
+
+
+def _cell(values: Sequence[float], spec: str) -> str:
+    """One value as it is; several as their median (min-max)."""
+    if len(values) == 1:
+        return format(values[0], spec)
+    low, high = format(min(values), spec), format(max(values), spec)
+    return f"{format(statistics.median(values), spec)} ({low}-{high})"
 
 
 # -- one contestant ---------------------------------------------------------------------------

@@ -87,8 +87,24 @@ def test_bench_prints_a_markdown_table(kafka_broker, capsys):
         assert a > 0 and b > 0 and ratio == pytest.approx(b / a, abs=rounding)
 
 
+def test_bench_repeats_print_medians_and_ranges(kafka_broker, capsys):
+    rc = main(["bench", "--bootstrap-servers", kafka_broker.bootstrap_servers,
+               "--streams", "1", "--events", "100", "--latency-s", "1", "--latency-rate", "50",
+               "--setting", "state_changelog=false", "--repeats", "2"])
+    assert rc == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| ")]
+    assert len(lines) == 2  # the header and one row for the two runs
+    cells = [c.strip() for c in lines[1].strip("|").split("|")]
+    ranged = re.compile(r"^([\d,]+) \(([\d,]+)-([\d,]+)\)$")
+    for cell in (cells[2], cells[3]):  # events/s of the pass-through and the service
+        median, low, high = (float(x.replace(",", "")) for x in ranged.match(cell).groups())
+        assert 0 < low <= median <= high
+    assert float(cells[4]) > 0  # the median of the two runs' ratios
+
+
 def test_bench_rejects_a_setting_it_cannot_change(capsys):
     # checked before any broker is started or contacted
     assert main(["bench", "--bootstrap-servers", "127.0.0.1:1", "--setting", "bogus=1"]) != 0
     assert main(["bench", "--bootstrap-servers", "127.0.0.1:1", "--setting", "seed=3"]) != 0
     assert main(["bench", "--bootstrap-servers", "127.0.0.1:1", "--kafka-clients", "java"]) != 0
+    assert main(["bench", "--bootstrap-servers", "127.0.0.1:1", "--repeats", "0"]) != 0
