@@ -96,6 +96,7 @@ class TrainerRole:
             max_poll_records=s.poll_max_records,
             auto_offset_reset=s.auto_offset_reset,
             security=security,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
         )
         server = None
         if s.metrics_port >= 0:
