@@ -103,7 +103,7 @@ class ConfluentClients(KafkaPythonClients):
         max_poll_interval_ms: int,
         max_poll_records: int,
         auto_offset_reset: str,
-        fetch_max_wait_ms: int = 100,
+        fetch_max_wait_ms: int,
     ) -> ConfluentConsumer:
         config = {
             **self.base,

@@ -156,7 +156,7 @@ class ClientFactory(Protocol):
         max_poll_interval_ms: int,
         max_poll_records: int,
         auto_offset_reset: str,
-        fetch_max_wait_ms: int = 100,
+        fetch_max_wait_ms: int,
     ) -> Consumer: ...
 
     def producer(

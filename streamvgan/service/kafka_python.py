@@ -80,7 +80,7 @@ class KafkaPythonClients:
         max_poll_interval_ms: int,
         max_poll_records: int,
         auto_offset_reset: str,
-        fetch_max_wait_ms: int = 100,
+        fetch_max_wait_ms: int,
     ) -> KafkaPythonConsumer:
         return KafkaPythonConsumer(
             clients.make_consumer(
