@@ -15,7 +15,15 @@ if TYPE_CHECKING:
     from streamvgan.engine.signals import COMPONENTS, ScoreBatch
     from streamvgan.engine.training import FitReport
     from streamvgan.engine.tuner import BackgroundFineTuner
-    from streamvgan.engine.types import CAUSES, DEFAULT_FIELD, Cause, Event, Forecast, Score
+    from streamvgan.engine.types import (
+        CAUSES,
+        DEFAULT_FIELD,
+        Cause,
+        Event,
+        Forecast,
+        ForecastColumns,
+        Score,
+    )
     from streamvgan.nn.model import ModelConfig
 
 #: public name -> the module it is imported from on first use
@@ -29,6 +37,7 @@ _LAZY = {
     "Event": "streamvgan.engine.types",
     "FitReport": "streamvgan.engine.training",
     "Forecast": "streamvgan.engine.types",
+    "ForecastColumns": "streamvgan.engine.types",
     "ModelConfig": "streamvgan.nn.model",
     "Score": "streamvgan.engine.types",
     "ScoreBatch": "streamvgan.engine.signals",
@@ -46,6 +55,7 @@ __all__ = [
     "Event",
     "FitReport",
     "Forecast",
+    "ForecastColumns",
     "ModelConfig",
     "Score",
     "ScoreBatch",

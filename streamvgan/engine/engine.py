@@ -36,7 +36,7 @@ from streamvgan.engine.scalar import compute_one, learn_one
 from streamvgan.engine.signals import COMPONENTS, ScoreBatch, SignalScorer, normal_quantile
 from streamvgan.engine.state import StateTable
 from streamvgan.engine.training import FitReport, TrainingWindows
-from streamvgan.engine.types import Event, Forecast, Score
+from streamvgan.engine.types import Event, Forecast, ForecastColumns, Score
 from streamvgan.errors import CheckpointError
 from streamvgan.nn.model import RecurrentVAEGAN
 
@@ -245,9 +245,14 @@ class StreamEngine:
 
         Before the first fit: the last value, with quantiles from the running standard
         deviation (a persistence forecast)."""
+        return self.forecast_columns(streams).forecasts()
+
+    def forecast_columns(self, streams: Sequence[str]) -> ForecastColumns:
+        """:meth:`forecast`, as arrays (one row per channel) instead of one :class:`Forecast`
+        object per stream: for callers that handle many streams per call."""
         with self._lock:
             cfg, st, v = self.config, self.state, self.model_version
-            return forecasting.forecast(cfg, st, list(streams), v, self._z)
+            return forecasting.forecast_columns(cfg, st, list(streams), v, self._z)
 
     def generate(self, stream: str, horizon: int, n_samples: int) -> np.ndarray:
         """``n_samples`` sampled continuations (n_samples, horizon, n_fields) in original units,

@@ -11,7 +11,7 @@ standard deviation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import torch
 from streamvgan.engine.config import EngineConfig
 from streamvgan.engine.state import StateTable
 from streamvgan.engine.stats import robust_std
-from streamvgan.engine.types import Forecast
+from streamvgan.engine.types import Forecast, ForecastColumns
 from streamvgan.errors import InvalidInputError
 from streamvgan.nn.model import RecurrentVAEGAN
 
@@ -39,13 +39,6 @@ def inverse_mse_blend(candidates: list[Candidate]) -> tuple[np.ndarray, np.ndarr
     return mean, spread
 
 
-def _to_fields(field_mode: str) -> Callable[[np.ndarray], np.ndarray]:
-    """(U, H, F) -> (H, fields): channels are one field each, joint is one row of F."""
-    if field_mode == "channels":
-        return lambda a: a[:, :, 0].T
-    return lambda a: a[0]
-
-
 def forecast(
     cfg: EngineConfig,
     st: StateTable,
@@ -53,15 +46,29 @@ def forecast(
     model_version: int,
     z: dict[float, float],
 ) -> list[Forecast]:
+    """The forecasts of ``streams`` (:func:`forecast_columns`), one object each."""
+    return forecast_columns(cfg, st, streams, model_version, z).forecasts()
+
+
+def forecast_columns(
+    cfg: EngineConfig,
+    st: StateTable,
+    streams: Sequence[str],
+    model_version: int,
+    z: dict[float, float],
+) -> ForecastColumns:
     """The forecasts of ``streams``, computed for all their channels at once (every step is
     elementwise per channel, so this equals one stream at a time to the last bit); ``z`` maps
     each quantile level to its standard normal quantile."""
     channels = [st.channels(stream) for stream in streams]
+    horizon = cfg.horizon
+    rows = np.cumsum([0] + [len(slots) for _, slots in channels]).tolist()
     if not channels:
-        return []
+        empty = np.zeros((0, horizon, st.last.shape[-1]))
+        joint = cfg.field_mode == "joint"
+        return ForecastColumns([], [], rows, empty, empty, z, joint, model_version)
     sizes = [len(slots) for _, slots in channels]
     slots = np.concatenate([s for _, s in channels])
-    horizon = cfg.horizon
     std = robust_std(st.norm_mean[slots], st.norm_var[slots])  # (U, F)
     last = np.repeat(st.last[slots][:, None, :], horizon, axis=1)  # persistence (U, H, F)
     last_spread = np.repeat(std[:, None, :], horizon, axis=1)
@@ -75,16 +82,9 @@ def forecast(
             net_mean, net_spread = _blend(cfg, st, slots, std, net_mean, net_spread, last)
         on = served[:, None, None]
         mean, spread = np.where(on, net_mean, last), np.where(on, net_spread, last_spread)
-    to_fields = _to_fields(cfg.field_mode)
-    out, start = [], 0
-    for stream, (names, _), size in zip(streams, channels, sizes):
-        m, sp = mean[start : start + size], spread[start : start + size]
-        start += size
-        quantiles = {q: to_fields(m + zq * sp) for q, zq in z.items()}
-        out.append(
-            Forecast(stream, names, to_fields(m), quantiles, model_version, model_version > 0)
-        )
-    return out
+    names = [fields for fields, _ in channels]
+    joint = cfg.field_mode == "joint"
+    return ForecastColumns(list(streams), names, rows, mean, spread, z, joint, model_version)
 
 
 def _blend(

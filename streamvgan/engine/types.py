@@ -94,3 +94,55 @@ class Forecast:
     quantiles: dict[float, np.ndarray] = field(default_factory=dict)
     model_version: int = 0
     warm: bool = False
+
+
+@dataclass(frozen=True)
+class ForecastColumns:
+    """The forecasts of many streams as arrays (:meth:`StreamEngine.forecast_columns
+    <streamvgan.engine.StreamEngine.forecast_columns>`), for callers that handle many streams
+    per call; :meth:`forecasts` makes the :class:`Forecast` of each.
+
+    Rows are channels: stream ``i`` owns rows ``rows[i]:rows[i + 1]``, one per field each of
+    width 1 (``joint=False``, the ``channels`` field mode), or one row of all its fields
+    (``joint=True``). Quantile ``q`` of a row is ``mean + z[q] * spread``.
+
+    >>> import numpy as np
+    >>> cols = ForecastColumns(["a"], [["value"]], [0, 1], np.zeros((1, 2, 1)),
+    ...                        np.ones((1, 2, 1)), {0.1: -1.28, 0.9: 1.28}, False, 3)
+    >>> fc = cols.forecasts()[0]
+    >>> fc.mean.shape, fc.quantiles[0.9][:, 0].tolist(), fc.warm
+    ((2, 1), [1.28, 1.28], True)
+    """
+
+    streams: list[str]
+    fields: list[list[str]]  # each stream's field names
+    rows: list[int]  # len(streams) + 1 row offsets
+    mean: np.ndarray  # (rows, horizon, width), original units
+    spread: np.ndarray  # (rows, horizon, width), one standard deviation
+    z: Mapping[float, float]  # quantile level -> its standard normal quantile
+    joint: bool
+    model_version: int
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def levels(self) -> np.ndarray:
+        """(rows, 1 + levels, width, horizon): the mean, then each quantile in ``z``'s order."""
+        parts = [self.mean] + [self.mean + zq * self.spread for zq in self.z.values()]
+        return np.swapaxes(np.stack(parts, axis=1), 2, 3)
+
+    def forecasts(self) -> list[Forecast]:
+        """One :class:`Forecast` per stream, arrays (horizon, n_fields)."""
+
+        def to_fields(a: np.ndarray) -> np.ndarray:  # (rows of one stream, H, width)
+            return a[0] if self.joint else a[:, :, 0].T
+
+        version, out = self.model_version, []
+        for i, stream in enumerate(self.streams):
+            m = self.mean[self.rows[i] : self.rows[i + 1]]
+            sp = self.spread[self.rows[i] : self.rows[i + 1]]
+            quantiles = {q: to_fields(m + zq * sp) for q, zq in self.z.items()}
+            out.append(
+                Forecast(stream, self.fields[i], to_fields(m), quantiles, version, version > 0)
+            )
+        return out

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from streamvgan.engine import Event, Forecast, StreamEngine
+from streamvgan.engine import Event, ForecastColumns, StreamEngine
 from streamvgan.engine.types import CAUSES
 from streamvgan.errors import InvalidInputError
 from streamvgan.service.kafka_api import InputRecord, TopicPartition
@@ -283,9 +283,9 @@ class ScoringProcessor(_Base):
         forecast_streams, continuation_streams = self.schedule.due(streams)
         engine = self.engine
         if forecast_streams:
-            forecasts = engine.forecast(forecast_streams)
-            for fc, value in zip(forecasts, encode_forecasts(forecasts, last_ts)):
-                outputs.append(Output(topics.forecasts, fc.stream.encode("utf-8"), value))
+            forecasts = engine.forecast_columns(forecast_streams)
+            for stream, value in zip(forecast_streams, encode_forecasts(forecasts, last_ts)):
+                outputs.append(Output(topics.forecasts, stream.encode("utf-8"), value))
         for stream in continuation_streams:
             samples = engine.generate(stream, engine.config.horizon, self.continuation_samples)
             cont_msg = ContinuationMessage.from_array(
@@ -425,15 +425,23 @@ class PassThroughProcessor(_Base):
         for event, value in zip(events, x.tolist()):
             last[event.stream] = (event.ts, value)
         forecast_streams, continuation_streams = self.schedule.due([e.stream for e in events])
-        h = self.horizon
-        forecasts = []
-        for stream in forecast_streams:
-            mean = last[stream][1] + 0.01 * rng.standard_normal((h, 1))
-            quantiles = {q: mean + z for q, z in ((0.1, -1.28), (0.5, 0.0), (0.9, 1.28))}
-            forecasts.append(Forecast(stream, ["value"], mean, quantiles, 1, True))
+        h, n_due = self.horizon, len(forecast_streams)
+        # the engine's columns, filled from the values: each stream's mean around its last
+        # value, its 0.1 / 0.5 / 0.9 quantiles at -1.28 / 0 / +1.28 from it
+        base = np.array([last[stream][1] for stream in forecast_streams], dtype=np.float64)
+        forecasts = ForecastColumns(
+            streams=list(forecast_streams),
+            fields=[["value"]] * n_due,
+            rows=list(range(n_due + 1)),
+            mean=base[:, None, None] + 0.01 * rng.standard_normal((n_due, h, 1)),
+            spread=np.ones((n_due, h, 1)),
+            z={0.1: -1.28, 0.5: 0.0, 0.9: 1.28},
+            joint=False,
+            model_version=1,
+        )
         origins = {stream: ts for stream, (ts, _) in last.items()}
-        for fc, value in zip(forecasts, encode_forecasts(forecasts, origins)):
-            outputs.append(Output(topics.forecasts, fc.stream.encode("utf-8"), value))
+        for stream, value in zip(forecast_streams, encode_forecasts(forecasts, origins)):
+            outputs.append(Output(topics.forecasts, stream.encode("utf-8"), value))
         for stream in continuation_streams:
             ts, x0 = last[stream]
             samples = x0 + rng.standard_normal((self.continuation_samples, h, 1))

@@ -13,7 +13,15 @@ import jsonschema
 import numpy as np
 import pytest
 
-from streamvgan.engine import Cause, EngineConfig, Event, Forecast, Score, StreamEngine
+from streamvgan.engine import (
+    Cause,
+    EngineConfig,
+    Event,
+    Forecast,
+    ModelConfig,
+    Score,
+    StreamEngine,
+)
 from streamvgan.schemas import SCHEMA_NAMES, load_schema
 from streamvgan.service.wire import (
     H_OFFSET,
@@ -28,6 +36,7 @@ from streamvgan.service.wire import (
     ForecastMessage,
     ScoreMessage,
     decode_event,
+    encode_forecasts,
 )
 from streamvgan.service.wire import load_schema as load_event_schema
 
@@ -443,3 +452,35 @@ def test_score_message_carries_the_field_scores_of_a_multivariate_event_only():
         b'"components":{"surprise":0.1},"model_version":3,"warm":true,"anomaly":false,'
         b'"cause":{"signal":"level","field":"value"}}'
     )
+
+
+@pytest.mark.parametrize("field_mode", ["channels", "joint"])
+def test_forecast_records_from_columns_equal_the_per_stream_messages(field_mode):
+    # the service encodes the engine's forecast columns; each record must be the bytes of
+    # the documented per-stream path (ForecastMessage.from_forecast), cold and fitted, for
+    # one- and two-field streams, a stream whose fields differ in scale, and an empty call
+    joint = field_mode == "joint"
+    engine = StreamEngine(EngineConfig(field_mode=field_mode, warmup_events=40,
+                                       first_fit_steps=2, init="random",
+                                       model=ModelConfig(n_features=2 if joint else 1)), seed=3)
+    streams = ["pair"] if joint else ["a", "pair", "z"]
+    for t in range(150):
+        events = [Event("pair", {"cpu": math.sin(t / 4), "mem": 2e6 + 1e3 * math.cos(t / 9)})]
+        if not joint:
+            events += [Event("a", {"value": 0.1 * t}), Event("z", {"value": -1e-3 * t})]
+        engine.process(events)
+        if t in (20, 149):  # cold, then fitted
+            if t == 149:
+                assert engine.fine_tune(force=True) is not None
+            ts = {s: f"t{t}-{s}" for s in streams}
+            columns = engine.forecast_columns(streams)
+            assert len(columns) == len(streams) and columns.joint == joint
+            got = encode_forecasts(columns, ts)
+            want = [ForecastMessage.from_forecast(fc, ts[fc.stream]).to_bytes()
+                    for fc in engine.forecast(streams)]
+            assert got == want
+            record = json.loads(got[streams.index("pair")])
+            assert record["fields"] == ["cpu", "mem"] and record["warm"] == (t == 149)
+            assert set(record["quantiles"]) == {"0.1", "0.5", "0.9"}
+            assert len(record["mean"]["mem"]) == engine.config.horizon
+    assert encode_forecasts(engine.forecast_columns([]), {}) == []
