@@ -190,12 +190,16 @@ class Settings(BaseSettings):
     )
     # -- outputs
     forecast_every: int = _opt(
-        "emit a forecast every N events of a stream (at most one per stream per poll); 0 disables",
+        "emit a forecast every N events of a stream (at most one per stream per poll; at a "
+        "phase set by the stream id, as continuations); 0 disables",
         1,
         ge=0,
     )
     continuation_every: int = _opt(
-        "emit sampled continuations every N events of a stream; 0 disables", 100, ge=0
+        "emit sampled continuations every N events of a stream (at a phase set by the stream "
+        "id, so streams that start together come due spread over N events); 0 disables",
+        100,
+        ge=0,
     )
     continuation_samples: int = _opt("continuations sampled each time", 8, ge=1)
     alert_threshold: float = _opt(

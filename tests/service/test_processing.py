@@ -29,6 +29,7 @@ from streamvgan.service.processing import (
     OutputTopics,
     PassThroughProcessor,
     ScoringProcessor,
+    phase,
 )
 from streamvgan.service.settings import Settings
 from streamvgan.service.state import ProduceError, StateStore
@@ -203,10 +204,37 @@ def test_pass_through_sends_the_same_records_as_the_service():
 
 def test_due_schedule_fires_once_per_crossed_multiple():
     due = DueSchedule(forecast_every=3, continuation_every=0)
+    pa, pb = phase("a", 3), phase("b", 3)
+    assert (pa, pb) == (0, 2)  # CRC-32 of the ids: the same in every process
     assert due.due(["a", "a"]) == ([], [])
-    assert due.due(["a", "b", "a", "a", "a"]) == (["a"], [])  # 2 -> 6 crosses 3 and 6: once
+    # a: 2 -> 6 crosses 3 and 6: once; b, two events into its cadence: 0 -> 1 crosses it
+    assert due.due(["a", "b", "a", "a", "a"]) == (["a", "b"], [])
     due.forget("a")
     assert due.due(["a", "a", "a"]) == (["a"], [])
+    assert due.due(["b", "b"]) == ([], [])  # b: 1 -> 3
+    assert due.due(["b"]) == (["b"], [])  # 3 -> 4: three events after its last
+
+
+def test_streams_that_start_together_are_spread_over_the_cadence():
+    # 1,000 streams, one event each per poll, from the same count (a restart, a fleet
+    # reporting at one rate): before the phase, all 1,000 continuations came due in one poll
+    every, streams = 100, [f"host-{i}/cpu" for i in range(1000)]
+    due = DueSchedule(forecast_every=1, continuation_every=every)
+    per_poll = []
+    for _ in range(3 * every):
+        forecasts, continuations = due.due(streams)
+        assert forecasts == streams  # every event: phase 0
+        per_poll.append(len(continuations))
+    assert sum(per_poll) == 3 * len(streams)  # still one per stream per 100 events
+    assert max(per_poll) <= 30  # ~10 per poll on average (1,000 / 100), CRC-32 spread
+    for stream in streams[:50]:  # each stream every 100 events exactly, at its own phase
+        due.forget(stream)
+    counts = Counter()
+    fresh = DueSchedule(forecast_every=0, continuation_every=every)
+    for n in range(1, 301):
+        counts.update(fresh.due(streams[:50])[1])
+    assert set(counts.values()) == {3}
+    assert {phase(s, every) for s in streams[:50]} != {0}
 
 
 # -- fakes of the client interface ------------------------------------------------------------
