@@ -223,10 +223,28 @@ def continuations(
     original units: the network run forward from the stream's state (prior, decoder, GRU), or,
     when ``model`` is None (before the first fit), independent draws around the last value
     with the running standard deviation."""
+    return continuations_of(cfg, st, [stream], model, horizon, n_samples, generator)[0]
+
+
+def continuations_of(
+    cfg: EngineConfig,
+    st: StateTable,
+    streams: Sequence[str],
+    model: RecurrentVAEGAN | None,
+    horizon: int,
+    n_samples: int,
+    generator: torch.Generator,
+) -> list[np.ndarray]:
+    """:func:`continuations` of each of ``streams``, every channel of all of them run forward
+    together (one closed loop of the network instead of one per stream; for one stream the
+    same draws as :func:`continuations`, for several the same distribution, other draws)."""
     for name, value in (("horizon", horizon), ("n_samples", n_samples)):
         if not isinstance(value, int) or value < 1:
             raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
-    _, slots = st.channels(stream)
+    channels = [st.channels(stream) for stream in streams]
+    if not channels:
+        return []
+    slots = np.concatenate([s for _, s in channels])
     device = generator.device
     mean = st.norm_mean[slots]
     std = robust_std(mean, st.norm_var[slots])
@@ -240,6 +258,12 @@ def continuations(
     else:
         noise = torch.randn((u, n_samples, horizon, f), generator=generator, device=device)
         samples = st.last[slots][:, None, None, :] + std[:, None, None, :] * noise.cpu().numpy()
-    if cfg.field_mode == "channels":
-        return np.moveaxis(samples[..., 0], 0, -1)  # (n, H, fields)
-    return samples[0]
+    out, first = [], 0
+    for _, own in channels:
+        part = samples[first : first + len(own)]  # (channels, n, H, F)
+        first += len(own)
+        if cfg.field_mode == "channels":
+            out.append(np.moveaxis(part[..., 0], 0, -1))  # (n, H, fields)
+        else:
+            out.append(part[0])
+    return out

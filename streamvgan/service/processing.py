@@ -311,8 +311,10 @@ class ScoringProcessor(_Base):
             forecasts = engine.forecast_columns(forecast_streams)
             for stream, value in zip(forecast_streams, encode_forecasts(forecasts, last_ts)):
                 outputs.append(Output(topics.forecasts, stream.encode("utf-8"), value))
-        for stream in continuation_streams:
-            samples = engine.generate(stream, engine.config.horizon, self.continuation_samples)
+        due_samples = engine.generate_many(
+            continuation_streams, engine.config.horizon, self.continuation_samples
+        )
+        for stream, samples in zip(continuation_streams, due_samples):
             cont_msg = ContinuationMessage.from_array(
                 stream, last_ts[stream], engine.fields(stream), samples, engine.model_version
             )
