@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import gc
 import platform
-import statistics
 import sys
 import time
 import uuid
@@ -32,7 +31,7 @@ from streamvgan.service.kafka_api import TopicPartition
 from streamvgan.service.processing import OutputTopics, ScoringProcessor
 from streamvgan.service.settings import Settings
 from streamvgan.service.wire import encode_event
-from streamvgan.tools.bench import _fitted_engine, _passthrough
+from streamvgan.tools.bench import _cell, _fitted_engine, _passthrough
 from streamvgan.tools.broker import EmbeddedBroker
 
 POLL = 500  # records per poll (the service's poll_max_records default)
@@ -189,13 +188,6 @@ def bare_loop_events_per_s(bootstrap: str, client: str, n: int, n_streams: int) 
     _preload(bootstrap, topic, n, n_streams)
     loop = _bare_confluent if client == "confluent-kafka" else _bare_kafka_python
     return loop(bootstrap, topic, n)
-
-
-def _cell(values: list[float], spec: str) -> str:
-    median = format(statistics.median(values), spec)
-    if len(values) == 1:
-        return median
-    return f"{median} ({format(min(values), spec)}-{format(max(values), spec)})"
 
 
 def main() -> None:
