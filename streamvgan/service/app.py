@@ -286,7 +286,10 @@ class Application:
             )
             if s.model_source == "local" and self.engine is not None:
                 self._tuner = BackgroundFineTuner(
-                    self.engine, on_fit=self._on_fit, interval_s=s.fine_tune_interval_s
+                    self.engine,
+                    on_fit=self._on_fit,
+                    interval_s=s.fine_tune_interval_s,
+                    share=s.fine_tune_share,
                 ).start()
             log.info(
                 "serving topic %s as group %s -> %s, %s, %s (dead letters: %s)",

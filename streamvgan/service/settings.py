@@ -248,6 +248,14 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
     )
+    fine_tune_share: float = _opt(
+        "largest share of the trainer's wall time spent in optimiser steps while a "
+        "fine-tune runs: each step is followed by a rest in proportion, so training is "
+        "spread out instead of a burst that stalls scoring (1: back to back)",
+        0.25,
+        gt=0,
+        le=1,
+    )
     state_changelog: bool = _opt(
         "write each stream's state to a compacted changelog topic "
         "(GROUP-TOPIC-state-changelog) at every commit and restore it "
