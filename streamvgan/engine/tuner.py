@@ -40,13 +40,13 @@ class Pacer:
     after a step that took ``t`` seconds, the rest is ``t * (1 - share) / share`` (share 1:
     none). :meth:`start` at the beginning of a fit, :meth:`rest_s` before every step.
 
-    >>> clock = iter([0.0, 0.1, 0.1, 0.4]).__next__
+    >>> clock = iter([0.0, 0.1, 0.6]).__next__
     >>> pacer = Pacer(0.25, clock)
     >>> pacer.start()  # t = 0.0: the fit begins
     >>> round(pacer.rest_s(), 3)  # before step 1, at 0.1 s: what came before took 0.1 s
     0.3
-    >>> round(pacer.rest_s(), 3)  # before step 2, at 0.4 s: step 1 began after the rest
-    0.0
+    >>> round(pacer.rest_s(), 3)  # before step 2, at 0.6 s: step 1 ran from 0.4 s, 0.2 s
+    0.6
     """
 
     def __init__(self, share: float, clock: Callable[[], float] = time.monotonic) -> None:
