@@ -143,6 +143,33 @@ def _file(dump: Path, rel: str) -> tuple[str, dict[str, np.ndarray]]:
     return rel, {name: calibrate(_model_signal(model, x), True) for name, x in arms.items()}
 
 
+def dump_rows(data: Path, dump: Path, files: list[str]) -> dict[str, tuple]:
+    """Per NAB file of a ``signals=model`` dump: where its new-extreme rule fired (``ruled``),
+    its scores (``likely``), the larger of the calibrated jump and level signals (``jl``) and
+    the rows' timestamps."""
+    per_file = {}
+    for rel in files:
+        d = np.load(dump / (rel.replace("/", "__") + ".npy"))
+        z, likely = d[:, _Z], d[:, _LIKELY]
+        ruled = np.abs(likely - calibrated_score(z.max(1))) > 1e-12
+        jl = np.maximum(calibrate(d[:, _COMPS][:, 3], False), calibrate(d[:, _COMPS][:, 4], False))
+        stamps = np.array(read_data_file(data / "data" / rel)[0], dtype="datetime64[s]")
+        per_file[rel] = (ruled, likely, jl, stamps)
+    return per_file
+
+
+def score_combined(per_file: dict, arms: dict, combine, cfg, windows, profiles):
+    """NAB's result for the calibrated signal ``combine(arms[file], jl)`` per file, with the
+    dump's new-extreme rule and the cooldown, as the engine scores."""
+    rows = []
+    for rel, (ruled, likely, jl, stamps) in per_file.items():
+        zz = np.nan_to_num(combine(arms[rel], jl), nan=-np.inf)
+        scores = np.where(ruled, likely, calibrated_score(zz))
+        scores = _cooldown(scores, cfg.cooldown_threshold, cfg.alert_cooldown, cfg.cooldown_cap)
+        rows.append(nab_scorer.prepare_file(rel, stamps, scores, windows[rel]))
+    return nab_scorer.score_corpus(rows, profiles)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -158,23 +185,10 @@ def main() -> None:
     files = sorted(windows)
     with ProcessPoolExecutor(args.jobs) as pool:
         arms = dict(pool.map(_file, [args.dump] * len(files), files))
-    per_file = {}
-    for rel in files:
-        d = np.load(args.dump / (rel.replace("/", "__") + ".npy"))
-        z, likely = d[:, _Z], d[:, _LIKELY]
-        ruled = np.abs(likely - calibrated_score(z.max(1))) > 1e-12
-        jl = np.maximum(calibrate(d[:, _COMPS][:, 3], False), calibrate(d[:, _COMPS][:, 4], False))
-        stamps = np.array(read_data_file(args.data / "data" / rel)[0], dtype="datetime64[s]")
-        per_file[rel] = (ruled, likely, jl, stamps)
+    per_file = dump_rows(args.data, args.dump, files)
 
     def corpus(combine) -> dict:
-        rows = []
-        for rel, (ruled, likely, jl, stamps) in per_file.items():
-            zz = np.nan_to_num(combine(arms[rel], jl), nan=-np.inf)
-            scores = np.where(ruled, likely, calibrated_score(zz))
-            scores = _cooldown(scores, cfg.cooldown_threshold, cfg.alert_cooldown, cfg.cooldown_cap)
-            rows.append(nab_scorer.prepare_file(rel, stamps, scores, windows[rel]))
-        result = nab_scorer.score_corpus(rows, profiles)
+        result = score_combined(per_file, arms, combine, cfg, windows, profiles)
         summary = _summary(result)
         summary["artificialWithAnomaly"] = round(
             result.per_category["artificialWithAnomaly"]["standard"], 2

@@ -49,23 +49,23 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from nab_seasonal_input import WINDOW, _difference_inputs, _model_signal  # noqa: E402
+from nab_seasonal_input import (  # noqa: E402
+    WINDOW,
+    _difference_inputs,
+    _model_signal,
+    dump_rows,
+    score_combined,
+)
 from nab_signal_replay import (  # noqa: E402
-    _COMPS,
-    _LIKELY,
     _VALUE,
     _XN,
-    _Z,
-    _cooldown,
     _summary,
     calibrate,
 )
 
 from streamvgan.engine import EngineConfig  # noqa: E402
-from streamvgan.engine.signals import calibrated_score  # noqa: E402
 from streamvgan.engine.stats import find_season, season_search_due  # noqa: E402
 from streamvgan.eval import nab_scorer  # noqa: E402
-from streamvgan.eval.nab import read_data_file  # noqa: E402
 
 #: what a network can read per step: the engine's normalised value; the seasonal difference
 #: x_t - x_{t-P} (0 until a season is found); the first difference x_t - x_{t-1}; the
@@ -355,23 +355,10 @@ def replay_cmd(args: argparse.Namespace) -> None:
         f"{ {k: round(n / rows_total, 3) for k, n in active.items()} }",
         flush=True,
     )
-    per_file = {}
-    for rel in files:
-        d = np.load(args.dump / (rel.replace("/", "__") + ".npy"))
-        z, likely = d[:, _Z], d[:, _LIKELY]
-        ruled = np.abs(likely - calibrated_score(z.max(1))) > 1e-12
-        jl = np.maximum(calibrate(d[:, _COMPS][:, 3], False), calibrate(d[:, _COMPS][:, 4], False))
-        stamps = np.array(read_data_file(args.data / "data" / rel)[0], dtype="datetime64[s]")
-        per_file[rel] = (ruled, likely, jl, stamps)
+    per_file = dump_rows(args.data, args.dump, files)
 
     def corpus(combine) -> str:
-        rows = []
-        for rel, (ruled, likely, jl, stamps) in per_file.items():
-            zz = np.nan_to_num(combine(arms[rel], jl), nan=-np.inf)
-            scores = np.where(ruled, likely, calibrated_score(zz))
-            scores = _cooldown(scores, cfg.cooldown_threshold, cfg.alert_cooldown, cfg.cooldown_cap)
-            rows.append(nab_scorer.prepare_file(rel, stamps, scores, windows[rel]))
-        result = nab_scorer.score_corpus(rows, profiles)
+        result = score_combined(per_file, arms, combine, cfg, windows, profiles)
         s = _summary(result)
         art = result.per_category.get("artificialWithAnomaly", {}).get("standard", np.nan)
         known = np.nan if s["realKnownCause"] is None else s["realKnownCause"]
