@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/nab_seasonal_network.py pretrain --out PATH
         [--inputs value,seasonal_difference] [--series 2000] [--steps 3000] [--seed 0]
+        [--window 64]
     python benchmarks/nab_seasonal_network.py replay --data ../shared/datasets/nab --dump DIR
         --network PATH [--network PATH ...] [--jobs 1] [--weights 0.6,1.0]
 
@@ -19,8 +20,13 @@ learning weight per step, the ``value`` channel), and the other channels are com
 the raw values the way the NAB replay computes them: the season P found online (the engine's
 ``find_season`` over the last 600 values, at ``season_search_due``), the difference normalised
 by its own running mean and sd (``nab_seasonal_input._difference_inputs``), and 0 until a
-season is found. So training reads what inference reads. The weights file's manifest records
-the inputs; the file is written where ``--out`` says (not in the package).
+season is found. So training reads what inference reads. ``--window`` is the length of the
+training windows (``EngineConfig.window``, 64 by default, of which the first
+``EngineConfig.burn_in`` = 16 steps only warm the GRU state): the windows drawn from each
+replayed series for training, and from the held-out series for the forecast ratio, have that
+many steps; the corpus replay (normalisation, learning weights) is the same whatever the
+window, and a series shorter than the window gives none. The weights file's manifest records
+the inputs and the window; the file is written where ``--out`` says (not in the package).
 
 ``replay`` runs each network over every NAB file of a ``signals=model`` dump (made by
 ``nab_signal_replay.py dump --params '{"signals": ["model"]}'``), without fine-tuning, beside
@@ -191,7 +197,15 @@ def pretrain_cmd(args: argparse.Namespace) -> None:
     config = PretrainConfig(
         series=args.series, steps=args.steps, seed=args.seed, model=model_config
     )
-    engine = EngineConfig()
+    default = EngineConfig()
+    if args.window > config.corpus.max_length:
+        raise ValueError(
+            f"--window {args.window} is longer than every corpus series "
+            f"(at most {config.corpus.max_length} steps)"
+        )
+    # the engine's validation: the window holds the burn-in, the horizon and the critic's
+    # window, and a replay buffer holds a window
+    engine = replace(default, window=args.window, replay_size=max(default.replay_size, args.window))
     start = time.perf_counter()
     series = corpus_series(config, inputs)
     windows = draw_windows(series, engine.window, config.windows_per_series, config.seed + 1)
@@ -201,8 +215,9 @@ def pretrain_cmd(args: argparse.Namespace) -> None:
         for j, name in enumerate(inputs)
     }
     print(
-        f"{len(windows)} windows of {config.series} series in {replay_s:.0f} s; share of "
-        f"window steps (after burn-in) where each channel is non-zero: {active}",
+        f"{len(windows)} windows of {engine.window} steps of {config.series} series in "
+        f"{replay_s:.0f} s; share of window steps (after burn-in) where each channel is "
+        f"non-zero: {active}",
         flush=True,
     )
     with torch.random.fork_rng(devices=[]):
@@ -239,6 +254,8 @@ def pretrain_cmd(args: argparse.Namespace) -> None:
     print(f"held-out forecast MSE / last value's, by step (all channels): {ratio}")
     recipe = {
         "inputs": list(inputs),
+        "window": engine.window,
+        "burn_in": engine.burn_in,
         "pretrain_config": asdict(config),
         "command": " ".join(sys.argv),
         "replay_s": round(replay_s, 1),
@@ -390,6 +407,12 @@ def main() -> None:
     p.add_argument("--series", type=int, default=2000)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--window",
+        type=int,
+        default=EngineConfig().window,
+        help="length of the training windows (EngineConfig.window)",
+    )
     p.set_defaults(func=pretrain_cmd)
     r = sub.add_parser("replay", help="replay networks on NAB beside the shipped one")
     r.add_argument("--data", type=Path, required=True)

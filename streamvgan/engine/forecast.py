@@ -251,8 +251,7 @@ def continuations_of(
     u, f = len(slots), cfg.model.n_features
     if model is not None:
         h = torch.from_numpy(np.repeat(st.h[slots], n_samples, axis=0)).to(device)
-        with torch.no_grad():
-            xn = model.generate(h, horizon, generator).cpu().numpy()
+        xn = model.sample_continuations(h, horizon, generator).cpu().numpy()
         xn = xn.reshape(u, n_samples, horizon, f)
         samples = mean[:, None, None, :] + std[:, None, None, :] * xn
     else:

@@ -68,3 +68,28 @@ def test_step_follows_new_weights(how: str) -> None:
         assert a.dtype == b.dtype and torch.equal(a, b)
     if how != "double":
         assert not torch.equal(got[0], before[0])  # the weights did change the output
+
+
+@pytest.mark.parametrize("batch", [1, 9])
+@pytest.mark.parametrize("n_features", [1, 3])
+@pytest.mark.parametrize("variational", [True, False])
+def test_sampled_continuations_equal_generate_bit_for_bit(
+    batch: int, n_features: int, variational: bool
+) -> None:
+    """Serving samples continuations with ``sample_continuations``; training's ``generate``
+    (the modules, differentiable) must draw the same numbers from the same generator."""
+    torch.manual_seed(batch + n_features)
+    model = RecurrentVAEGAN(ModelConfig(n_features=n_features, variational=variational))
+    with torch.no_grad():  # log-variances beyond the clamp at +-8 on both sides
+        model.prior[2].bias[model.config.latent_size :] = torch.tensor([-12.0, 12.0]).repeat(
+            model.config.latent_size // 2 + 1
+        )[: model.config.latent_size]
+    h = torch.randn(batch, model.config.hidden_size)
+    draws = [torch.Generator().manual_seed(7) for _ in range(2)]
+    with torch.no_grad():
+        expected = model.generate(h, 6, draws[0])
+    got = model.sample_continuations(h, 6, draws[1])
+    assert got.shape == (batch, 6, n_features)
+    assert torch.equal(got, expected)
+    assert torch.equal(draws[0].get_state(), draws[1].get_state())  # as many draws
+    assert not got.requires_grad

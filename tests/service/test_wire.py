@@ -12,6 +12,9 @@ from typing import Any
 import jsonschema
 import numpy as np
 import pytest
+import hypothesis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamvgan.engine import (
     Cause,
@@ -23,6 +26,7 @@ from streamvgan.engine import (
     StreamEngine,
 )
 from streamvgan.schemas import SCHEMA_NAMES, load_schema
+from streamvgan.service import wire
 from streamvgan.service.wire import (
     H_OFFSET,
     H_PARTITION,
@@ -484,3 +488,106 @@ def test_forecast_records_from_columns_equal_the_per_stream_messages(field_mode)
             assert set(record["quantiles"]) == {"0.1", "0.5", "0.9"}
             assert len(record["mean"]["mem"]) == engine.config.horizon
     assert encode_forecasts(engine.forecast_columns([]), {}) == []
+
+
+# -- the decoder's orjson fast path -------------------------------------------------------------
+
+_key = st.sampled_from(["stream", "ts", "value", "values", "x", 'q"uote', "b\\s", "é", ""])
+_string_text = st.one_of(
+    st.text(max_size=12).map(json.dumps),  # escapes \" \\ \n ..., non-ASCII as \uXXXX
+    st.text(max_size=12).map(lambda t: json.dumps(t, ensure_ascii=False)),  # raw non-ASCII
+    st.sampled_from(['"a\\"b"', '"a\\\\"', '"\\u0022"', '"\\ud800"', '"\\/"', '"a\tb"', '"\x7f"']),
+)
+_number_text = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: f"{f:.25e}"),
+    st.integers(min_value=-(10**45), max_value=10**45).map(str),
+    st.sampled_from(["NaN", "-Infinity", "1e400", "-0", "-0.0", "5e-324", "1e-400", "01", "1.",
+                     "9223372036854775807", "9223372036854775808", "18446744073709551616",
+                     "9223372036854775807.0", "1" + "0" * 50]),
+)
+_scalar_text = st.one_of(
+    _number_text, _string_text, st.sampled_from(["true", "false", "null", "[1, 2]", "[]"])
+)
+_space = st.sampled_from(["", " ", "\n", "\t", "\r\n ", "\x0c"])
+
+
+@st.composite
+def _object_text(draw: Any, depth: int = 0) -> str:
+    items = []
+    for _ in range(draw(st.integers(min_value=0, max_value=5))):
+        value = draw(_object_text(depth + 1) if depth < 2 and draw(st.booleans()) else _scalar_text)
+        items.append(f"{draw(_space)}{json.dumps(draw(_key))}{draw(_space)}:{draw(_space)}{value}")
+    return "{" + ",".join(items) + draw(_space) + "}"
+
+
+_record_text = st.one_of(
+    _object_text(),
+    st.builds(lambda text, cut: text[:cut], _object_text(), st.integers(0, 60)),  # truncated
+    st.builds(lambda text, junk: text + junk, _object_text(), _scalar_text | _space),
+    _scalar_text,
+)
+
+
+def _outcome(decode: Any, text: str) -> tuple[str, str]:
+    """What ``decode(text)`` does, with every number's type and exact value spelt out."""
+    try:
+        return "ok", json.dumps(_typed(decode(text)))
+    except Exception as exc:  # noqa: BLE001 - the exception is the outcome compared
+        return type(exc).__name__, str(exc)
+
+
+def _typed(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return [[k, _typed(v)] for k, v in obj.items()]
+    if isinstance(obj, list):
+        return [_typed(v) for v in obj]
+    if isinstance(obj, float):
+        return ["float", obj.hex()]
+    return [type(obj).__name__, obj]
+
+
+@settings(max_examples=3000, derandomize=True, database=None, deadline=None)
+@given(_record_text)
+# integers beyond 64 bits, which orjson reads as floats
+@hypothesis.example('{"value": 18446744073709551616}')
+@hypothesis.example('{"value": 1' + "0" * 50 + "}")
+@hypothesis.example('{"values": [18446744073709551616]}')  # inside a list or an object nested twice
+@hypothesis.example('{"values": {"x": {"y": 1, "y": 2}}}')
+# a duplicate whose quotes a \\u0022 escape would make up for in the count
+@hypothesis.example('{"stream": "a", "stream": "\\u0022\\u0022\\u0022\\u0022", "ts": 1}')
+def test_the_fast_path_decodes_as_the_standard_library(text):
+    """orjson's answer is taken only where it is the standard library's: the same object,
+    every number of the same type and bits, every error the same exception and message."""
+    assert _outcome(wire._parse, text) == _outcome(wire._decoder.decode, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"stream": "a", "ts": 1, "value": 1}',
+        '{"stream": "a\\"b", "ts": 1, "values": {"x": 1.5, "y\\\\": -2}}',
+    ],
+)
+def test_the_fast_path_is_taken_for_plain_events(text, monkeypatch):
+    """(So the property test above compares the two paths, not the fallback with itself.)"""
+    monkeypatch.setattr(wire, "_decoder", None)  # the fallback would raise AttributeError
+    assert wire._parse(text) == json.loads(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"stream": "a", "stream": "b", "ts": 1, "value": 1}',
+        '{"stream": "a", "ts": 1, "values": {"x": 1, "x": 2}}',
+        '{"stream": "a\\"", "stream": "b", "ts": 1, "value": 1}',
+        '{"stream": "a", "ts": 1, "value": 1' + "0" * 30 + "}",
+        '{"stream": "\\u0061", "ts": 1, "value": 1}',
+    ],
+)
+def test_duplicates_escapes_and_wide_numbers_take_the_standard_library(text, monkeypatch):
+    calls = []
+    fallback = type("Fallback", (), {"decode": lambda self, t: calls.append(t)})
+    monkeypatch.setattr(wire, "_decoder", fallback())
+    wire._parse(text)
+    assert calls == [text]
