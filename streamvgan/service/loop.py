@@ -1,4 +1,13 @@
-"""The consumer loop: poll -> process -> send -> flush -> offsets to the commit order.
+"""The consumer loop: poll -> acknowledge the previous batch -> commit steps -> process ->
+send -> poll again.
+
+A batch's outputs are sent and the loop polls again at once; the broker acknowledges them
+while that poll waits for the next records (two round trips overlapped where there were two
+in turn), and only then do the batch's offsets become committable (:meth:`ServiceLoop.settle`).
+Everything that commits or writes state (the periodic commit, a checkpoint, a revocation, a
+stop) runs when no batch is waiting for its acknowledgements, as when each batch was flushed
+before the next poll: the changelog's records hold each stream's state as of the committed
+offsets exactly (see :mod:`~streamvgan.service.state`).
 
 :class:`ServiceLoop` is the same for every :class:`~streamvgan.service.processing.Processor`
 (the service's and the benchmark's pass-through) and every client library (it talks to the
@@ -69,12 +78,15 @@ class ServiceLoop:
         self.assigned: set[Any] = set()
         self.coordinator_ok = True  # the group coordinator is reachable (checked each second)
         self.poll_ok = True  # the last poll did not raise (a connection reset, a timeout)
+        self._unsettled: _Sent | None = None  # the batch whose outputs await the broker
+        self._producer: Producer | None = None  # run()'s, for settling in a revocation
 
     def run(self, consumer: Consumer, producer: Producer) -> None:
         s = self.settings
         now = time.monotonic()
         last_commit = last_checkpoint = last_lag = now
         failures = 0  # polls in a row that raised a retriable error
+        self._producer = producer
         while not self._stop.is_set():
             # while a commit is in progress, polls are short: the changelog goes on being sent
             # and the offsets are committed right after the last acknowledgement, not a whole
@@ -96,8 +108,10 @@ class ServiceLoop:
                 failures = 0
                 self.poll_ok = True
                 self.on_readiness()
-            if records:
-                self.handle(records, producer)
+            # the previous batch's outputs were acknowledged while the poll waited (mostly:
+            # else this waits for the rest); every batch processed is acknowledged from here
+            # to the next send, which is where the commit steps and checkpoints run
+            self.settle(producer)
             self.state.advance(consumer)  # the commit in progress, a chunk at a time
             now = time.monotonic()
             if now - last_lag >= 1.0:
@@ -110,6 +124,9 @@ class ServiceLoop:
             elif now - last_commit >= s.commit_interval_s:
                 self.state.begin_commit(consumer)
                 last_commit = now
+            if records:
+                self.dispatch(records, producer)
+        self.settle(producer)  # the last batch's, before the application's final commit
 
     def _housekeeping(self, consumer: Consumer) -> None:
         ok = consumer.coordinator_known()
@@ -144,8 +161,17 @@ class ServiceLoop:
         self._stop.wait(delay)
 
     def handle(self, records: Records, producer: Producer) -> BatchResult:
-        """One poll: process, send, wait for the broker, then offsets become committable."""
+        """One poll entire: process, send, wait for the broker, then its offsets become
+        committable (:meth:`dispatch` then :meth:`settle`)."""
+        result = self.dispatch(records, producer)
+        self.settle(producer)
+        return result
+
+    def dispatch(self, records: Records, producer: Producer) -> BatchResult:
+        """Process one poll and send its outputs, without waiting for the broker: the batch
+        is acknowledged by the next :meth:`settle`."""
         m = self.metrics
+        self.settle(producer)  # one batch in flight at most
         self.state.restore_assigned()
         polled_at = time.monotonic()
         result = self.processor.process(records)
@@ -162,13 +188,27 @@ class ServiceLoop:
         m.anomalies.inc(result.anomalies)
         for signal, count in result.anomaly_causes.items():
             m.anomaly_causes.labels(signal=signal).inc(count)
+        self._unsettled = _Sent(
+            result, errors, polled_at, dict(result.next_offsets), result.touched
+        )
+        return result
+
+    def settle(self, producer: Producer) -> None:
+        """Wait until the broker answered the outputs of the batch in flight (if any; most
+        often they were answered already), then hand its offsets to the commit order. Raises
+        :class:`ProduceError` if some were refused (its offsets stay uncommitted)."""
+        sent = self._unsettled
+        if sent is None:
+            return
         producer.flush()
+        self._unsettled = None
+        result, errors, m = sent.result, sent.errors, self.metrics
         if errors:
             raise ProduceError(
                 f"{len(errors)} output records were not acknowledged "
                 f"(first: {errors[0]!r}); offsets stay uncommitted"
             )
-        latency = time.monotonic() - polled_at
+        latency = time.monotonic() - sent.polled_at
         for _ in range(result.records):
             m.latency.observe(latency)
         for topic, n in result.produced.items():
@@ -176,7 +216,7 @@ class ServiceLoop:
                 m.produced.labels(topic=topic).inc(n)
         for (topic, reason), n in result.dead_lettered.items():
             m.dead_lettered.labels(topic=topic, reason=reason).inc(n)
-        self.state.acknowledged(result.next_offsets, result.touched)
+        self.state.acknowledged(sent.offsets, sent.touched)
         st = self.stats
         st.consumed += result.records
         st.scored += result.scored
@@ -193,7 +233,6 @@ class ServiceLoop:
                     'batch partition="%s[%d]" offset="%d" records=%d events=%d %.1fms',
                     *(tp[0], tp[1], offset - 1, result.records, result.scored, 1000 * latency),
                 )
-        return result
 
     def _send(self, producer: Producer, out: Output) -> Any:
         if out.letter is None:
@@ -218,11 +257,13 @@ class ServiceLoop:
             return producer.send(out.topic, key=out.key, value=b"", headers=letter.headers())
 
     # -- the rebalance listener (kafka_api.RebalanceListener), called inside poll -------------
-    # Every batch is flushed before the next poll, so when a rebalance runs no output is in
-    # flight: revoked partitions get their changelog written and their acknowledged offsets
+    # A revocation first waits for the batch in flight (settle), so no output is in flight
+    # then: revoked partitions get their changelog written and their acknowledged offsets
     # committed before they move.
 
     def on_revoked(self, partitions: set[Any]) -> Mapping[Any, int]:
+        if self._producer is not None:
+            self.settle(self._producer)
         offsets = self.state.revoke(partitions, self.settings.input_topic)
         for tp in partitions:
             self.assigned.discard(tp)
@@ -245,9 +286,28 @@ class ServiceLoop:
     def on_lost(self, partitions: set[Any]) -> None:
         for tp in partitions:
             self.assigned.discard(tp)
+        if self._unsettled is not None:
+            self._unsettled.lose(partitions)
         self.state.lose(partitions)
         log.warning("partitions lost (evicted from the group): %s", _names(partitions))
         self.on_readiness()
+
+
+@dataclasses.dataclass
+class _Sent:
+    """A batch whose outputs were sent and not yet acknowledged."""
+
+    result: BatchResult
+    errors: list[BaseException]  # filled by the records' errbacks
+    polled_at: float
+    offsets: dict[Any, int]  # the next offsets to commit, of partitions still ours
+    touched: Mapping[str, int]  # the streams the batch changed -> their input partition
+
+    def lose(self, partitions: set[Any]) -> None:
+        """``partitions`` went to another consumer: nothing of theirs is committed here."""
+        numbers = {tp[1] for tp in partitions}
+        self.offsets = {tp: o for tp, o in self.offsets.items() if tp not in partitions}
+        self.touched = {k: p for k, p in self.touched.items() if p not in numbers}
 
 
 def _names(partitions: set[Any]) -> str:

@@ -386,6 +386,37 @@ def test_the_loop_commits_offsets_only_after_the_outputs_were_acknowledged():
         "streamvgan_producer_records_produced_total", {"topic": "in.scores"}) == 18
 
 
+def test_the_next_poll_waits_for_records_while_the_broker_acknowledges_the_last_batch(
+    monkeypatch,
+):
+    """The loop sends a batch's outputs and polls again at once; the flush that makes the
+    batch's offsets committable comes after that poll (the two round trips overlap), and the
+    commit comes only after the flush of the last batch."""
+
+    def poll(self, timeout_ms, max_records):
+        self.log.append(("poll",))
+        return original(self, timeout_ms, max_records)
+
+    original = FakeConsumer.poll
+    monkeypatch.setattr(FakeConsumer, "poll", poll)
+    offsets = {0: 0, 1: 0}
+    app, fake = _app([_poll(0, 9, offsets=offsets), _poll(9, 9, offsets=offsets)])
+    assert app.run() == 0
+    steps = [e[0] for e in fake.log]
+    sends = [i for i, e in enumerate(steps) if e == "send"]
+    first_batch_end = sends[8]  # 9 score records each
+    second_batch_start = sends[9]
+    flushes = [i for i, e in enumerate(steps) if e == "flush"]
+    # batch 1 sent -> poll (returns batch 2) -> flush (batch 1 acknowledged) -> batch 2 sent
+    assert steps[first_batch_end + 1] == "poll"
+    assert first_batch_end + 1 < flushes[0] < second_batch_start
+    assert "flush" not in steps[sends[0] : first_batch_end]
+    commits = [i for i, e in enumerate(steps) if e == "commit"]
+    assert len(commits) == 1 and commits[0] > flushes[-1] > sends[-1]
+    assert fake.log[commits[0]][1] == {TopicPartition("in", 0): 6, TopicPartition("in", 1): 12}
+    assert app.stats.consumed == 18
+
+
 def test_outputs_the_broker_refused_are_never_committed():
     app, fake = _app([_poll(0, 9)], fail_topics=("in.scores",))
     assert app.run() == 1  # fatal: a restart re-reads the batch
