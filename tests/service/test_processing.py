@@ -417,6 +417,26 @@ def test_the_next_poll_waits_for_records_while_the_broker_acknowledges_the_last_
     assert app.stats.consumed == 18
 
 
+def test_a_partition_lost_while_its_batch_awaits_the_broker_is_not_committed(monkeypatch):
+    """Partition 1 is lost (evicted from the group) in the poll after a batch that holds its
+    records was sent: once that batch is acknowledged, only partition 0's offsets are kept."""
+    polls = 0
+
+    def poll(self, timeout_ms, max_records):
+        nonlocal polls
+        polls += 1
+        if polls == 2:  # the batch of poll 1 is sent and not yet acknowledged
+            fake.app.loop.on_lost({TopicPartition("in", 1)})
+        return original(self, timeout_ms, max_records)
+
+    original = FakeConsumer.poll
+    monkeypatch.setattr(FakeConsumer, "poll", poll)
+    app, fake = _app([_poll(0, 9)])
+    assert app.run() == 0
+    commits = [e[1] for e in fake.log if e[0] == "commit"]
+    assert commits == [{TopicPartition("in", 0): 3}]
+
+
 def test_outputs_the_broker_refused_are_never_committed():
     app, fake = _app([_poll(0, 9)], fail_topics=("in.scores",))
     assert app.run() == 1  # fatal: a restart re-reads the batch
