@@ -32,9 +32,11 @@ from streamvgan.service.state import ProduceError, StateStore
 
 log = logging.getLogger(__name__)
 
-#: poll timeout while a commit waits for its changelog acknowledgements, for at most
-#: _COMMIT_FAST_S after it began
-_COMMIT_POLL_MS = 2
+#: poll timeout while a batch's outputs await their acknowledgements (so that with no new
+#: records the batch is settled at once, not a whole idle poll later: its offsets and the
+#: pipeline latency metric would wait for it), and while a commit waits for its changelog
+#: acknowledgements, for at most _COMMIT_FAST_S after it began
+_SHORT_POLL_MS = 2
 _COMMIT_FAST_S = 1.0
 
 
@@ -96,7 +98,9 @@ class ServiceLoop:
             # acknowledgements (an outage), polls are long again
             ticket, timeout_ms = self.state.ticket, s.poll_timeout_ms
             if ticket is not None and time.monotonic() - ticket.started < _COMMIT_FAST_S:
-                timeout_ms = min(timeout_ms, _COMMIT_POLL_MS)
+                timeout_ms = min(timeout_ms, _SHORT_POLL_MS)
+            if self._unsettled is not None:
+                timeout_ms = min(timeout_ms, _SHORT_POLL_MS)
             try:
                 records = consumer.poll(timeout_ms, s.poll_max_records)
             except TransientPollError as exc:
