@@ -301,31 +301,12 @@ class RecurrentVAEGAN(nn.Module):
         """Run prior -> decoder -> GRU forward ``steps`` times from state h (B, Hd).
 
         Returns sampled x (B, steps, F). Differentiable (reparameterised), so the critic's
-        gradient reaches the generator during training.
+        gradient reaches the generator during training. The layers are applied as functions,
+        as :meth:`step` does (the same numbers and gradients as :meth:`latent_prior`,
+        :meth:`decode` and :meth:`advance`, bit for bit: ``tests/nn/test_step.py``): serving
+        runs it 12 times per poll in which a continuation is due, and the modules' call
+        machinery was a third of its time there.
         """
-        out = []
-        for _ in range(steps):
-            p_mu, p_logvar = self.latent_prior(h)
-            if self.config.variational:
-                eps = torch.randn(p_mu.shape, generator=generator, device=h.device)
-                z = p_mu + torch.exp(0.5 * p_logvar) * eps
-            else:
-                z = p_mu
-            mean, scale = self.decode(z, h)
-            eps_x = torch.randn(mean.shape, generator=generator, device=h.device)
-            x = mean + scale * eps_x
-            out.append(x)
-            h = self.advance(x, h)
-        return torch.stack(out, dim=1)
-
-    @torch.inference_mode()
-    def sample_continuations(
-        self, h: torch.Tensor, steps: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """:meth:`generate` for serving: the same draws and numbers (bit for bit:
-        ``tests/nn/test_step.py``) with the layers applied as functions, as :meth:`step`
-        does, and no graph. Continuations run it ``steps`` times per poll in which one is due
-        (12 by default): the modules' call machinery was a third of its time here."""
         cfg, p = self.config, self._step_params
         out = []
         for _ in range(steps):
@@ -341,6 +322,13 @@ class RecurrentVAEGAN(nn.Module):
             out.append(x)
             h = torch.gru_cell(x, h, *p["gru"])
         return torch.stack(out, dim=1)
+
+    @torch.inference_mode()
+    def sample_continuations(
+        self, h: torch.Tensor, steps: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """:meth:`generate` for serving: the same draws and numbers, no graph."""
+        return self.generate(h, steps, generator)
 
     # -- training ----------------------------------------------------------------------------
     def losses(

@@ -70,26 +70,56 @@ def test_step_follows_new_weights(how: str) -> None:
         assert not torch.equal(got[0], before[0])  # the weights did change the output
 
 
-@pytest.mark.parametrize("batch", [1, 9])
-@pytest.mark.parametrize("n_features", [1, 3])
-@pytest.mark.parametrize("variational", [True, False])
-def test_sampled_continuations_equal_generate_bit_for_bit(
-    batch: int, n_features: int, variational: bool
-) -> None:
-    """Serving samples continuations with ``sample_continuations``; training's ``generate``
-    (the modules, differentiable) must draw the same numbers from the same generator."""
+def _generate_by_modules(
+    model: RecurrentVAEGAN, h: torch.Tensor, steps: int, generator: torch.Generator
+) -> torch.Tensor:
+    """The closed loop written with the modules' own pieces (what ``generate`` was before)."""
+    out = []
+    for _ in range(steps):
+        p_mu, p_logvar = model.latent_prior(h)
+        if model.config.variational:
+            eps = torch.randn(p_mu.shape, generator=generator, device=h.device)
+            z = p_mu + torch.exp(0.5 * p_logvar) * eps
+        else:
+            z = p_mu
+        mean, scale = model.decode(z, h)
+        x = mean + scale * torch.randn(mean.shape, generator=generator, device=h.device)
+        out.append(x)
+        h = model.advance(x, h)
+    return torch.stack(out, dim=1)
+
+
+def _loop_model(batch: int, n_features: int, variational: bool) -> RecurrentVAEGAN:
     torch.manual_seed(batch + n_features)
     model = RecurrentVAEGAN(ModelConfig(n_features=n_features, variational=variational))
     with torch.no_grad():  # log-variances beyond the clamp at +-8 on both sides
         model.prior[2].bias[model.config.latent_size :] = torch.tensor([-12.0, 12.0]).repeat(
             model.config.latent_size // 2 + 1
         )[: model.config.latent_size]
+    return model
+
+
+@pytest.mark.parametrize("batch", [1, 9])
+@pytest.mark.parametrize("n_features", [1, 3])
+@pytest.mark.parametrize("variational", [True, False])
+def test_generate_equals_the_modules_bit_for_bit(
+    batch: int, n_features: int, variational: bool
+) -> None:
+    """``generate`` (training's adversarial term) and ``sample_continuations`` (serving) apply
+    the layers as functions: the same numbers, draws and gradients as the modules."""
+    model = _loop_model(batch, n_features, variational)
     h = torch.randn(batch, model.config.hidden_size)
-    draws = [torch.Generator().manual_seed(7) for _ in range(2)]
-    with torch.no_grad():
-        expected = model.generate(h, 6, draws[0])
-    got = model.sample_continuations(h, 6, draws[1])
+    draws = [torch.Generator().manual_seed(7) for _ in range(3)]
+    expected = _generate_by_modules(model, h, 6, draws[0])
+    got = model.generate(h, 6, draws[1])
+    served = model.sample_continuations(h, 6, draws[2])
     assert got.shape == (batch, 6, n_features)
-    assert torch.equal(got, expected)
+    assert torch.equal(got, expected) and torch.equal(served, expected)
     assert torch.equal(draws[0].get_state(), draws[1].get_state())  # as many draws
-    assert not got.requires_grad
+    assert torch.equal(draws[0].get_state(), draws[2].get_state())
+    assert not served.requires_grad
+    params = [p for n, p in model.named_parameters() if not n.startswith("critic.")]
+    grads_expected = torch.autograd.grad(expected.square().sum(), params, allow_unused=True)
+    grads = torch.autograd.grad(got.square().sum(), params, allow_unused=True)
+    for a, b in zip(grads, grads_expected):
+        assert (a is None and b is None) or torch.equal(a, b)
