@@ -97,9 +97,8 @@ class ServiceLoop:
             # state.py, but re-reading them costs); after a second without the
             # acknowledgements (an outage), polls are long again
             ticket, timeout_ms = self.state.ticket, s.poll_timeout_ms
-            if ticket is not None and time.monotonic() - ticket.started < _COMMIT_FAST_S:
-                timeout_ms = min(timeout_ms, _SHORT_POLL_MS)
-            if self._unsettled is not None:
+            committing = ticket is not None and time.monotonic() - ticket.started < _COMMIT_FAST_S
+            if committing or self._unsettled is not None:
                 timeout_ms = min(timeout_ms, _SHORT_POLL_MS)
             try:
                 records = consumer.poll(timeout_ms, s.poll_max_records)
