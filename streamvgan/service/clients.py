@@ -254,7 +254,8 @@ class KeyedPartitioner(DefaultPartitioner):
     True
     """
 
-    #: keys whose hash is remembered; beyond that the memory starts again (a few MB at most)
+    #: keys whose hash is remembered (about 13 MB for 100,000 keys of 14 bytes); beyond that
+    #: the memory starts again
     MAX_KEYS = 100_000
 
     def __init__(self) -> None:
