@@ -111,6 +111,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "cooldown_cap": (*_PROBABILITY, ""),
     "downweight_threshold": (*_number_in(0.0, 1.0, low_open=True, high_open=False), ""),
     "anomalous_weight": (*_PROBABILITY, ""),
+    "anomalous_calibration_weight": (*_PROBABILITY, ""),
     "quantiles": (
         lambda v: isinstance(v, tuple) and bool(v) and all(_is_number(q) and 0 < q < 1 for q in v),
         "a non-empty sequence of levels in (0, 1)",
@@ -211,6 +212,12 @@ class EngineConfig:
     # time"), and a 1.3-1.7x faster engine
     downweight_threshold: float = 0.999  # scores at or above are learned at `anomalous_weight`
     anomalous_weight: float = 0.1
+    anomalous_calibration_weight: float = 1.0  # the same for the calibration: the weight at
+    # which such points update each signal's calibration statistics and the long-run level and
+    # sd the level signal measures from. 1.0 follows every value alike; 0.1 keeps a lasting
+    # fault scoring high, a ten times slower calibration while it lasts (SKAB's rig faults
+    # gain by it; NAB, which counts only the first alert of an incident, loses; see
+    # docs/evaluation.md, "A calibration that does not follow a fault")
     clip: float = 20.0  # normalised values are clipped to +-clip
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     forecast_blend: bool = True  # weigh the network's forecast against the last value

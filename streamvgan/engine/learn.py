@@ -54,6 +54,7 @@ def learn(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
     n, mean, var, std, xn = b.n, b.mean, b.var, b.std, b.xn
     anomalous = b.likely >= cfg.downweight_threshold
     weight = np.where(anomalous, cfg.anomalous_weight, 1.0)
+    cal_weight = np.where(anomalous, cfg.anomalous_calibration_weight, 1.0)
     st.push(slots, xn.astype(np.float32), weight)
     st.recent[slots, n % st.sizes["S"]] = b.signals
     # calibration statistics, the alert cooldown and the range of values seen
@@ -63,7 +64,7 @@ def learn(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
         st.cal_mean[slots],
         st.cal_var[slots],
         b.smoothed - st.cal_mean[slots],
-        ew_alpha(cal_n, cfg.calibration_halflife),
+        ew_alpha(cal_n, cfg.calibration_halflife) * cal_weight[:, None],
     )
     quiet = st.quiet[slots]
     st.quiet[slots] = np.where(
@@ -125,7 +126,7 @@ def learn(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
         st.lvl_mean[slots],
         st.lvl_var[slots],
         values - st.lvl_mean[slots],
-        ew_alpha(n, cfg.normaliser_halflife)[:, None],
+        (ew_alpha(n, cfg.normaliser_halflife) * cal_weight)[:, None],
     )
     st.lvl_short[slots] = b.short
     if cfg.season_window:

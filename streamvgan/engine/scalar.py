@@ -229,7 +229,9 @@ def learn_one(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> bool:
     n, value = int(b.n[0]), b.values.item(0, 0)
     mean, var, std, xn = b.mean.item(0, 0), b.var.item(0, 0), b.std.item(0, 0), b.xn.item(0, 0)
     likely, score = b.likely.item(0), b.score.item(0)
-    weight = cfg.anomalous_weight if likely >= cfg.downweight_threshold else 1.0
+    anomalous = likely >= cfg.downweight_threshold
+    weight = cfg.anomalous_weight if anomalous else 1.0
+    cal_weight = cfg.anomalous_calibration_weight if anomalous else 1.0
     pos = n % st.sizes["R"]
     st.buf[s, pos, 0] = xn
     st.buf_w[s, pos] = weight
@@ -241,7 +243,7 @@ def learn_one(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> bool:
         st.cal_n[s, k] = cal_n + 1
         c_mu, c_var = st.cal_mean.item(s, k), st.cal_var.item(s, k)
         d = smoothed[k] - c_mu
-        a = _alpha(cal_n, cfg.calibration_halflife)
+        a = _alpha(cal_n, cfg.calibration_halflife) * cal_weight
         st.cal_mean[s, k] = c_mu + a * d
         st.cal_var[s, k] = (1 - a) * (c_var + a * (d * d))
     quiet = st.quiet.item(s)
@@ -294,7 +296,7 @@ def learn_one(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> bool:
     st.warm_n[s] = cn + 1
     lvl_mean, lvl_var = st.lvl_mean.item(s, 0), st.lvl_var.item(s, 0)
     d = value - lvl_mean
-    a = _alpha(n, cfg.normaliser_halflife)
+    a = _alpha(n, cfg.normaliser_halflife) * cal_weight
     st.lvl_mean[s, 0] = lvl_mean + a * d
     st.lvl_var[s, 0] = (1 - a) * (lvl_var + a * (d * d))
     st.lvl_short[s, 0] = b.short.item(0, 0)

@@ -222,7 +222,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", required=True, help="the MSL folder (../shared/datasets/msl)")
     # the names of streamvgan.eval.msl.DEFAULT_DETECTORS, written out: importing that module
     # here would load River and the engine for every command
-    _common(p, "--detectors", "streamvgan,streamvgan_model,streamvgan_jump_level,hst,zscore_diff")
+    _common(
+        p,
+        "--detectors",
+        "streamvgan,streamvgan_hold,streamvgan_model,streamvgan_jump_level,hst,zscore_diff",
+    )
     p.add_argument(
         "--channels", type=_csv, default=None, help="comma-separated channels, e.g. C-1,T-8"
     )
@@ -234,7 +238,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--data", required=True, help="the SKAB folder (../shared/datasets/skab-other)")
     # the names of streamvgan.eval.skab.DEFAULT_DETECTORS, written out (see msl above)
-    _common(p, "--detectors", "streamvgan,streamvgan_joint,hst")
+    _common(
+        p, "--detectors", "streamvgan,streamvgan_joint,streamvgan_hold,streamvgan_joint_hold,hst"
+    )
     p.add_argument("--runs", type=_csv, default=None, help="comma-separated runs, e.g. 1,5,10")
     p.add_argument("--jobs", type=int, default=2, help="worker processes. Default: 2")
     p.set_defaults(func=_skab)

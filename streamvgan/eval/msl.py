@@ -64,9 +64,12 @@ FALSE_ALARM_RATE = 0.001
 #: detection in a window), so it is switched off. ``signals`` picks the calibrated signals the
 #: score is the maximum of (the new-extreme rule applies in every row). The jump and level
 #: signals do not depend on the network, so that row never fits it (``warmup_events`` 10^9):
-#: the same scores without the cost.
+#: the same scores without the cost. ``streamvgan_hold`` is the default with
+#: ``anomalous_calibration_weight=0.1`` (a calibration that follows anomalous points ten times
+#: slower, so a fault that lasts keeps scoring high).
 MSL_DETECTORS: dict[str, tuple[str, dict[str, Any]]] = {
     "streamvgan": ("streamvgan", {"alert_cooldown": 0}),
+    "streamvgan_hold": ("streamvgan", {"alert_cooldown": 0, "anomalous_calibration_weight": 0.1}),
     "streamvgan_model": ("streamvgan", {"alert_cooldown": 0, "signals": ["model"]}),
     "streamvgan_jump_level": (
         "streamvgan",

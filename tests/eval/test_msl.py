@@ -175,6 +175,8 @@ def test_synthetic_spike_is_caught_judged_on_test_rows_only(tmp_path):
 def test_detectors_of_the_benchmark_are_built_as_named():
     default = msl.make_msl_detector("streamvgan")
     assert default.params["alert_cooldown"] == 0  # NAB's cooldown is a NAB setting
+    assert "anomalous_calibration_weight" not in default.params  # the engine's 1.0
+    assert msl.make_msl_detector("streamvgan_hold").params["anomalous_calibration_weight"] == 0.1
     assert msl.make_msl_detector("streamvgan_model").params["signals"] == ["model"]
     jump_level = msl.make_msl_detector("streamvgan_jump_level")
     assert jump_level.params["signals"] == ["jump", "level"]

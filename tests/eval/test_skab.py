@@ -238,5 +238,8 @@ def test_every_skab_detector_builds_with_its_defaults():
         detector = skab.make_skab_detector(name)
         if name.startswith("streamvgan"):
             engine = detector.engine  # built on first use, from the default init
-            assert engine.config.model.n_features == (8 if name == "streamvgan_joint" else 1)
-            assert engine.model_version == (0 if name == "streamvgan_joint" else 1)
+            joint = "joint" in name
+            assert engine.config.model.n_features == (8 if joint else 1)
+            assert engine.model_version == (0 if joint else 1)
+            hold = name.endswith("_hold")
+            assert engine.config.anomalous_calibration_weight == (0.1 if hold else 1.0)
