@@ -112,6 +112,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "downweight_threshold": (*_number_in(0.0, 1.0, low_open=True, high_open=False), ""),
     "anomalous_weight": (*_PROBABILITY, ""),
     "anomalous_calibration_weight": (*_PROBABILITY, ""),
+    "reference_events": (*_int_at_least(0), " (0: off)"),
     "quantiles": (
         lambda v: isinstance(v, tuple) and bool(v) and all(_is_number(q) and 0 < q < 1 for q in v),
         "a non-empty sequence of levels in (0, 1)",
@@ -218,6 +219,12 @@ class EngineConfig:
     # fault scoring high, a ten times slower calibration while it lasts (SKAB's rig faults
     # gain by it; NAB, which counts only the first alert of an incident, loses; see
     # docs/evaluation.md, "A calibration that does not follow a fault")
+    reference_events: int = 0  # a channel's first this many events are its reference of
+    # normal: after them its calibration statistics and the level signal's long-run level and
+    # sd stop changing (the network and the normaliser still learn). 0 (off): they follow the
+    # stream for ever. For streams whose start is known to be normal and whose faults must
+    # score high for as long as they last (a test rig after commissioning; SKAB's protocol
+    # fits on the first 400 rows): docs/evaluation.md, "A reference of normal"
     clip: float = 20.0  # normalised values are clipped to +-clip
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     forecast_blend: bool = True  # weigh the network's forecast against the last value

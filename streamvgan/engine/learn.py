@@ -48,6 +48,12 @@ STEP_ARRAYS = (
 )
 
 
+def held(weight: np.ndarray, count: np.ndarray, reference_events: int) -> np.ndarray:
+    """``weight``, 0 where ``count`` values have been learned past a reference of
+    ``reference_events`` (0: no reference, ``weight`` unchanged)."""
+    return np.where(count >= reference_events, 0.0, weight) if reference_events else weight
+
+
 def learn(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
     """Advance the channels ``b.slots`` past the events ``b.values`` they were scored on."""
     slots, values = b.slots, b.values
@@ -60,11 +66,13 @@ def learn(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
     # calibration statistics, the alert cooldown and the range of values seen
     cal_n = st.cal_n[slots]
     st.cal_n[slots] = cal_n + 1
+    # past its reference a signal's calibration holds; counted per signal, since the model
+    # signal's calibration restarts at the first fit
+    cal_alpha = held(
+        ew_alpha(cal_n, cfg.calibration_halflife) * cal_weight[:, None], cal_n, cfg.reference_events
+    )
     st.cal_mean[slots], st.cal_var[slots] = ew_moments(
-        st.cal_mean[slots],
-        st.cal_var[slots],
-        b.smoothed - st.cal_mean[slots],
-        ew_alpha(cal_n, cfg.calibration_halflife) * cal_weight[:, None],
+        st.cal_mean[slots], st.cal_var[slots], b.smoothed - st.cal_mean[slots], cal_alpha
     )
     quiet = st.quiet[slots]
     st.quiet[slots] = np.where(
@@ -121,12 +129,14 @@ def learn(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> None:
         st.err_last[slots] *= ratio
     st.warm_n[slots] = cn + 1
     # long- and short-run levels of the `level` signal (plain EW statistics, like the
-    # normaliser's but neither winsorised nor re-levelled, so a shift stays visible)
+    # normaliser's but neither winsorised nor re-levelled, so a shift stays visible), held
+    # past the channel's reference
+    lvl_weight = held(cal_weight, n, cfg.reference_events)
     st.lvl_mean[slots], st.lvl_var[slots] = ew_moments(
         st.lvl_mean[slots],
         st.lvl_var[slots],
         values - st.lvl_mean[slots],
-        (ew_alpha(n, cfg.normaliser_halflife) * cal_weight)[:, None],
+        (ew_alpha(n, cfg.normaliser_halflife) * lvl_weight)[:, None],
     )
     st.lvl_short[slots] = b.short
     if cfg.season_window:

@@ -244,6 +244,8 @@ def learn_one(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> bool:
         c_mu, c_var = st.cal_mean.item(s, k), st.cal_var.item(s, k)
         d = smoothed[k] - c_mu
         a = _alpha(cal_n, cfg.calibration_halflife) * cal_weight
+        if cfg.reference_events and cal_n >= cfg.reference_events:
+            a = 0.0
         st.cal_mean[s, k] = c_mu + a * d
         st.cal_var[s, k] = (1 - a) * (c_var + a * (d * d))
     quiet = st.quiet.item(s)
@@ -297,6 +299,8 @@ def learn_one(cfg: EngineConfig, st: StateTable, b: ScoreBatch) -> bool:
     lvl_mean, lvl_var = st.lvl_mean.item(s, 0), st.lvl_var.item(s, 0)
     d = value - lvl_mean
     a = _alpha(n, cfg.normaliser_halflife) * cal_weight
+    if cfg.reference_events and n >= cfg.reference_events:
+        a = 0.0
     st.lvl_mean[s, 0] = lvl_mean + a * d
     st.lvl_var[s, 0] = (1 - a) * (lvl_var + a * (d * d))
     st.lvl_short[s, 0] = b.short.item(0, 0)

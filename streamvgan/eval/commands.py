@@ -239,7 +239,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", required=True, help="the SKAB folder (../shared/datasets/skab-other)")
     # the names of streamvgan.eval.skab.DEFAULT_DETECTORS, written out (see msl above)
     _common(
-        p, "--detectors", "streamvgan,streamvgan_joint,streamvgan_hold,streamvgan_joint_hold,hst"
+        p,
+        "--detectors",
+        "streamvgan,streamvgan_joint,streamvgan_hold,streamvgan_joint_hold,"
+        "streamvgan_reference,streamvgan_joint_reference,hst",
     )
     p.add_argument("--runs", type=_csv, default=None, help="comma-separated runs, e.g. 1,5,10")
     p.add_argument("--jobs", type=int, default=2, help="worker processes. Default: 2")

@@ -53,6 +53,7 @@ def _run(config: EngineConfig, seed: int, scalar: bool, river_way: bool):
         ({"adversarial": False, "range_tolerance": None}, 2, False),
         ({"model_signal": "predictive"}, 3, True),
         ({"anomalous_calibration_weight": 0.1, "alert_cooldown": 10}, 4, False),
+        ({"reference_events": 100, "anomalous_calibration_weight": 0.1}, 5, True),  # fit at 120
     ],
 )
 def test_one_value_path_equals_the_vectorised_path(params, seed, river_way):

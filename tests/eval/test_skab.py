@@ -241,5 +241,7 @@ def test_every_skab_detector_builds_with_its_defaults():
             joint = "joint" in name
             assert engine.config.model.n_features == (8 if joint else 1)
             assert engine.model_version == (0 if joint else 1)
-            hold = name.endswith("_hold")
+            hold = name.endswith(("_hold", "_reference"))
             assert engine.config.anomalous_calibration_weight == (0.1 if hold else 1.0)
+            reference = name.endswith("_reference")
+            assert engine.config.reference_events == (skab.TRAIN_ROWS if reference else 0)
