@@ -199,7 +199,8 @@ class EngineConfig:
     smoothing: int = 10  # values of each signal averaged before calibration
     calibration_halflife: float = 2000.0  # events; memory of the smoothed-score statistics
     min_history: int = 20  # events before a stream gets non-zero scores
-    range_tolerance: float | None = 0.05  # beyond the seen range by this fraction of it: 1.0
+    range_tolerance: float | None = 0.05  # beyond the seen range by this fraction of it: a new
+    # extreme, scored 0.9999994 to 1.0 (the further beyond, the higher)
     cooldown_threshold: float = 0.9994  # a score at or above starts the alert cooldown (not the
     # service's alert_threshold, 0.99, which only flags records: a cooldown after every 0.99
     # would mute the next alert; 0.9994 was tuned on NAB, docs/evaluation.md)

@@ -23,6 +23,7 @@ from streamvgan.engine.learn import ERROR_CAP
 from streamvgan.engine.signals import (
     CAL_SD_FLOOR,
     EXTREME,
+    EXTREME_SPAN,
     NO_CAUSE,
     SIGNAL_CAP,
     SIGNAL_WARMUP,
@@ -56,6 +57,12 @@ def _alpha(count: float, halflife: float) -> float:
 def _std(mean: float, var: float) -> float:
     floor = 1e-4 * abs(mean) + 1e-12
     return math.sqrt(max(var, floor * floor))
+
+
+def _extreme(beyond: float, tolerance: float) -> float:
+    """:func:`~streamvgan.engine.signals.extreme_score` of one value."""
+    ratio = beyond / tolerance if tolerance > 0 else math.inf
+    return 1.0 - EXTREME_SPAN / (1.0 + math.log1p(ratio))
 
 
 def _calibrated(z: float) -> float:
@@ -183,7 +190,8 @@ def compute_one(
         lo, hi = st.seen_min.item(s, 0), st.seen_max.item(s, 0)
         margin = cfg.range_tolerance * (hi - lo)
         if value > hi + margin or value < lo - margin:
-            score = 1.0
+            beyond = max(value - hi, lo - value) / (hi - lo) if hi > lo else math.inf
+            score = _extreme(beyond, cfg.range_tolerance)
             cause = EXTREME
     likely = score
     # 6. the alert cooldown

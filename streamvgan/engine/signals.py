@@ -62,6 +62,28 @@ def calibrated_score(z: np.ndarray) -> np.ndarray:
     return np.where(beyond, tail, body)
 
 
+#: the new-extreme rule's scores lie between ``1 - EXTREME_SPAN / (1 + ln 2)`` and 1.0, above
+#: every calibrated score (which stays below ``1 - 1.4e-6`` for every finite z)
+EXTREME_SPAN = 1e-6
+#: the lowest score of a new extreme (just past the tolerance): 0.9999994
+EXTREME_FLOOR = 1.0 - EXTREME_SPAN / (1.0 + math.log(2.0))
+
+
+def extreme_score(beyond: np.ndarray, tolerance: float) -> np.ndarray:
+    """The score of a new extreme ``beyond`` the range of everything seen, in units of that
+    range (more than ``tolerance``): ``1 - 1e-6 / (1 + ln(1 + beyond / tolerance))``. Just past
+    the tolerance it is 0.9999994; it grows towards 1.0 the further beyond, so a larger
+    excursion ranks above a smaller one, as the calibrated score keeps growing with z; 1.0 where
+    the range seen is a single value (``beyond`` infinite) or the tolerance is 0.
+
+    >>> extreme_score(np.array([0.05, 0.5, 10.0, np.inf]), 0.05).round(9).tolist()
+    [0.999999409, 0.999999706, 0.999999841, 1.0]
+    """
+    beyond = np.asarray(beyond, dtype=np.float64)
+    ratio = beyond / tolerance if tolerance > 0 else np.full(beyond.shape, np.inf)
+    return 1.0 - EXTREME_SPAN / (1.0 + np.log1p(ratio))
+
+
 def model_signal_weights(cfg: EngineConfig, with_critic: bool) -> tuple[float, float, float]:
     """The weights of surprise, reconstruction and the standardised critic in the model signal
     (README "How the score is computed", step 1); ``with_critic``: a fitted critic scored.
@@ -118,6 +140,7 @@ def field_scores(
     model_field: np.ndarray,
     young: np.ndarray,
     extreme_field: np.ndarray,
+    extremes: np.ndarray,
     quiet: np.ndarray,
     cfg: EngineConfig,
 ) -> np.ndarray:
@@ -125,15 +148,16 @@ def field_scores(
     "joint"``): ``calibrated_score`` of the largest calibrated z among that field's own
     signals, its jump and its level (``z`` (B, 1 + 2F) as :attr:`ScoreBatch.z`), where the
     joint model signal belongs to ``model_field`` (B,), the field with the largest normalised
-    error, as its cause does; 1.0 for the field at ``extreme_field`` (B,) where the new-extreme
-    rule fired (-1: not); 0 for ``young`` (B,) rows; capped as the score under the cooldown
-    (``quiet`` (B,)). Each column of ``z`` belongs to exactly one field and
-    ``calibrated_score`` does not decrease, so the event's score is the largest of its
-    fields' (and the field named by the cause has exactly the event's score).
+    error, as its cause does; the rule's score ``extremes`` (B,) for the field at
+    ``extreme_field`` (B,) where the new-extreme rule fired (-1: not); 0 for ``young`` (B,)
+    rows; capped as the score under the cooldown (``quiet`` (B,)). Each column of ``z``
+    belongs to exactly one field and ``calibrated_score`` does not decrease, so the event's
+    score is the largest of its fields' (and the field named by the cause has exactly the
+    event's score).
 
     >>> z = np.array([[2.0, 0.5, -1.0, 1.0, 3.0], [-np.inf, -np.inf, -np.inf, -np.inf, -np.inf]])
     >>> scores = field_scores(z, np.array([0, 1]), np.array([False, False]), np.array([-1, 0]),
-    ...                       np.array([False, False]), EngineConfig())
+    ...                       np.array([0.0, 1.0]), np.array([False, False]), EngineConfig())
     >>> scores.round(4).tolist()  # a: model 2.0 (its field), jump 0.5, level 1.0; b: level 3.0
     [[0.9545, 0.9973], [1.0, 0.0]]
     """
@@ -144,7 +168,7 @@ def field_scores(
     out = calibrated_score(zf)
     out[young] = 0.0
     fired = extreme_field >= 0
-    out[rows[fired], extreme_field[fired]] = 1.0
+    out[rows[fired], extreme_field[fired]] = extremes[fired]
     return np.where(quiet[:, None], np.minimum(out, cfg.cooldown_cap), out)
 
 
@@ -278,11 +302,11 @@ class SignalScorer:
             margin = cfg.range_tolerance * (hi - lo)
             outside = (values > hi + margin) | (values < lo - margin)
             extreme = outside.any(-1) & ~young
-            score[extreme] = 1.0
             if extreme.any():  # the field furthest beyond its range, in units of that range
                 with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # range 0
                     beyond = np.maximum(values - hi, lo - values) / (hi - lo)
                 beyond = np.where(outside, beyond, -np.inf)
+                score[extreme] = extreme_score(beyond.max(-1)[extreme], cfg.range_tolerance)
                 cause[extreme] = EXTREME
                 extreme_field = np.where(extreme, beyond.argmax(-1), -1)
                 cause_field = np.where(extreme, extreme_field, cause_field)
@@ -294,7 +318,7 @@ class SignalScorer:
         if f == 1:  # one field: its score is the row's (a channel, or a one-field stream)
             per_field = score[:, None]
         else:
-            per_field = field_scores(z, errors.argmax(-1), young, extreme_field, quiet, cfg)
+            per_field = field_scores(z, errors.argmax(-1), young, extreme_field, likely, quiet, cfg)
         return ScoreBatch(
             slots=slots,
             values=values,

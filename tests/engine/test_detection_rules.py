@@ -1,4 +1,4 @@
-"""The rules after calibration: a new extreme scores 1.0, one incident raises one alert, the
+"""The rules after calibration: a new extreme scores above every calibrated score, one incident raises one alert, the
 calibration restarts when the first fit changes the components' meaning, and older saved
 configurations still load."""
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from streamvgan.engine import EngineConfig, Event, StreamEngine
+from streamvgan.engine.signals import EXTREME_FLOOR, extreme_score
 from streamvgan.errors import ConfigurationError
 
 # cold start only (no fit): fast, and the rules do not depend on the network
@@ -26,7 +27,7 @@ def _scores(engine: StreamEngine, values: list[float], stream: str = "s") -> np.
     return np.array([engine.process([Event(stream, {"value": v})])[0].score for v in values])
 
 
-def test_a_value_beyond_the_seen_range_scores_one():
+def test_a_value_beyond_the_seen_range_scores_above_every_calibrated_score():
     values = list(np.clip(_noise(300), 7.5, 12.5))
     values[:2] = [7.5, 12.5]  # the whole range is seen at once
     lo, hi = 7.5, 12.5
@@ -34,9 +35,16 @@ def test_a_value_beyond_the_seen_range_scores_one():
     scores = _scores(engine, values)
     assert scores[:20].max() == 0.0  # min_history
     assert scores.max() < 1.0
+    # scored without learning: how far beyond ranks extremes among themselves
+    near, far = engine.score(
+        [Event("s", {"value": lo - 0.06 * (hi - lo)}), Event("s", {"value": hi + 3 * (hi - lo)})]
+    )
+    assert near.score == pytest.approx(float(extreme_score(np.array(0.06), 0.05)), abs=1e-15)
+    assert scores.max() < EXTREME_FLOOR <= near.score < far.score < 1.0
+    assert near.cause.signal == far.cause.signal == "extreme"
     inside = engine.process([Event("s", {"value": hi + 0.04 * (hi - lo)})])[0]
     beyond = engine.process([Event("s", {"value": lo - 0.06 * (hi - lo)})])[0]
-    assert inside.score < 1.0 and beyond.score == 1.0
+    assert inside.score < EXTREME_FLOOR <= beyond.score
 
 
 def test_range_rule_can_be_turned_off():
@@ -55,12 +63,12 @@ def test_cooldown_caps_the_scores_after_an_alert():
     values[380] = -30.0  # a second incident after the cooldown
     on = _scores(StreamEngine(COLD, seed=0), values)
     off = _scores(StreamEngine(EngineConfig(warmup_events=10_000, alert_cooldown=0), seed=0), values)
-    assert on[300] == off[300] == 1.0
+    assert on[300] == off[300] >= EXTREME_FLOOR
     # without the cooldown the incident raises several alerts; with it exactly one
     assert (off[300:331] >= COLD.cooldown_threshold).sum() > 1
     assert (on[300:331] >= COLD.cooldown_threshold).sum() == 1
     assert on[301:331].max() <= COLD.cooldown_cap
-    assert on[380] == 1.0  # the cooldown ended: the next incident alerts again
+    assert on[380] >= EXTREME_FLOOR  # the cooldown ended: the next incident alerts again
 
 
 def test_calibration_restarts_at_the_first_fit():

@@ -9,10 +9,10 @@ import json
 import math
 from typing import Any
 
+import hypothesis
 import jsonschema
 import numpy as np
 import pytest
-import hypothesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +25,7 @@ from streamvgan.engine import (
     Score,
     StreamEngine,
 )
+from streamvgan.engine.signals import EXTREME_FLOOR
 from streamvgan.schemas import SCHEMA_NAMES, load_schema
 from streamvgan.service import wire
 from streamvgan.service.wire import (
@@ -374,7 +375,8 @@ def test_real_outputs_cover_cold_warm_and_every_field(real_outputs):
     assert ["cause" in s for s in scores[:60]] == [False] * 60  # 20 events of 3 streams
     assert all("cause" in s for s in scores[60:])
     spike = next(s for s in scores if s["stream"] == "host-1" and s["ts"].endswith("02:30Z"))
-    assert spike["cause"] == {"signal": "extreme", "field": "mem"} and spike["score"] == 1.0
+    assert spike["cause"] == {"signal": "extreme", "field": "mem"}
+    assert spike["score"] >= EXTREME_FLOOR
     assert {s["cause"]["field"] for s in scores[60:]} == {"value", "cpu", "mem"}
     assert {s["warm"] for s in scores} == {False, True}
     assert max(s["model_version"] for s in scores) >= 2
