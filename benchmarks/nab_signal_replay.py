@@ -8,6 +8,7 @@ Usage:
         [--weights 0.6,1.0]
     python benchmarks/nab_signal_replay.py masking --data ../shared/datasets/nab --dump DIR
         [--weight 0.6] [--mask-weights 1,0.1,0,0.3] [--releases 10,30,never]
+    python benchmarks/nab_signal_replay.py combinations --data ../shared/datasets/nab --dump DIR
 
 ``dump`` runs the NAB detector (``make_detector("streamvgan")``: the River adapter with
 ``NAB_PARAMS``) over the 58 files exactly as ``streamvgan evaluate nab`` does, and saves for
@@ -46,6 +47,12 @@ alone); its feedback on the rest of learning is not. Every mask weight below 1 l
 standard profile (0.1, 0 and 0.3, released after 10, 30 or never: 29.4 to 66.4), and on the
 low-FP profile all but one (jump and level, 0.8, never: 56.78, with 65.78 on the standard);
 realKnownCause gained in most (up to 47.29 from 38.71).
+
+``combinations`` joins the calibrated z of the default model signal, the jump and the level by
+other rules than the engine's maximum (:data:`COMBINATIONS`: the model's positive z added to
+the larger of the other two, a root of squares, the other two raised where the model's z is
+above 1) and scores each (issue 15). None scored above the jump and level alone on the
+standard profile (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -365,18 +372,19 @@ def replay_candidates(data: Path, dumped: Path, weights: list[float]) -> list[tu
     return results
 
 
-def replay_masking(data: Path, dumped: Path, weight: float, mask_weights: list[float],
-                   releases: list[int | None]) -> list[tuple]:
-    """NAB scores with the calibration masked (:func:`calibrate_masked`) at every mask weight
-    and release, for the default model signal (surprise + reconstruction, critic_weight=0) at
-    ``weight`` beside the jump and level, and for the jump and level alone (issue 15)."""
+_MODEL = "surprise + reconstruction (critic_weight=0)"  # the engine's default model signal
+
+
+def _load_signals(data: Path, dumped: Path) -> tuple:
+    """The engine configuration, windows and profiles of a dump, and per file the raw
+    signals (rows, 3: the default model signal, jump, level), the rows the new-extreme and
+    youth rules decided (``ruled``), the scores before the cooldown and the timestamps."""
     from streamvgan.engine import EngineConfig
 
     params = json.loads((dumped / "params.json").read_text())
     cfg = EngineConfig(alert_cooldown=params.get("alert_cooldown", 0))
     windows = nab_scorer.load_windows(data / "labels/combined_windows.json")
     profiles = nab_scorer.load_profiles(data / "config/profiles.json")
-    model = "surprise + reconstruction (critic_weight=0)"
     per_file: dict[str, tuple] = {}
     for rel in sorted(windows):
         path = dumped / (rel.replace("/", "__") + ".npy")
@@ -385,12 +393,21 @@ def replay_masking(data: Path, dumped: Path, weight: float, mask_weights: list[f
         d = np.load(path)
         z, likely = d[:, _Z], d[:, _LIKELY]
         ruled = np.abs(likely - calibrated_score(z.max(1))) > 1e-12
-        signals = np.stack([candidate_signals(d)[model], d[:, _COMPS][:, 3],
+        signals = np.stack([candidate_signals(d)[_MODEL], d[:, _COMPS][:, 3],
                             d[:, _COMPS][:, 4]], axis=1)
         stamps = np.array(read_data_file(data / "data" / rel)[0], dtype="datetime64[s]")
         per_file[rel] = (signals, ruled, likely, stamps)
+    return cfg, windows, profiles, per_file
+
+
+def replay_masking(data: Path, dumped: Path, weight: float, mask_weights: list[float],
+                   releases: list[int | None]) -> list[tuple]:
+    """NAB scores with the calibration masked (:func:`calibrate_masked`) at every mask weight
+    and release, for the default model signal (surprise + reconstruction, critic_weight=0) at
+    ``weight`` beside the jump and level, and for the jump and level alone (issue 15)."""
+    cfg, windows, profiles, per_file = _load_signals(data, dumped)
     results = []
-    for name, columns, weights in ((f"{model}; weight {weight}, max with jump, level",
+    for name, columns, weights in ((f"{_MODEL}; weight {weight}, max with jump, level",
                                     [0, 1, 2], (weight, 1.0, 1.0)),
                                    ("none: jump, level", [1, 2], (1.0, 1.0))):
         for mask_weight in mask_weights:
@@ -407,6 +424,47 @@ def replay_masking(data: Path, dumped: Path, weight: float, mask_weights: list[f
                 summary = _summary(nab_scorer.score_corpus(rows, profiles))
                 results.append((name, mask_weight, "never" if release is None else release,
                                 summary))
+    return results
+
+
+def _positive(z: np.ndarray) -> np.ndarray:
+    return np.maximum(np.nan_to_num(z, neginf=0.0), 0.0)
+
+
+#: Ways to join the calibrated z of (model, jump, level) into one z, beside the engine's
+#: maximum (issue 15): ``name -> function of z (rows, 3)``.
+COMBINATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "jump, level: max (no network)": lambda z: z[:, 1:].max(1),
+    "max(0.6 model, jump, level) (the engine's default)": lambda z: np.maximum(
+        0.6 * z[:, 0], z[:, 1:].max(1)),
+    **{f"max(jump, level) + {w} model+": (lambda z, w=w: z[:, 1:].max(1) + w * _positive(
+        z[:, 0])) for w in (0.15, 0.3, 0.5)},
+    **{f"sqrt(jump+^2 + level+^2 + ({w} model+)^2)": (lambda z, w=w: np.sqrt(
+        _positive(z[:, 1]) ** 2 + _positive(z[:, 2]) ** 2 + (w * _positive(z[:, 0])) ** 2))
+       for w in (0.3, 0.6)},
+    **{f"max(jump, level) x {1 + w:g} where model z > 1": (lambda z, w=w: z[:, 1:].max(1)
+        * np.where(_positive(z[:, 0]) > 1.0, 1.0 + w, 1.0)) for w in (0.3, 0.6)},
+}
+
+
+def replay_combinations(data: Path, dumped: Path) -> list[tuple]:
+    """NAB scores of each of :data:`COMBINATIONS`: the default model signal, the jump and
+    the level, each calibrated as the engine calibrates it, joined by the rule (issue 15)."""
+    cfg, windows, profiles, per_file = _load_signals(data, dumped)
+    z_of = {rel: np.stack([calibrate(signals[:, 0], True), calibrate(signals[:, 1], False),
+                           calibrate(signals[:, 2], False)], axis=1)
+            for rel, (signals, _, _, _) in per_file.items()}
+    results = []
+    for name, combine in COMBINATIONS.items():
+        rows = []
+        for rel, (_, ruled, likely, stamps) in per_file.items():
+            with np.errstate(invalid="ignore"):
+                zz = np.nan_to_num(combine(z_of[rel]), nan=-np.inf)
+            scores = np.where(ruled, likely, calibrated_score(zz))
+            scores = _cooldown(scores, cfg.cooldown_threshold, cfg.alert_cooldown,
+                               cfg.cooldown_cap)
+            rows.append(nab_scorer.prepare_file(rel, stamps, scores, windows[rel]))
+        results.append((name, _summary(nab_scorer.score_corpus(rows, profiles))))
     return results
 
 
@@ -429,6 +487,9 @@ def main() -> None:
     m.add_argument("--weight", type=float, default=0.6)
     m.add_argument("--mask-weights", default="1,0.1,0,0.3")
     m.add_argument("--releases", default="10,30,never")
+    k = sub.add_parser("combinations")
+    k.add_argument("--data", type=Path, required=True)
+    k.add_argument("--dump", type=Path, required=True)
     r = sub.add_parser("replay")
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--dump", type=Path, required=True)
@@ -457,6 +518,12 @@ def main() -> None:
             print(f"| {name} | {mask_weight:g} | {release} | {s['standard']:.2f} | "
                   f"{s['reward_low_FP_rate']:.2f} | {s['reward_low_FN_rate']:.2f} | "
                   f"{s['realKnownCause']} |", flush=True)
+        return
+    if args.command == "combinations":
+        print("| rule | standard | low FP | low FN | realKnownCause |\n|---|---|---|---|---|")
+        for name, s in replay_combinations(args.data, args.dump):
+            print(f"| {name} | {s['standard']:.2f} | {s['reward_low_FP_rate']:.2f} | "
+                  f"{s['reward_low_FN_rate']:.2f} | {s['realKnownCause']} |", flush=True)
         return
     print("| model signal weight | standard | low FP | low FN |\n|---|---|---|---|")
     cases = [(w, lambda z, w=w: np.maximum(w * z[:, 0], z[:, 1:].max(1)))

@@ -109,3 +109,27 @@ def test_the_masked_calibration(replay, d):
     assert (masked[421:] >= full[421:] - 1e-9).mean() > 0.9
     assert masked[425:, 1].max() > full[425:, 1].max()
     np.testing.assert_array_equal(replay.calibrate_masked(*args, 0.1, 0), full)
+
+
+def test_the_combinations_include_the_engine_s_rules_and_only_add_the_model(replay, d):
+    z = d[:, replay._Z][30:]  # the first rows are -inf before the calibration counts
+    assert np.isfinite(z).all()
+    rules = replay.COMBINATIONS
+    jump_level = z[:, 1:].max(1)
+    np.testing.assert_array_equal(rules["jump, level: max (no network)"](z), jump_level)
+    engine = "max(0.6 model, jump, level) (the engine's default)"
+    np.testing.assert_array_equal(rules[engine](z), np.maximum(0.6 * z[:, 0], jump_level))
+    # every other rule raises the jump and level only where the model signal is raised (on
+    # the positive side: a z <= 0 scores 0 whatever the rule)
+    quiet_model = z[:, 0] <= 0.0
+    floor = np.maximum(jump_level, 0.0)
+    for name, rule in rules.items():
+        joined = rule(z)
+        assert joined.shape == (len(z),) and np.isfinite(joined).all(), name
+        assert (np.maximum(joined, 0.0) >= floor - 1e-12).all(), name
+        if name != engine:  # the root of squares joins the jump and level by their own rule
+            without = floor if "sqrt" not in name else np.hypot(*np.maximum(z[:, 1:], 0.0).T)
+            np.testing.assert_allclose(
+                np.maximum(joined, 0.0)[quiet_model], without[quiet_model], atol=1e-12, err_msg=name
+            )
+    assert quiet_model.sum() > 50 and (~quiet_model).sum() > 50  # both kinds of rows are seen
