@@ -160,6 +160,16 @@ def _cooldown(scores: np.ndarray, threshold: float, length: int, cap: float) -> 
     return out
 
 
+def _scored_file(cfg, rel: str, stamps: np.ndarray, ruled: np.ndarray, likely: np.ndarray,
+                 z: np.ndarray, window: list) -> object:
+    """One file's row for NAB's scorer: the calibrated score of the joined z ``(rows,)``
+    where no rule decided, the dumped score where the new-extreme or youth rule did
+    (``ruled``), then the alert cooldown, as the engine scores."""
+    scores = np.where(ruled, likely, calibrated_score(z))
+    scores = _cooldown(scores, cfg.cooldown_threshold, cfg.alert_cooldown, cfg.cooldown_cap)
+    return nab_scorer.prepare_file(rel, stamps, scores, window)
+
+
 def replay(data: Path, dumped: Path, combine: Callable[[np.ndarray], np.ndarray]) -> dict:
     """NAB scores of ``combine(z)`` (rows, 3) -> z per row, all else as dumped."""
     from streamvgan.engine import EngineConfig
@@ -173,10 +183,8 @@ def replay(data: Path, dumped: Path, combine: Callable[[np.ndarray], np.ndarray]
         z, likely = d[:, _Z], d[:, _LIKELY]
         # rows where the score is not the calibrated z (new extreme: 1.0, too young: 0.0)
         ruled = np.abs(likely - calibrated_score(z.max(1))) > 1e-12
-        scores = np.where(ruled, likely, calibrated_score(combine(z)))
-        scores = _cooldown(scores, cfg.cooldown_threshold, cfg.alert_cooldown, cfg.cooldown_cap)
         stamps = np.array(read_data_file(data / "data" / rel)[0], dtype="datetime64[s]")
-        rows.append(nab_scorer.prepare_file(rel, stamps, scores, windows[rel]))
+        rows.append(_scored_file(cfg, rel, stamps, ruled, likely, combine(z), windows[rel]))
     corpus = nab_scorer.score_corpus(rows, nab_scorer.load_profiles(data / "config/profiles.json"))
     return {k: round(v, 2) for k, v in corpus.normalised().items()}
 
@@ -352,10 +360,7 @@ def replay_candidates(data: Path, dumped: Path, weights: list[float]) -> list[tu
         rows = []
         for rel, (z, ruled, likely, zc, stamps) in per_file.items():
             zz = np.nan_to_num(combine(z, zc), nan=-np.inf)
-            scores = np.where(ruled, likely, calibrated_score(zz))
-            scores = _cooldown(scores, cfg.cooldown_threshold, cfg.alert_cooldown,
-                               cfg.cooldown_cap)
-            rows.append(nab_scorer.prepare_file(rel, stamps, scores, windows[rel]))
+            rows.append(_scored_file(cfg, rel, stamps, ruled, likely, zz, windows[rel]))
         return _summary(nab_scorer.score_corpus(rows, profiles))
 
     for name in names:
@@ -417,10 +422,8 @@ def replay_masking(data: Path, dumped: Path, weight: float, mask_weights: list[f
                     z = calibrate_masked(signals[:, columns], tuple(c == 0 for c in columns),
                                          weights, ruled, likely, mask_weight, release)
                     zz = (np.asarray(weights) * z).max(1)
-                    scores = np.where(ruled, likely, calibrated_score(zz))
-                    scores = _cooldown(scores, cfg.cooldown_threshold, cfg.alert_cooldown,
-                                       cfg.cooldown_cap)
-                    rows.append(nab_scorer.prepare_file(rel, stamps, scores, windows[rel]))
+                    rows.append(_scored_file(cfg, rel, stamps, ruled, likely, zz,
+                                             windows[rel]))
                 summary = _summary(nab_scorer.score_corpus(rows, profiles))
                 results.append((name, mask_weight, "never" if release is None else release,
                                 summary))
@@ -460,10 +463,7 @@ def replay_combinations(data: Path, dumped: Path) -> list[tuple]:
         for rel, (_, ruled, likely, stamps) in per_file.items():
             with np.errstate(invalid="ignore"):
                 zz = np.nan_to_num(combine(z_of[rel]), nan=-np.inf)
-            scores = np.where(ruled, likely, calibrated_score(zz))
-            scores = _cooldown(scores, cfg.cooldown_threshold, cfg.alert_cooldown,
-                               cfg.cooldown_cap)
-            rows.append(nab_scorer.prepare_file(rel, stamps, scores, windows[rel]))
+            rows.append(_scored_file(cfg, rel, stamps, ruled, likely, zz, windows[rel]))
         results.append((name, _summary(nab_scorer.score_corpus(rows, profiles))))
     return results
 
