@@ -9,6 +9,8 @@ Usage:
     python benchmarks/nab_signal_replay.py masking --data ../shared/datasets/nab --dump DIR
         [--weight 0.6] [--mask-weights 1,0.1,0,0.3] [--releases 10,30,never]
     python benchmarks/nab_signal_replay.py combinations --data ../shared/datasets/nab --dump DIR
+    python benchmarks/nab_signal_replay.py units --data ../shared/datasets/nab --dump DIR
+        [--weights 0.6,0.8,1.0,1.2]
 
 ``dump`` runs the NAB detector (``make_detector("streamvgan")``: the River adapter with
 ``NAB_PARAMS``) over the 58 files exactly as ``streamvgan evaluate nab`` does, and saves for
@@ -468,6 +470,61 @@ def replay_combinations(data: Path, dumped: Path) -> list[tuple]:
     return results
 
 
+def unit_signals(d: np.ndarray) -> dict[str, np.ndarray]:
+    """One file's forecast errors in the stream's own units (rows,), each the last value's
+    error where the network had made no forecast yet (cold): the network's one-step error
+    (the engine's ``model_signal="forecast_error"``), the mean of its errors for the row
+    over the forecasts made 1..H rows back, the last value's error ``|x_t - x_{t-1}|`` and
+    the engine's jump (one or two seasons back once a season is found), as dumped."""
+    value, mean, std = d[:, _VALUE], d[:, _MEAN], d[:, _STD]
+    h = (d.shape[1] - _FORECAST) // 2
+    last = np.concatenate([[0.0], np.abs(np.diff(value))])
+    errors = np.full((len(d), h), np.nan)
+    for k in range(1, h + 1):  # made after row t - k, in the units of row t - k + 1
+        mu = d[:-k, _FORECAST + k - 1] * std[1:len(d) - k + 1] + mean[1:len(d) - k + 1]
+        errors[k:, k - 1] = np.abs(value[k:] - mu)
+    made = np.isfinite(errors)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: replaced below
+        horizon = np.where(made.any(1), np.nanmean(errors, axis=1), last)
+    return {
+        "network, one step (model_signal=forecast_error)": np.where(made[:, 0], errors[:, 0],
+                                                                    last),
+        "network, mean over the forecasts made 1..H back": horizon,
+        "last value |x_t - x_{t-1}|": last,
+        "the engine's jump (seasonal once found)": d[:, _COMPS][:, 3],
+    }
+
+
+def replay_units(data: Path, dumped: Path, weights: list[float]) -> list[tuple]:
+    """NAB scores of each of :func:`unit_signals`, calibrated as the engine calibrates the
+    jump (the same units, the same relative sd floor), alone and beside the jump and level
+    at each weight (issue 15)."""
+    cfg, windows, profiles, per_file = _load_signals(data, dumped)
+    units, rules = {}, {}
+    for rel, (signals, _, _, _) in per_file.items():
+        d = np.load(dumped / (rel.replace("/", "__") + ".npy"))
+        units[rel] = {name: calibrate(sig, False) for name, sig in unit_signals(d).items()}
+        rules[rel] = np.maximum(calibrate(signals[:, 1], False), calibrate(signals[:, 2], False))
+
+    def corpus(z_of: Callable[[str], np.ndarray]) -> dict:
+        rows = []
+        for rel, (_, ruled, likely, stamps) in per_file.items():
+            zz = np.nan_to_num(z_of(rel), nan=-np.inf)
+            rows.append(_scored_file(cfg, rel, stamps, ruled, likely, zz, windows[rel]))
+        return _summary(nab_scorer.score_corpus(rows, profiles))
+
+    results = [("none: jump, level", "", corpus(lambda rel: rules[rel]))]
+    for name in next(iter(units.values())):
+        for w in weights:
+            results.append((name, f"alone; weight {w:g}",
+                            corpus(lambda rel, n=name, w=w: w * units[rel][n])))
+        for w in weights:
+            results.append((name, f"max with jump, level; weight {w:g}", corpus(
+                lambda rel, n=name, w=w: np.maximum(w * units[rel][n], rules[rel]))))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -490,6 +547,10 @@ def main() -> None:
     k = sub.add_parser("combinations")
     k.add_argument("--data", type=Path, required=True)
     k.add_argument("--dump", type=Path, required=True)
+    u = sub.add_parser("units")
+    u.add_argument("--data", type=Path, required=True)
+    u.add_argument("--dump", type=Path, required=True)
+    u.add_argument("--weights", default="0.6,0.8,1.0,1.2")
     r = sub.add_parser("replay")
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--dump", type=Path, required=True)
@@ -523,6 +584,14 @@ def main() -> None:
         print("| rule | standard | low FP | low FN | realKnownCause |\n|---|---|---|---|---|")
         for name, s in replay_combinations(args.data, args.dump):
             print(f"| {name} | {s['standard']:.2f} | {s['reward_low_FP_rate']:.2f} | "
+                  f"{s['reward_low_FN_rate']:.2f} | {s['realKnownCause']} |", flush=True)
+        return
+    if args.command == "units":
+        print("| error, in the stream's units | how | standard | low FP | low FN | "
+              "realKnownCause |\n|---|---|---|---|---|---|")
+        for name, how, s in replay_units(args.data, args.dump,
+                                         [float(w) for w in args.weights.split(",")]):
+            print(f"| {name} | {how} | {s['standard']:.2f} | {s['reward_low_FP_rate']:.2f} | "
                   f"{s['reward_low_FN_rate']:.2f} | {s['realKnownCause']} |", flush=True)
         return
     print("| model signal weight | standard | low FP | low FN |\n|---|---|---|---|")

@@ -15,8 +15,9 @@ FIELD_MODES = ("channels", "joint")
 SIGNALS = ("model", "jump", "level")
 #: what the model signal is made of (README "How the score is computed", step 1):
 #: "reconstruction" weighs the one-step forecast error, the posterior reconstruction error and
-#: the critic; "predictive" is the error of the forecast made before the value arrived alone
-MODEL_SIGNALS = ("reconstruction", "predictive")
+#: the critic; "predictive" is the error of the forecast made before the value arrived alone;
+#: "forecast_error" is that error in the stream's own units, measured as the jump is
+MODEL_SIGNALS = ("reconstruction", "predictive", "forecast_error")
 #: fields of older versions that a saved configuration may still hold; ignored when loading
 _RETIRED = {"history_size"}
 #: old name -> current name; a saved configuration (checkpoint) and ``from_params`` (River
@@ -189,7 +190,8 @@ class EngineConfig:
     score_halflife: float = 500.0  # events; how fast the component statistics adapt
     signals: tuple[str, ...] = SIGNALS  # detection signals the score takes the maximum over
     model_signal: str = "reconstruction"  # MODEL_SIGNALS: "predictive" scores x_t by the
-    # forecast made before it arrived only, not by the posterior that has already seen it
+    # forecast made before it arrived only, not by the posterior that has already seen it;
+    # "forecast_error" by that forecast's error in the stream's own units (as the jump)
     model_signal_weight: float = 0.6  # the model signal's z is multiplied by this before the
     # maximum (at 1.0 it raised more false alarms on NAB than the jump and level signals)
     level_halflife: float = 3.0  # events; the short-run level of the `level` signal

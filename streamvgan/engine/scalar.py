@@ -129,6 +129,10 @@ def compute_one(
     raw = (surprise_w * surprise + recon_w * recon + critic_w * critic_z) / (
         surprise_w + recon_w + critic_w
     )
+    in_units = cfg.model_signal == "forecast_error"
+    if in_units:  # the forecast's error in the stream's own units, as signals.py
+        predicted = mean + fm * std if fm is not None else st.last.item(s, 0)
+        raw = abs(value - predicted) if n >= SIGNAL_WARMUP else 0.0
 
     # 2. and 3. the jump and the level shift
     lvl_mean = st.lvl_mean.item(s, 0)
@@ -170,7 +174,7 @@ def compute_one(
                 count += 1
         smoothed_k = total / count if count else math.nan  # all NaN: nanmean says NaN
         mu, sd = st.cal_mean.item(s, k), math.sqrt(st.cal_var.item(s, k))
-        floor = (CAL_SD_FLOOR if k == 0 else CAL_SD_FLOOR * abs(mu)) + 1e-12
+        floor = (CAL_SD_FLOOR if k == 0 and not in_units else CAL_SD_FLOOR * abs(mu)) + 1e-12
         zk = (smoothed_k - mu) / max(sd, floor)
         if k == 0:
             zk *= cfg.model_signal_weight

@@ -183,6 +183,9 @@ class SignalScorer:
         # columns of the signal arrays: the model's raw score, then jump and level per field
         self.signal_col = np.array([0] + [1] * f + [2] * f)  # index into SIGNALS
         self.signal_on = np.isin(self.signal_col, [SIGNALS.index(s) for s in config.signals])
+        # calibration sd floor: absolute for a model signal in predicted-scale units, relative
+        # to the signal's mean for those in the stream's own units
+        self.absolute_floor = (self.signal_col == 0) & (config.model_signal != "forecast_error")
 
     def compute(
         self,
@@ -242,6 +245,12 @@ class SignalScorer:
         raw = (surprise_w * comps[:, 0] + recon_w * comps[:, 1] + critic_w * critic_z) / (
             surprise_w + recon_w + critic_w
         )
+        if cfg.model_signal == "forecast_error":
+            # the forecast's error in the stream's own units, measured as the jump measures
+            # the last value's; until the first fit, the last value's error itself
+            predicted = mean + fm * std if fm is not None else st.last[slots]
+            errors = np.abs(values - predicted)  # (B, F) per field: the cause field
+            raw = np.where(n >= SIGNAL_WARMUP, errors.sum(-1), 0.0)
 
         # 2. and 3. two model-free signals beside it, per field, in the stream's own units: the
         # jump |x_t - x_{t-1}|, and the level shift |short-run level - long-run level| / long-run
@@ -278,9 +287,9 @@ class SignalScorer:
         counted = ~np.isnan(recent)
         smoothed = np.where(counted, recent, 0.0).sum(axis=1) / counted.sum(axis=1)  # (B, K)
         mu, sd = st.cal_mean[slots], np.sqrt(st.cal_var[slots])
-        # sd floor: absolute for the model's score (already in predicted-scale units), relative
-        # to the signal's mean for the jump and level (in the stream's own units)
-        floor = np.where(self.signal_col == 0, CAL_SD_FLOOR, CAL_SD_FLOOR * np.abs(mu)) + 1e-12
+        # sd floor: absolute for the model's score in predicted-scale units, relative to the
+        # signal's mean for the jump and level (and a model signal in the stream's own units)
+        floor = np.where(self.absolute_floor, CAL_SD_FLOOR, CAL_SD_FLOOR * np.abs(mu)) + 1e-12
         z = (smoothed - mu) / np.maximum(sd, floor)
         z[:, self.signal_col == 0] *= cfg.model_signal_weight
         z[(cal_n < 2 * size) | ~self.signal_on[None, :]] = -np.inf

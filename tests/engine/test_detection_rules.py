@@ -196,6 +196,46 @@ def test_predictive_model_signal_is_the_forecast_error_alone():
     assert EngineConfig().model_signal == "reconstruction"  # the default until NAB says
 
 
+def test_forecast_error_model_signal_is_in_the_stream_s_own_units():
+    # "forecast_error": the raw model signal is |x_t - forecast of x_t| in the stream's units,
+    # the jump's recipe with the network's forecast in place of the last value. Before the
+    # first fit it is the last value's error exactly; warm, it scales with the stream (a
+    # stream x 1024, exact in floating point, gives 1024 x the raw signal and the same
+    # scores), where the "predictive" signal (in predicted sds) stays the same
+    values = _noise(300, seed=5)
+    base = dict(init="random", warmup_events=100, first_fit_steps=5, fit_every=100,
+                range_tolerance=None)
+
+    def run(model_signal: str, scale: float, scalar_path: bool):
+        engine = StreamEngine(EngineConfig(**base, model_signal=model_signal), seed=0)
+        engine.scalar_path = scalar_path
+        out = []
+        for v in values:
+            out.append(engine.process([Event("s", {"value": scale * v})])[0])
+            engine.fine_tune()
+        return out
+
+    for scalar_path in (True, False):  # test_scalar.py checks the two paths agree in full
+        unit = run("forecast_error", 1.0, scalar_path)
+        big = run("forecast_error", 1024.0, scalar_path)
+        steps = np.abs(np.diff(values))
+        cold = [t for t in range(1, len(values)) if not unit[t].warm]
+        warm = [t for t in range(1, len(values)) if unit[t].warm]
+        assert len(cold) > 80 and len(warm) > 150
+        assert all(unit[t].raw == 0.0 for t in cold[:8])  # the jump's warm-up: 10 events
+        np.testing.assert_allclose([unit[t].raw for t in cold[10:]],
+                                   steps[np.array(cold[10:]) - 1], rtol=1e-12)
+        raw_unit = np.array([unit[t].raw for t in warm])
+        np.testing.assert_allclose([big[t].raw for t in warm], 1024.0 * raw_unit, rtol=1e-12)
+        np.testing.assert_allclose([big[t].score for t in warm], [unit[t].score for t in warm],
+                                   rtol=1e-9, atol=1e-12)
+        # the network's forecast, not the last value: far from the step somewhere
+        assert np.abs(raw_unit - steps[np.array(warm) - 1]).max() > 0.3
+        predictive = run("predictive", 1.0, scalar_path), run("predictive", 1024.0, scalar_path)
+        np.testing.assert_allclose([predictive[1][t].raw for t in warm],
+                                   [predictive[0][t].raw for t in warm], rtol=1e-9)
+
+
 def test_jump_and_level_signals_fire_without_the_network():
     # warmup never ends: the score comes from the jump and level signals alone
     config = EngineConfig(

@@ -52,6 +52,7 @@ def _run(config: EngineConfig, seed: int, scalar: bool, river_way: bool):
         ({"season_window": 96, "alert_cooldown": 10}, 1, True),
         ({"adversarial": False, "range_tolerance": None}, 2, False),
         ({"model_signal": "predictive"}, 3, True),
+        ({"model_signal": "forecast_error", "alert_cooldown": 10}, 6, False),
         ({"anomalous_calibration_weight": 0.1, "alert_cooldown": 10}, 4, False),
         ({"reference_events": 100, "anomalous_calibration_weight": 0.1}, 5, True),  # fit at 120
     ],

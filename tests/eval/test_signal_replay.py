@@ -133,3 +133,29 @@ def test_the_combinations_include_the_engine_s_rules_and_only_add_the_model(repl
                 np.maximum(joined, 0.0)[quiet_model], without[quiet_model], atol=1e-12, err_msg=name
             )
     assert quiet_model.sum() > 50 and (~quiet_model).sum() > 50  # both kinds of rows are seen
+
+
+def test_the_forecast_error_in_the_stream_s_units_is_the_engine_s(replay, d, tmp_path):
+    # the dump of the same series with model_signal="forecast_error": the replay's one-step
+    # error in the stream's units (from the dumped forecasts) is the engine's raw model
+    # signal, and calibrated as the jump it is the engine's z of the model signal
+    data = tmp_path / "nab"
+    (data / "data" / "synthetic").mkdir(parents=True)
+    stamps = np.datetime64("2020-01-01T00:00:00") + np.arange(len(d)) * np.timedelta64(300, "s")
+    rows = ["timestamp,value"] + [
+        f"{str(s).replace('T', ' ')},{float(v)!r}" for s, v in zip(stamps, d[:, replay._VALUE])
+    ]
+    (data / "data" / "synthetic" / "s.csv").write_text("\n".join(rows) + "\n")
+    replay._dump_file(data, "synthetic/s.csv", tmp_path,
+                      {"model_signal": "forecast_error", "model_signal_weight": 1.0})
+    units = np.load(tmp_path / "synthetic__s.csv.npy")
+    np.testing.assert_array_equal(units[:, replay._VALUE], d[:, replay._VALUE])
+    one_step = replay.unit_signals(units)["network, one step (model_signal=forecast_error)"]
+    raw = units[:, replay._RAW]
+    assert (raw[:10] == 0).all()  # the jump's warm-up
+    np.testing.assert_allclose(one_step[10:], raw[10:], rtol=1e-9, atol=1e-9)
+    assert np.abs(raw[10:] - units[10:, replay._COMPS][:, 3]).max() > 0.5  # not the jump
+    z = units[:, replay._Z][:, 0]
+    live = np.isfinite(z)
+    assert live.sum() >= 470
+    np.testing.assert_allclose(replay.calibrate(raw, False)[live], z[live], rtol=0, atol=1e-9)
