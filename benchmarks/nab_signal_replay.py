@@ -268,9 +268,11 @@ def calibrate_masked(signals: np.ndarray, absolute: tuple[bool, ...], weights: t
     return z
 
 
-def horizon_errors(d: np.ndarray, min_scale: float = 0.02) -> np.ndarray:
+def horizon_errors(d: np.ndarray, min_scale: float = 0.02,
+                   in_units: bool = False) -> np.ndarray:
     """(rows, H): the error of the forecast made k = 1..H rows before each row for that row,
-    in units of its predicted sd, in the stream's units (NaN where there is none)."""
+    in units of its predicted sd, or with ``in_units`` in the stream's own units (NaN where
+    there is none)."""
     h = (d.shape[1] - _FORECAST) // 2
     f_mean, f_scale = d[:, _FORECAST:_FORECAST + h], d[:, _FORECAST + h:]
     value, mean, std = d[:, _VALUE], d[:, _MEAN], d[:, _STD]
@@ -278,8 +280,9 @@ def horizon_errors(d: np.ndarray, min_scale: float = 0.02) -> np.ndarray:
     for k in range(1, h + 1):
         # made after row t - k, in the normalised units of the row after it (t - k + 1)
         mu = f_mean[:-k, k - 1] * std[1:len(d) - k + 1] + mean[1:len(d) - k + 1]
-        sc = np.maximum(f_scale[:-k, k - 1], min_scale) * std[1:len(d) - k + 1]
-        out[k:, k - 1] = np.abs(value[k:] - mu) / sc
+        out[k:, k - 1] = np.abs(value[k:] - mu)
+        if not in_units:
+            out[k:, k - 1] /= np.maximum(f_scale[:-k, k - 1], min_scale) * std[1:len(d) - k + 1]
     return out
 
 
@@ -476,13 +479,8 @@ def unit_signals(d: np.ndarray) -> dict[str, np.ndarray]:
     (the engine's ``model_signal="forecast_error"``), the mean of its errors for the row
     over the forecasts made 1..H rows back, the last value's error ``|x_t - x_{t-1}|`` and
     the engine's jump (one or two seasons back once a season is found), as dumped."""
-    value, mean, std = d[:, _VALUE], d[:, _MEAN], d[:, _STD]
-    h = (d.shape[1] - _FORECAST) // 2
-    last = np.concatenate([[0.0], np.abs(np.diff(value))])
-    errors = np.full((len(d), h), np.nan)
-    for k in range(1, h + 1):  # made after row t - k, in the units of row t - k + 1
-        mu = d[:-k, _FORECAST + k - 1] * std[1:len(d) - k + 1] + mean[1:len(d) - k + 1]
-        errors[k:, k - 1] = np.abs(value[k:] - mu)
+    last = np.concatenate([[0.0], np.abs(np.diff(d[:, _VALUE]))])
+    errors = horizon_errors(d, in_units=True)
     made = np.isfinite(errors)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: replaced below
