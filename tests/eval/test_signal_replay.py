@@ -22,27 +22,39 @@ def replay():
     return module
 
 
+def _dump(replay, tmp_path: Path, values: list[str], params: dict) -> np.ndarray:
+    """``values`` (as written in the CSV, every 5 minutes) dumped through the real River
+    detector with ``params``."""
+    data = tmp_path / "nab"
+    (data / "data" / "synthetic").mkdir(parents=True)
+    stamps = np.datetime64("2020-01-01T00:00:00") + np.arange(len(values)) * np.timedelta64(
+        300, "s"
+    )
+    lines = ["timestamp,value"] + [
+        f"{str(s).replace('T', ' ')},{v}" for s, v in zip(stamps, values)
+    ]
+    (data / "data" / "synthetic" / "s.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "dump"
+    out.mkdir()
+    replay._dump_file(data, "synthetic/s.csv", out, params)
+    return np.load(out / "synthetic__s.csv.npy")
+
+
 @pytest.fixture(scope="module")
 def d(replay, tmp_path_factory) -> np.ndarray:
     """One dumped file (model signal at weight 1.0): a noisy sine with a level shift and a
     spike, through the real River detector."""
-    tmp_path = tmp_path_factory.mktemp("replay")
     rng = np.random.default_rng(0)
     t = np.arange(500)
     values = 10 + 3 * np.sin(2 * np.pi * t / 48) + rng.normal(0, 0.3, len(t))
     values[300:] += 4.0
     values[420] += 15.0
-    data = tmp_path / "nab"
-    (data / "data" / "synthetic").mkdir(parents=True)
-    stamps = np.datetime64("2020-01-01T00:00:00") + t * np.timedelta64(300, "s")
-    lines = ["timestamp,value"] + [
-        f"{str(s).replace('T', ' ')},{v:.6f}" for s, v in zip(stamps, values)
-    ]
-    (data / "data" / "synthetic" / "s.csv").write_text("\n".join(lines) + "\n")
-    out = tmp_path / "dump"
-    out.mkdir()
-    replay._dump_file(data, "synthetic/s.csv", out, {"model_signal_weight": 1.0})
-    return np.load(out / "synthetic__s.csv.npy")
+    return _dump(
+        replay,
+        tmp_path_factory.mktemp("replay"),
+        [f"{v:.6f}" for v in values],
+        {"model_signal_weight": 1.0},
+    )
 
 
 def test_the_replay_calibration_is_the_engine_s(replay, d):
@@ -139,16 +151,12 @@ def test_the_forecast_error_in_the_stream_s_units_is_the_engine_s(replay, d, tmp
     # the dump of the same series with model_signal="forecast_error": the replay's one-step
     # error in the stream's units (from the dumped forecasts) is the engine's raw model
     # signal, and calibrated as the jump it is the engine's z of the model signal
-    data = tmp_path / "nab"
-    (data / "data" / "synthetic").mkdir(parents=True)
-    stamps = np.datetime64("2020-01-01T00:00:00") + np.arange(len(d)) * np.timedelta64(300, "s")
-    rows = ["timestamp,value"] + [
-        f"{str(s).replace('T', ' ')},{float(v)!r}" for s, v in zip(stamps, d[:, replay._VALUE])
-    ]
-    (data / "data" / "synthetic" / "s.csv").write_text("\n".join(rows) + "\n")
-    replay._dump_file(data, "synthetic/s.csv", tmp_path,
-                      {"model_signal": "forecast_error", "model_signal_weight": 1.0})
-    units = np.load(tmp_path / "synthetic__s.csv.npy")
+    units = _dump(
+        replay,
+        tmp_path,
+        [repr(float(v)) for v in d[:, replay._VALUE]],
+        {"model_signal": "forecast_error", "model_signal_weight": 1.0},
+    )
     np.testing.assert_array_equal(units[:, replay._VALUE], d[:, replay._VALUE])
     one_step = replay.unit_signals(units)["network, one step (model_signal=forecast_error)"]
     raw = units[:, replay._RAW]
