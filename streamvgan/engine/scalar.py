@@ -125,14 +125,15 @@ def compute_one(
     critic_z = min(max((critic_out - c_mean) / math.sqrt(max(c_var, 1e-4)), -5.0), 20.0)
     if st.warm_n.item(s) < 10:
         critic_z = 0.0
-    surprise_w, recon_w, critic_w = model_signal_weights(cfg, warm and critic is not None)
-    raw = (surprise_w * surprise + recon_w * recon + critic_w * critic_z) / (
-        surprise_w + recon_w + critic_w
-    )
     in_units = cfg.model_signal == "forecast_error"
     if in_units:  # the forecast's error in the stream's own units, as signals.py
         predicted = mean + fm * std if fm is not None else st.last.item(s, 0)
         raw = abs(value - predicted) if n >= SIGNAL_WARMUP else 0.0
+    else:
+        surprise_w, recon_w, critic_w = model_signal_weights(cfg, warm and critic is not None)
+        raw = (surprise_w * surprise + recon_w * recon + critic_w * critic_z) / (
+            surprise_w + recon_w + critic_w
+        )
 
     # 2. and 3. the jump and the level shift
     lvl_mean = st.lvl_mean.item(s, 0)

@@ -241,16 +241,17 @@ class SignalScorer:
         )
         critic_z = np.clip((comps[:, 2] - c_mean) / np.sqrt(np.maximum(c_var, 1e-4)), -5.0, 20.0)
         critic_z[st.warm_n[slots] < 10] = 0.0  # weighted 0 anyway when cold or criticless
-        surprise_w, recon_w, critic_w = model_signal_weights(cfg, warm and critic is not None)
-        raw = (surprise_w * comps[:, 0] + recon_w * comps[:, 1] + critic_w * critic_z) / (
-            surprise_w + recon_w + critic_w
-        )
         if cfg.model_signal == "forecast_error":
             # the forecast's error in the stream's own units, measured as the jump measures
             # the last value's; until the first fit, the last value's error itself
             predicted = mean + fm * std if fm is not None else st.last[slots]
             errors = np.abs(values - predicted)  # (B, F) per field: the cause field
             raw = np.where(n >= SIGNAL_WARMUP, errors.sum(-1), 0.0)
+        else:
+            surprise_w, recon_w, critic_w = model_signal_weights(cfg, warm and critic is not None)
+            raw = (surprise_w * comps[:, 0] + recon_w * comps[:, 1] + critic_w * critic_z) / (
+                surprise_w + recon_w + critic_w
+            )
 
         # 2. and 3. two model-free signals beside it, per field, in the stream's own units: the
         # jump |x_t - x_{t-1}|, and the level shift |short-run level - long-run level| / long-run
